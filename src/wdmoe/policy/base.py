@@ -1,0 +1,75 @@
+"""Policy contract: one MoE layer step's state in, a `Decision` out (pure numpy, no torch, no clock, no I/O).
+
+The runtime and the simulator build a `LayerState` from the router's output, the current `LinkState`, the device
+profiles and the placement; a policy only masks and re-weights the router's top-k choices and splits the
+bandwidth. The combine stays the model's own math.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from wdmoe.radio.link import LinkState
+
+
+@dataclass(frozen=True)
+class LayerState:
+    """Everything a policy may look at for one MoE layer step of T tokens, k routed experts each, D devices.
+
+    Attributes:
+        topk_index: (T, k) int, the router's chosen expert ids.
+        topk_weight: (T, k) float, the router's weights as the model would combine them (already renormalized or
+            scaled the model's way, e.g. Mixtral's softmax over the top-k, DeepSeek's routed scaling factor).
+        expert_device: (E,) int, the device that serves each expert of this layer (the primary replica).
+        link: the links of the D devices for this step.
+        profiles: per-device compute profiles (a `wdmoe.radio.compute.DeviceProfiles`, arrays of shape (D,)).
+        expert_flops_per_token: FLOPs of one expert FFN on one token.
+        expert_weight_bytes: bytes of one expert's weights as stored on the device.
+        bits_per_token: activation payload of one token in one direction, in bits (hidden size x activation bits).
+        bandwidth_hz: the total bandwidth pool the policy may split, in Hz.
+        bs_time_s: the BS's own time for this layer (attention + router), in seconds.
+        logits: (T, E) router logits, when the model exposes them; None otherwise.
+    """
+
+    topk_index: np.ndarray
+    topk_weight: np.ndarray
+    expert_device: np.ndarray
+    link: LinkState
+    profiles: object
+    expert_flops_per_token: float
+    expert_weight_bytes: float
+    bits_per_token: float
+    bandwidth_hz: float
+    bs_time_s: float = 0.0
+    logits: np.ndarray | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.topk_index.shape[0])
+
+    @property
+    def num_devices(self) -> int:
+        return self.link.num_devices
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What runs: keep (T, k) bool, weight (T, k) float (0 where dropped), bandwidth_hz (D,) per device.
+
+    Invariant: every token keeps at least one expert.
+    """
+
+    keep: np.ndarray
+    weight: np.ndarray
+    bandwidth_hz: np.ndarray
+
+
+class Policy(Protocol):
+    """A policy decides per layer step; it must be a pure function of the state."""
+
+    name: str
+
+    def decide(self, state: LayerState) -> Decision: ...
