@@ -1,0 +1,1 @@
+"""Device pools: where the routed experts run. `local` (in-process) is the embedded default."""

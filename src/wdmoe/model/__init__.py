@@ -1,0 +1,1 @@
+"""Hugging Face MoE families split into a base-station part and per-device expert shards (torch)."""

@@ -1,0 +1,116 @@
+"""The split directory on disk: the BS part, one safetensors shard per device, and a manifest with checksums.
+
+Layout of a split directory:
+
+    manifest.json            format, family, config sha256, placement, sha256 of every file below
+    bs/config.json           the model config (transformers)
+    bs/model.safetensors     every weight but the routed experts
+    bs/<tokenizer files>     copied when the source has them
+    devices/device-K.safetensors   the experts device K holds: layers.{l}.experts.{e}.{gate_up_proj,down_proj}
+
+A file is used only after its sha256 matches the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wdmoe.errors import ShardError
+from wdmoe.placement import Placement
+
+MANIFEST = "manifest.json"
+FORMAT = "wdmoe-split/1"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_sha256(config_dict: dict[str, Any]) -> str:
+    """A hash of the model config that ignores fields which do not change the model."""
+    volatile = {"transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype"}
+    canonical = json.dumps({k: v for k, v in config_dict.items() if k not in volatile}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def expert_key(layer: int, expert: int, name: str) -> str:
+    return f"layers.{layer}.experts.{expert}.{name}"
+
+
+def device_shard_name(device: int) -> str:
+    return f"devices/device-{device}.safetensors"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The manifest of a split directory."""
+
+    family: str
+    model_type: str
+    config_sha256: str
+    hidden_act: str
+    placement: Placement
+    files: dict[str, str]  # relative path -> sha256
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "family": self.family,
+            "model_type": self.model_type,
+            "config_sha256": self.config_sha256,
+            "hidden_act": self.hidden_act,
+            "placement": self.placement.to_json(),
+            "files": dict(sorted(self.files.items())),
+        }
+
+    def write(self, root: Path) -> None:
+        (root / MANIFEST).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def read(cls, root: Path) -> Manifest:
+        path = root / MANIFEST
+        if not path.is_file():
+            raise ShardError(f"{root} is not a split directory: {MANIFEST} is missing (run `wdmoe split` first)")
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != FORMAT:
+                raise ShardError(f"{path}: format {data.get('format')!r} is not {FORMAT!r}")
+            return cls(
+                family=data["family"],
+                model_type=data["model_type"],
+                config_sha256=data["config_sha256"],
+                hidden_act=data["hidden_act"],
+                placement=Placement.from_json(data["placement"]),
+                files=dict(data["files"]),
+            )
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ShardError(f"{path} is malformed: {exc!r}") from exc
+
+    def verified_path(self, root: Path, relative: str) -> Path:
+        """The path of a manifest file after checking that it exists and that its sha256 matches."""
+        expected = self.files.get(relative)
+        if expected is None:
+            raise ShardError(f"{relative} is not listed in {root / MANIFEST}")
+        path = root / relative
+        if not path.is_file():
+            raise ShardError(f"shard {relative} is missing from {root}; re-run `wdmoe split` or copy it back")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ShardError(
+                f"checksum mismatch for {relative}: sha256 {actual[:16]}… but the manifest says {expected[:16]}…; "
+                "the file is corrupt or from another split, refusing to load it"
+            )
+        return path
+
+    def device_shard(self, root: Path, device: int) -> Path | None:
+        """The verified shard of `device`, or None if the placement gives it no expert."""
+        name = device_shard_name(device)
+        return self.verified_path(root, name) if name in self.files else None

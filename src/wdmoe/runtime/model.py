@@ -1,0 +1,145 @@
+"""`DistributedMoE`: a Hugging Face MoE model whose routed experts run on devices, with the transformers API.
+
+    model = DistributedMoE.from_pretrained("path/to/mixtral", num_devices=8)   # in-process devices, TopK
+    out = model.generate(input_ids, max_new_tokens=32, do_sample=False)
+    logits = model(input_ids).logits
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wdmoe.backends.base import DevicePool
+from wdmoe.backends.local import LocalDevicePool
+from wdmoe.errors import ShardError
+from wdmoe.model.shards import MANIFEST, Manifest
+from wdmoe.model.split import load_hf_model, split_model
+from wdmoe.placement import Placement
+from wdmoe.runtime.loading import build_bs_model
+from wdmoe.runtime.moe_layer import Dispatcher
+from wdmoe.runtime.telemetry import StepRecord, Telemetry, summarize
+
+
+class DistributedMoE:
+    """The BS engine of a split MoE model: forward and generate mirror transformers' `*ForCausalLM`."""
+
+    def __init__(self, root: Path, manifest: Manifest, pool: DevicePool, torch_device: str = "cpu") -> None:
+        self.root = root
+        self.manifest = manifest
+        self.pool = pool
+        self.telemetry = Telemetry()
+        self.dispatcher = Dispatcher(pool, manifest.placement, self.telemetry)
+        self.hf_model = build_bs_model(root, manifest, self.dispatcher, torch_device)
+        self.hf_model.register_forward_pre_hook(self._start_step, with_kwargs=True)
+        self.hf_model.register_forward_hook(self._finish_step)
+        self._step_start_s = 0.0
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.tokenizer = _load_tokenizer(root / "bs")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        num_devices: int | None = None,
+        placement: Placement | None = None,
+        pool: DevicePool | None = None,
+        torch_device: str = "cpu",
+    ) -> DistributedMoE:
+        """Load a split directory, or split a Hugging Face model directory on the fly.
+
+        Args:
+            path: a split directory (has manifest.json) or a HF `save_pretrained` directory.
+            num_devices: devices to split over (HF directory; default 8); must match a split directory's.
+            placement: (layer, expert) -> devices for an on-the-fly split; default expert e on device e mod D.
+            pool: the device pool; default in-process devices, each loading only its own shard.
+            torch_device: where the BS (and the in-process devices) compute.
+        """
+        path = Path(path)
+        if num_devices is not None and num_devices < 1:
+            raise ValueError(f"num_devices = {num_devices}: need at least 1 device")
+        tmp = None
+        if not (path / MANIFEST).is_file():
+            tmp = tempfile.TemporaryDirectory(prefix="wdmoe-split-")
+            split_model(load_hf_model(path), Path(tmp.name) / "split", num_devices or 8, placement, path)
+            path = Path(tmp.name) / "split"
+        manifest = Manifest.read(path)
+        if num_devices is not None and num_devices != manifest.placement.num_devices:
+            raise ShardError(
+                f"{path} was split for {manifest.placement.num_devices} devices, not num_devices = {num_devices}; "
+                "re-run `wdmoe split` with --devices"
+            )
+        pool = pool or LocalDevicePool(path, manifest, torch_device)
+        model = cls(path, manifest, pool, torch_device)
+        model._tmp = tmp
+        return model
+
+    # -- the transformers surface -------------------------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        return self.hf_model.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.hf_model.device
+
+    @property
+    def num_devices(self) -> int:
+        return self.manifest.placement.num_devices
+
+    @property
+    def placement(self) -> Placement:
+        return self.manifest.placement
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+        return self.hf_model(input_ids=input_ids, **kwargs)
+
+    forward = __call__
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+        """Prompt + new tokens, like transformers' `generate` (KV cache for prefill and decode)."""
+        kwargs.setdefault("pad_token_id", self.hf_model.generation_config.pad_token_id or 0)
+        if "attention_mask" not in kwargs:
+            kwargs["attention_mask"] = torch.ones_like(input_ids)
+        return self.hf_model.generate(input_ids, **kwargs)
+
+    # -- telemetry -----------------------------------------------------------------------------------------
+    @property
+    def steps(self) -> list[StepRecord]:
+        return self.telemetry.steps
+
+    def summary(self, steps: list[StepRecord] | None = None) -> dict[str, Any]:
+        return summarize(self.telemetry.steps if steps is None else steps, self.num_devices)
+
+    def _start_step(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        num_tokens = int(input_ids.numel() if input_ids is not None else embeds.shape[0] * embeds.shape[1])
+        cache = kwargs.get("past_key_values")
+        prefill = cache is None or cache.get_seq_length() == 0
+        self.telemetry.start("prefill" if prefill else "decode", num_tokens)
+        self._step_start_s = self.dispatcher.mark_s = time.perf_counter()
+
+    def _finish_step(self, _module: Any, _args: Any, _output: Any) -> None:
+        now = time.perf_counter()
+        self.telemetry.finish(now - self._step_start_s, now - self.dispatcher.mark_s)
+
+    def close(self) -> None:
+        self.pool.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def _load_tokenizer(bs_dir: Path) -> Any:
+    if not (bs_dir / "tokenizer.json").is_file() and not (bs_dir / "tokenizer_config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(bs_dir, local_files_only=True)

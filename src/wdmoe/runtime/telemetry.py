@@ -1,0 +1,128 @@
+"""Telemetry of the split runtime: one `LayerRecord` per MoE layer step, one `StepRecord` per forward step.
+
+Records hold numpy arrays only (no torch), so the simulator, the server metrics and the experiments read them
+without the model. Bits are counted at the activation dtype actually sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+Phase = Literal["prefill", "decode"]
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One MoE layer of one forward step, T tokens, k experts per token, D devices.
+
+    Attributes:
+        layer: decoder layer index.
+        topk_index / topk_weight: (T, k) the router's choice and weights (the router trace).
+        keep / weight: (T, k) what the policy kept, and the weights actually combined.
+        logits: (T, E) router logits when recorded, else None.
+        tokens_down: (D,) distinct tokens sent to each device; assignments: (D,) expert outputs sent back.
+        bits_down / bits_up: (D,) bits on the downlink / uplink at the activation dtype.
+        bs_time_s: measured BS wall time since the previous MoE layer (attention, norms, router, shared experts).
+        device_time_s: (D,) measured expert compute time of each device (0 when idle).
+        dispatch_time_s: measured wall time of the whole dispatch-and-gather.
+        modeled: the radio model's `LatencyBreakdown` of this layer, when a scenario is set.
+    """
+
+    layer: int
+    topk_index: np.ndarray
+    topk_weight: np.ndarray
+    keep: np.ndarray
+    weight: np.ndarray
+    logits: np.ndarray | None
+    tokens_down: np.ndarray
+    assignments: np.ndarray
+    bits_down: np.ndarray
+    bits_up: np.ndarray
+    bs_time_s: float
+    device_time_s: np.ndarray
+    dispatch_time_s: float
+    modeled: Any = None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.topk_index.shape[0])
+
+    @property
+    def experts_per_token(self) -> np.ndarray:
+        return self.keep.sum(axis=1)
+
+
+@dataclass
+class StepRecord:
+    """One forward step (a prefill over the prompt, or one decode token)."""
+
+    index: int
+    phase: Phase
+    num_tokens: int
+    layers: list[LayerRecord] = field(default_factory=list)
+    wall_s: float = 0.0
+    tail_s: float = 0.0  # BS time after the last MoE layer (final norm, LM head)
+
+
+StepListener = Callable[[StepRecord], None]
+
+
+class Telemetry:
+    """Collects step records; listeners are called with each finished step."""
+
+    def __init__(self, max_steps: int = 100_000) -> None:
+        self.steps: list[StepRecord] = []
+        self.listeners: list[StepListener] = []
+        self.max_steps = max_steps
+        self.current: StepRecord | None = None
+
+    def start(self, phase: Phase, num_tokens: int) -> StepRecord:
+        self.current = StepRecord(len(self.steps), phase, num_tokens)
+        return self.current
+
+    def finish(self, wall_s: float, tail_s: float) -> None:
+        step = self.current
+        if step is None:
+            return
+        step.wall_s, step.tail_s = wall_s, tail_s
+        self.current = None
+        if len(self.steps) >= self.max_steps:
+            del self.steps[: len(self.steps) // 2]
+        self.steps.append(step)
+        for listener in self.listeners:
+            listener(step)
+
+    def add(self, record: LayerRecord) -> None:
+        if self.current is not None:
+            self.current.layers.append(record)
+
+    def clear(self) -> None:
+        self.steps.clear()
+
+
+def summarize(steps: list[StepRecord], num_devices: int) -> dict[str, Any]:
+    """Totals over steps: per-device tokens, bits, measured compute, and experts per token."""
+    tokens = np.zeros(num_devices, dtype=np.int64)
+    bits_down = np.zeros(num_devices, dtype=np.int64)
+    bits_up = np.zeros(num_devices, dtype=np.int64)
+    compute_s = np.zeros(num_devices)
+    kept: list[np.ndarray] = []
+    for step in steps:
+        for rec in step.layers:
+            tokens += rec.tokens_down
+            bits_down += rec.bits_down
+            bits_up += rec.bits_up
+            compute_s += rec.device_time_s
+            kept.append(rec.experts_per_token)
+    return {
+        "tokens_per_device": tokens.tolist(),
+        "bits_down_per_device": bits_down.tolist(),
+        "bits_up_per_device": bits_up.tolist(),
+        "device_compute_s": compute_s.tolist(),
+        "experts_per_token_mean": float(np.concatenate(kept).mean()) if kept else 0.0,
+        "bs_time_s": float(sum(r.bs_time_s for s in steps for r in s.layers) + sum(s.tail_s for s in steps)),
+    }
