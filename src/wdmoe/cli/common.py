@@ -1,0 +1,61 @@
+"""Shared pieces of the CLI: error handling, JSON output, the per-device table."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from wdmoe.errors import WdmoeError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def offline() -> None:
+    """wdmoe never reaches a model hub: everything is loaded from local directories."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn input errors into one red line and exit code 2, with no traceback."""
+    try:
+        yield
+    except (WdmoeError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=1, default=_default))
+
+
+def _default(value: Any) -> Any:
+    tolist: Callable[[], Any] | None = getattr(value, "tolist", None)
+    if tolist is not None:
+        return tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def device_table(summary: dict[str, Any], title: str = "devices") -> Table:
+    table = Table(title=title)
+    for column in ("device", "tokens down", "kbit down", "kbit up", "compute ms"):
+        table.add_column(column, justify="right")
+    rows = zip(
+        summary["tokens_per_device"],
+        summary["bits_down_per_device"],
+        summary["bits_up_per_device"],
+        summary["device_compute_s"],
+        strict=True,
+    )
+    for device, (tokens, down, up, compute) in enumerate(rows):
+        table.add_row(str(device), str(tokens), f"{down / 1e3:.1f}", f"{up / 1e3:.1f}", f"{compute * 1e3:.2f}")
+    return table

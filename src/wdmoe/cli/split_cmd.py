@@ -1,0 +1,55 @@
+"""`wdmoe split` (HF model directory -> BS part + device shards) and `wdmoe make-tiny` (a tiny random model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wdmoe.cli.common import console, offline, print_json, user_errors
+
+
+def split(
+    model_dir: Annotated[Path, typer.Argument(help="A Hugging Face model directory (save_pretrained).")],
+    devices: Annotated[int, typer.Option("--devices", "-n", help="Number of expert devices.")] = 8,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The split directory to write.")] = Path("split"),
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Split MODEL_DIR into the BS part, one safetensors shard per device, and a manifest with sha256 sums."""
+    offline()
+    with user_errors():
+        from wdmoe.model.split import load_hf_model, split_model
+        from wdmoe.placement import Placement
+
+        if devices < 1:
+            raise ValueError(f"--devices = {devices}: need at least 1 device")
+        manifest = split_model(load_hf_model(model_dir), out, devices, source_dir=model_dir)
+    if json_out:
+        print_json(manifest.to_json())
+        return
+    placement: Placement = manifest.placement
+    console.print(
+        f"split [bold]{manifest.family}[/bold] into {out}: BS part + {devices} devices, "
+        f"{len(placement.moe_layers)} MoE layers x {placement.num_experts} experts"
+    )
+    for device in range(devices):
+        held = placement.experts_on(device)
+        console.print(f"  device {device}: {len(held)} (layer, expert) pairs, e.g. {held[:3]}")
+
+
+def make_tiny(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to save the model.")],
+    family: Annotated[str, typer.Option(help="mixtral, qwen2_moe, olmoe, qwen3_moe or deepseek_v3.")] = "mixtral",
+    hidden: Annotated[int, typer.Option(help="Hidden size.")] = 64,
+    layers: Annotated[int, typer.Option(help="Decoder layers.")] = 2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Save a tiny random MoE model of a supported family (for trying wdmoe without a real checkpoint)."""
+    offline()
+    with user_errors():
+        from wdmoe.model.tiny import tiny_model
+
+        model = tiny_model(family, seed=seed, hidden_size=hidden, num_hidden_layers=layers)
+        model.save_pretrained(out)
+    console.print(f"saved a tiny random {family} model (hidden {hidden}, {layers} layers) to {out}")
