@@ -93,4 +93,6 @@ class Placement:
             }
             return cls(int(data["num_devices"]), int(data["num_experts"]), layers)
         except (KeyError, TypeError, AttributeError) as exc:
-            raise PlacementError(f"placement is malformed ({exc!r}); expected num_devices, num_experts, layers")
+            raise PlacementError(
+                f"placement is malformed ({exc!r}); expected num_devices, num_experts, layers"
+            ) from exc

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -30,7 +30,7 @@ def demo(
         from wdmoe.model.tiny import tiny_model
         from wdmoe.runtime.model import DistributedMoE
 
-        reference = tiny_model("mixtral", seed=0, hidden_size=128, num_hidden_layers=4, intermediate_size=256)
+        reference: Any = tiny_model("mixtral", seed=0, hidden_size=128, num_hidden_layers=4, intermediate_size=256)
         ids = [1, 17, 42, 99, 7, 64, 3, 11]
         with tempfile.TemporaryDirectory(prefix="wdmoe-demo-") as tmp:
             split_model(reference, Path(tmp) / "split", devices)

@@ -119,8 +119,8 @@ class DistributedMoE:
 
     def _start_step(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        num_tokens = int(input_ids.numel() if input_ids is not None else embeds.shape[0] * embeds.shape[1])
+        source = input_ids if input_ids is not None else kwargs["inputs_embeds"][..., 0]
+        num_tokens = int(source.numel())
         cache = kwargs.get("past_key_values")
         prefill = cache is None or cache.get_seq_length() == 0
         self.telemetry.start("prefill" if prefill else "decode", num_tokens)

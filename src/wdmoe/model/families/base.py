@@ -10,7 +10,7 @@ same shapes costs one `Family(...)` line in `registry.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import nn
@@ -35,9 +35,9 @@ class Family:
     def decoder_layers(self, hf_model: nn.Module) -> list[nn.Module]:
         return list(hf_model.model.layers)  # type: ignore[union-attr, arg-type]
 
-    def moe_blocks(self, hf_model: nn.Module) -> dict[int, nn.Module]:
+    def moe_blocks(self, hf_model: nn.Module) -> dict[int, Any]:
         """The MoE blocks by layer index; dense layers (DeepSeek's leading ones, Qwen's mlp_only_layers) are absent."""
-        blocks: dict[int, nn.Module] = {}
+        blocks: dict[int, Any] = {}
         for index, layer in enumerate(self.decoder_layers(hf_model)):
             mlp = getattr(layer, "mlp", None)
             experts = getattr(mlp, "experts", None)

@@ -1,0 +1,65 @@
+"""The `wdmoe` command end to end, in-process (typer's CliRunner): split, run --json, demo --json, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from wdmoe.cli.main import app
+from wdmoe.model.shards import Manifest
+
+runner = CliRunner()
+
+
+def test_make_tiny_split_and_run_json_match_the_unsplit_model(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["make-tiny", "--out", str(tmp_path / "hf"), "--family", "qwen3_moe"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["split", str(tmp_path / "hf"), "--devices", "4", "--out", str(tmp_path / "split")])
+    assert result.exit_code == 0, result.output
+    assert Manifest.read(tmp_path / "split").placement.num_devices == 4
+
+    result = runner.invoke(
+        app, ["run", "--model", str(tmp_path / "split"), "--prompt-ids", "1,2,3,4", "--max-new-tokens", "6", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    expected = reference.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                                  pad_token_id=0)[0, 4:].tolist()
+    assert report["tokens"] == expected
+    assert report["experts_per_token_mean"] == 2.0
+    assert len(report["tokens_per_device"]) == 4
+
+
+def test_run_refuses_bad_prompt_ids_with_a_clear_message(mixtral_split: Path) -> None:
+    result = runner.invoke(app, ["run", "--model", str(mixtral_split), "--prompt-ids", "1,x"])
+    assert result.exit_code == 2
+    assert "comma-separated token ids" in result.output
+    result = runner.invoke(app, ["run", "--model", str(mixtral_split), "--prompt-ids", "1,999"])
+    assert result.exit_code == 2
+    assert "outside the vocabulary 0..127" in result.output
+    result = runner.invoke(app, ["run", "--model", str(mixtral_split), "--prompt", "hello"])
+    assert result.exit_code == 2
+    assert "no tokenizer" in result.output
+
+
+def test_split_of_a_missing_directory_fails_cleanly(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["split", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "no config.json" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_json_is_token_identical_to_unsplit() -> None:
+    result = runner.invoke(app, ["demo", "--json", "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["matches_unsplit"] is True
+    assert len(report["tokens"]) == 8
+    assert report["experts_per_token_mean"] == 2.0
