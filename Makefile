@@ -1,0 +1,36 @@
+# Two entry points, each of which sets up a fresh machine first:
+#   make demo   -> creates .venv, installs wdmoe, runs `wdmoe demo`
+#   make test   -> creates .venv, installs wdmoe + dev tools, runs ruff, mypy and pytest
+# TORCH pins the CPU wheel that project machines carry; on a GPU host: make demo TORCH=torch
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_VERBOSITY := error
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[model,dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/wdmoe demo
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/runtime_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
