@@ -1,0 +1,233 @@
+"""Scenario configuration: the validated description of one cell (devices, channel, powers, bandwidth).
+
+Contract: `load_scenario(path)` reads a TOML file into a frozen `Scenario` or raises `ScenarioError` whose
+message names the field, the value, its unit and what is allowed
+(`scenario field 'bandwidth_hz' = -5 Hz: must be > 0`); unknown keys are refused by name.
+`Scenario.default()` gives the defaults without a file. Every default here is ours, not the WDMoE papers'
+("[R] reconstruction", papers.md §0.1), unless it cites TR 38.901.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from wdmoe.radio.channel import MODELS, distance_3d_m
+
+ChannelModel = Literal["uma", "umi", "inh", "log_distance"]
+Coherence = Literal["step", "layer", "request"]
+BandwidthPool = Literal["shared", "separate"]
+
+# [R] reconstruction: a mix of Jetson kits, as in the WDMoE-J testbed (papers.md §3.5, which kits is unknown).
+DEFAULT_DEVICE_PRESETS: tuple[str, ...] = ("jetson-agx-orin", "jetson-orin-nx", "jetson-orin-nano")
+DEFAULT_BS_PRESET = "rtx4090-edge"  # [R] reconstruction
+LOG_DISTANCE_HEIGHTS_M = (25.0, 1.5)  # [R] reconstruction: UMa heights, used only for d_3D
+
+_UNITS = (
+    ("_dbm", "dBm"),
+    ("_db", "dB"),
+    ("_ghz", "GHz"),
+    ("_hz", "Hz"),
+    ("_m", "m"),
+    ("_s", "s"),
+    ("bits", "bits"),
+)
+
+
+class ScenarioError(ValueError):
+    """A scenario file or object is invalid; the message names the field, the value, the unit and the rule."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ChannelConfig(_Strict):
+    """Large-scale channel: path-loss model, LoS state, shadowing (TR 38.901 §7.4 or log-distance)."""
+
+    model: ChannelModel = "uma"  # [R] reconstruction: papers.md §2.2 calls its PL "UMa-style"
+    los: Literal["probabilistic", "los", "nlos"] = "probabilistic"  # Table 7.4.2-1 draw, or forced
+    shadowing: bool = True  # log-normal, sigma_SF per model and LoS state (Table 7.4.1-1)
+    carrier_ghz: Annotated[float, Field(ge=0.5, le=100.0)] = 3.5  # GHz; [R]; TR 38.901 covers 0.5-100 GHz
+    # None = the model's heights (TR 38.901: UMa 25 / 1.5 m, UMi 10 / 1.5 m, InH 3 / 1 m)
+    bs_height_m: Annotated[float, Field(gt=0.0)] | None = None  # m
+    ut_height_m: Annotated[float, Field(gt=0.0)] | None = None  # m
+    pl0_db: float = 128.1  # dB at d0_m, log_distance only; papers.md §2.2 placeholder [R]
+    d0_m: Annotated[float, Field(gt=0.0)] = 1000.0  # m, log_distance reference distance
+    exponent: Annotated[float, Field(gt=0.0)] = 3.76  # log_distance path-loss exponent n
+    log_distance_shadowing_std_db: Annotated[float, Field(ge=0.0)] = 8.0  # dB; [R] (TR 36.814 macro value)
+
+    @property
+    def resolved_bs_height_m(self) -> float:
+        if self.bs_height_m is not None:
+            return self.bs_height_m
+        return LOG_DISTANCE_HEIGHTS_M[0] if self.model == "log_distance" else MODELS[self.model].bs_height_m
+
+    @property
+    def resolved_ut_height_m(self) -> float:
+        if self.ut_height_m is not None:
+            return self.ut_height_m
+        return LOG_DISTANCE_HEIGHTS_M[1] if self.model == "log_distance" else MODELS[self.model].ut_height_m
+
+    @model_validator(mode="after")
+    def _heights_fit_model(self) -> ChannelConfig:
+        bs_h, ut_h = self.resolved_bs_height_m, self.resolved_ut_height_m
+        if self.model in ("uma", "umi") and not 1.5 <= ut_h <= 22.5:
+            raise ValueError(
+                f"scenario field 'channel.ut_height_m' = {ut_h:g} m: {self.model} needs "
+                "1.5 m <= h_UT <= 22.5 m (TR 38.901 Table 7.4.1-1)"
+            )
+        if bs_h <= ut_h:
+            raise ValueError(
+                f"scenario field 'channel.bs_height_m' = {bs_h:g} m: must be above "
+                f"channel.ut_height_m = {ut_h:g} m"
+            )
+        return self
+
+
+class FadingConfig(_Strict):
+    """Small-scale block fading of the power gain |h|^2 (mean 1)."""
+
+    model: Literal["rayleigh", "rician", "none"] = "rayleigh"  # papers.md §2.2 [R]
+    k_factor_db: float = 9.0  # dB, rician only; TR 38.901 Table 7.5-6 UMa LoS mean K
+    reciprocal: bool = False  # True: the UL gain equals the DL gain (TDD); False: independent draws [R]
+
+
+class Scenario(_Strict):
+    """One cell: a BS and `num_devices` devices, their links and compute; frozen once validated."""
+
+    num_devices: Annotated[int, Field(ge=1)] = 8
+    distance_min_m: Annotated[float, Field(gt=0.0)] = 50.0  # m, ground distance; [R]
+    distance_max_m: Annotated[float, Field(gt=0.0)] = 300.0  # m; [R] (papers.md §2.2 placeholder is 500 m)
+    channel: ChannelConfig = ChannelConfig()
+    fading: FadingConfig = FadingConfig()
+    noise_figure_db: Annotated[float, Field(ge=0.0)] = 7.0  # dB, both receivers; [R] (between BS 5, UE 9)
+    bs_tx_power_dbm: float = 43.0  # dBm, papers.md §2.2 placeholder [R]
+    device_tx_power_dbm: float = 23.0  # dBm, papers.md §2.2 placeholder [R]
+    bandwidth_hz: Annotated[float, Field(gt=0.0)] = 20e6  # Hz in total; papers.md §2.2 placeholder [R]
+    # shared: one pool of bandwidth_hz split per device, used for DL then UL; separate: a DL and an UL pool,
+    # each of bandwidth_hz (paired FDD spectrum) [R]
+    bandwidth_pool: BandwidthPool = "shared"
+    device_presets: Annotated[tuple[str, ...], Field(min_length=1, strict=False)] = DEFAULT_DEVICE_PRESETS
+    activation_bits: Annotated[int, Field(ge=1, le=64)] = 16  # bits per hidden value on the air (bf16) [R]
+    coherence: Coherence = "step"  # fading redrawn every forward step, every layer, or once per request [R]
+    # BS compute: a fixed time per layer in seconds, or else a wdmoe.radio.compute.PRESETS name
+    bs_layer_time_s: Annotated[float, Field(gt=0.0)] | None = None  # s per layer at the BS
+    bs_preset: str | None = DEFAULT_BS_PRESET
+    seed: Annotated[int, Field(ge=0)] = 0
+
+    @classmethod
+    def default(cls, num_devices: int = 8) -> Scenario:
+        """The default scenario (every value [R] reconstruction) with `num_devices` devices."""
+        return cls(num_devices=num_devices)
+
+    def preset_of_device(self, device: int) -> str:
+        """The compute preset of device `device`: `device_presets` cycled over the devices."""
+        return self.device_presets[device % len(self.device_presets)]
+
+    @field_validator("device_presets", "bs_preset")
+    @classmethod
+    def _known_presets(cls, value: Any) -> Any:
+        from wdmoe.radio.compute import PRESETS  # lazy: compute is optional at config-import time
+
+        names = [value] if isinstance(value, str) else list(value or ())
+        unknown = [name for name in names if name not in PRESETS]
+        if unknown:
+            raise ValueError(f"unknown preset {unknown[0]!r}; known presets: {', '.join(sorted(PRESETS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        if self.distance_max_m <= self.distance_min_m:
+            raise ValueError(
+                f"scenario field 'distance_max_m' = {self.distance_max_m:g} m: must be > "
+                f"distance_min_m = {self.distance_min_m:g} m"
+            )
+        if self.bs_layer_time_s is None and self.bs_preset is None:
+            raise ValueError("scenario fields 'bs_layer_time_s' and 'bs_preset' are both unset: set one")
+        self._check_distance_range()
+        return self
+
+    def _check_distance_range(self) -> None:
+        ch = self.channel
+        if ch.model == "log_distance":
+            return
+        spec = MODELS[ch.model]
+        kind = "d_3D" if spec.range_on_3d else "d_2D"
+        for field, d2d in (("distance_min_m", self.distance_min_m), ("distance_max_m", self.distance_max_m)):
+            d = d2d
+            if spec.range_on_3d:
+                d = float(distance_3d_m(d2d, ch.resolved_bs_height_m, ch.resolved_ut_height_m))
+            if not spec.min_distance_m <= d <= spec.max_distance_m:
+                raise ValueError(
+                    f"scenario field '{field}' = {d2d:g} m: channel.model '{ch.model}' is defined for "
+                    f"{spec.min_distance_m:g} m <= {kind} <= {spec.max_distance_m:g} m (TR 38.901 "
+                    f"Table 7.4.1-1), here {kind} = {d:.4g} m"
+                )
+
+
+def _unit(name: str) -> str:
+    return next((unit for suffix, unit in _UNITS if name.endswith(suffix)), "")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return f"{value:g}"
+    return repr(value)
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    model: type[BaseModel] = Scenario
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(error: Any) -> str:
+    loc: tuple[int | str, ...] = tuple(error["loc"])
+    names = [str(part) for part in loc if isinstance(part, str)]
+    field = ".".join(names) + "".join(f"[{part}]" for part in loc if isinstance(part, int))
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(loc[:-1]))
+        return f"scenario has unknown key '{field}' (= {value!r}); allowed keys here: {allowed}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if message.startswith("scenario "):
+        return message
+    ctx = error.get("ctx") or {}
+    rules = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if error["type"] in rules:
+        bound = next(iter(ctx.values()))
+        message = f"must be {rules[error['type']]} {_show(bound)}"
+    message = message.replace("Input should be", "must be")
+    shown = _show(value)
+    unit = _unit(names[-1]) if names else ""
+    return f"scenario field '{field}' = {shown}{' ' + unit if unit else ''}: {message}"
+
+
+def parse_scenario(data: dict[str, Any], source: str | None = None) -> Scenario:
+    """Validate a TOML-shaped dict into a Scenario; raises ScenarioError naming every bad field.
+
+    `source` (a file name) prefixes the message when given.
+    """
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        message = "; ".join(_describe(error) for error in exc.errors())
+        raise ScenarioError(f"{source}: {message}" if source else message) from None
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read a TOML scenario file; raises ScenarioError for bad TOML, bad values or unknown keys."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    return parse_scenario(data, source=str(path))
