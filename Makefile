@@ -16,7 +16,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[model,dev]"
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[model,dev,sionna]"
 	touch $@
 
 demo: setup

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from wdmoe.errors import WdmoeError
 from wdmoe.radio.channel import MODELS, distance_3d_m
 
 ChannelModel = Literal["uma", "umi", "inh", "log_distance"]
@@ -37,7 +38,7 @@ _UNITS = (
 )
 
 
-class ScenarioError(ValueError):
+class ScenarioError(WdmoeError):
     """A scenario file or object is invalid; the message names the field, the value, the unit and the rule."""
 
 
