@@ -66,11 +66,12 @@ def test_sampling_follows_the_seed_like_hf(tiny_models, mixtral_split: Path) -> 
     assert torch.equal(actual, expected)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_hf_directory_saved_to_disk_loads_offline_and_splits_on_the_fly(
-    tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    family, tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    reference = tiny_models["deepseek_v3"]
+    reference = tiny_models[family]
     reference.save_pretrained(tmp_path / "hf")
     model = DistributedMoE.from_pretrained(tmp_path / "hf", num_devices=2)
     ids = prompt(seed=1, length=6)
