@@ -1,0 +1,202 @@
+"""Bandwidth split of one layer step: equal shares, or the exact min-max split (papers.md §3.4 step 2 [R]).
+
+Contract: an allocator maps (LayerState, keep (T, k)) to bandwidth_hz (D,) that sums to the state's budget over
+the active devices (those with a kept expert) and is 0 on idle devices. As policies, `EqualBandwidth` and
+`MinMaxBandwidth` keep the router's top-k and only split the band.
+
+Min-max (one shared pool: a share carries DL then UL). Device k needs t_k(b) = A_k / r_dl(b) + C_k / r_ul(b)
++ c_k seconds (A_k, C_k bits; c_k compute seconds), strictly decreasing and convex in b. The optimum of
+min_b max_k t_k(b_k) s.t. sum b_k = B equalises every t_k at the optimal T (KKT of the epigraph form). We solve
+the D + 1 equations t_k(b_k) = T, sum b_k = B by Newton's method in x_k = 1/b_k, where t_k is nearly linear:
+the linearised system gives T in closed form,
+
+    w_k = 1 / |dt_k/db_k|,   T = (sum b_k - B + sum w_k t_k) / sum w_k,   b_k <- b_k / (1 + (T - t_k) w_k / b_k),
+
+and converges quadratically from the equal split. When Newton does not converge (never seen), a bracketing
+bisection on T with an inner bisection per device takes over. Two devices reduce to one scalar Newton on the
+split, cheap enough for decode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from wdmoe.policy.base import Decision, LayerState
+from wdmoe.policy.selection import device_costs
+
+_LN2 = math.log(2.0)
+
+
+class BandwidthAllocator(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def allocate(self, state: LayerState, keep: np.ndarray) -> np.ndarray: ...
+
+
+def equal_split(active: np.ndarray, budget_hz: float) -> np.ndarray:
+    """budget / #active on every active device, 0 elsewhere."""
+    n = int(active.sum())
+    return np.where(active, budget_hz / max(n, 1), 0.0)
+
+
+def time_and_inverse_slope(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray,
+           s_ul: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """t(b) and w = 1/|dt/db|; need_* are bits * ln 2, so a transfer takes need / (b ln(1 + s/b))."""
+    y_dl = s_dl / b
+    y_ul = s_ul / b
+    l_dl = np.log1p(y_dl)
+    l_ul = np.log1p(y_ul)
+    t_dl = need_dl / (b * l_dl)
+    t_ul = need_ul / (b * l_ul)
+    slope = (t_dl * (l_dl - y_dl / (1.0 + y_dl)) / l_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
+    return t_dl + t_ul + base, 1.0 / slope
+
+
+def _newton(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray, s_ul: np.ndarray,
+            budget: float, rtol: float, max_iter: int) -> np.ndarray | None:
+    b = np.full(need_dl.shape, budget / need_dl.shape[0])
+    for _ in range(max_iter):
+        t, w = time_and_inverse_slope(b, need_dl, need_ul, base, s_dl, s_ul)
+        total = b.sum()
+        t_max = t.max()
+        if t_max - t.min() <= rtol * t_max and abs(total - budget) <= rtol * budget:
+            return b * (budget / total)
+        target = (total - budget + (w * t).sum()) / w.sum()
+        b = b / np.maximum(1.0 + (target - t) * w / b, 0.1)
+        if not np.isfinite(b).all():
+            return None
+    return None
+
+
+def _newton_pair(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray,
+                 s_ul: np.ndarray, budget: float, rtol: float, max_iter: int) -> np.ndarray | None:
+    split = pair_split(float(need_dl[0]), float(need_dl[1]), float(need_ul[0]), float(need_ul[1]),
+                       float(base[0]), float(base[1]), float(s_dl[0]), float(s_dl[1]), float(s_ul[0]),
+                       float(s_ul[1]), budget, rtol, max_iter)
+    return None if split is None else np.array(split)
+
+
+def scalar_time(b: float, need_dl: float, need_ul: float, base: float, s_dl: float,
+                s_ul: float) -> tuple[float, float]:
+    """`time_and_inverse_slope` for one device with Python floats (the decode fast path)."""
+    y_dl, y_ul = s_dl / b, s_ul / b
+    l_dl, l_ul = math.log1p(y_dl), math.log1p(y_ul)
+    t_dl, t_ul = need_dl / (b * l_dl), need_ul / (b * l_ul)
+    slope = (t_dl * (l_dl - y_dl / (1.0 + y_dl)) / l_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
+    return t_dl + t_ul + base, (1.0 / slope if slope > 0.0 else math.inf)
+
+
+def pair_split(a0: float, a1: float, c0: float, c1: float, base0: float, base1: float, d0: float, d1: float,
+               u0: float, u1: float, budget: float, rtol: float = 1e-10,
+               max_iter: int = 60) -> tuple[float, float] | None:
+    """Two devices (need a = DL bits * ln 2, c = UL bits * ln 2, SNRs per Hz d, u): the split b_0 + b_1 = B
+    with t_0(b_0) = t_1(b_1), by safeguarded Newton on f(b_0) = t_0(b_0) - t_1(B - b_0), decreasing in b_0."""
+    lo, hi = 0.0, budget
+    # start where the two transfer loads alone would balance at a common spectral efficiency
+    load0, load1 = a0 + c0, a1 + c1
+    b = budget * load0 / (load0 + load1) if load0 + load1 > 0.0 else 0.5 * budget
+    for _ in range(max_iter):
+        e = budget - b
+        t0, w0 = scalar_time(b, a0, c0, base0, d0, u0)
+        t1, w1 = scalar_time(e, a1, c1, base1, d1, u1)
+        f = t0 - t1
+        if abs(f) <= rtol * max(t0, t1):
+            return b, e
+        if f > 0.0:
+            lo = b
+        else:
+            hi = b
+        step = b + f / (1.0 / w0 + 1.0 / w1)  # f' = -(1/w0 + 1/w1)
+        b = step if lo < step < hi else 0.5 * (lo + hi)
+    return None
+
+
+def _bisection(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray,
+               s_ul: np.ndarray, budget: float) -> np.ndarray:
+    """Slow and sure: bisect T; for each T, bisect log b_k(T) = min{b : t_k(b) <= T} per device (vectorized)."""
+    n = need_dl.shape[0]
+    floor = base + need_dl / s_dl + need_ul / s_ul  # t_k with infinite bandwidth
+    t_lo = float(floor.max())
+    t_hi = float(time_and_inverse_slope(np.full(n, budget / n), need_dl, need_ul, base, s_dl, s_ul)[0].max())
+    log_lo, log_hi = np.log(budget) - 80.0, np.log(budget)
+
+    def shares(target: float) -> np.ndarray:
+        lo, hi = np.full(n, log_lo), np.full(n, log_hi)
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            fast = time_and_inverse_slope(np.exp(mid), need_dl, need_ul, base, s_dl, s_ul)[0] <= target
+            hi = np.where(fast, mid, hi)
+            lo = np.where(fast, lo, mid)
+        fits = time_and_inverse_slope(np.exp(hi), need_dl, need_ul, base, s_dl, s_ul)[0] <= target
+        return np.where(fits, np.exp(hi), np.inf)
+
+    for _ in range(200):
+        mid = 0.5 * (t_lo + t_hi)
+        if shares(mid).sum() <= budget:
+            t_hi = mid
+        else:
+            t_lo = mid
+    b = shares(t_hi)
+    return b * (budget / b.sum())
+
+
+def minmax_split(bits_dl: np.ndarray, bits_ul: np.ndarray, compute_s: np.ndarray, snr_dl_per_hz: np.ndarray,
+                 snr_ul_per_hz: np.ndarray, budget_hz: float, active: np.ndarray, rtol: float = 1e-10,
+                 max_iter: int = 60) -> np.ndarray:
+    """The exact min-max bandwidth split (module docstring), (D,) Hz summing to budget_hz.
+
+    Devices that move bits share the whole budget so that they all finish together; active devices that move
+    no bits, and idle devices, get 0 Hz. When no device moves bits, the active devices share it equally.
+    """
+    need = active & ((bits_dl > 0.0) | (bits_ul > 0.0))
+    count = int(need.sum())
+    out = np.zeros(need.shape[0])
+    if count == 0:
+        return equal_split(active, budget_hz)
+    if count == 1:
+        out[need] = budget_hz
+        return out
+    args = (bits_dl[need] * _LN2, bits_ul[need] * _LN2, compute_s[need], snr_dl_per_hz[need],
+            snr_ul_per_hz[need], float(budget_hz))
+    if count == 2:
+        b = _newton_pair(*args, rtol=rtol, max_iter=max_iter)
+    else:
+        b = _newton(*args, rtol=rtol, max_iter=max_iter)
+    out[need] = _bisection(*args) if b is None else b
+    return out
+
+
+@dataclass(frozen=True)
+class EqualBandwidth:
+    """The budget split equally among the active devices; as a policy, the router's top-k unchanged."""
+
+    name = "equal"  # a class attribute, not a field: the Policy protocol reads it as a plain str
+
+    def allocate(self, state: LayerState, keep: np.ndarray) -> np.ndarray:
+        return equal_split(device_costs(state, keep).active, state.bandwidth_hz)
+
+    def decide(self, state: LayerState) -> Decision:
+        keep = np.ones(state.topk_index.shape, dtype=bool)
+        return Decision(keep, state.topk_weight.astype(float), self.allocate(state, keep))
+
+
+@dataclass(frozen=True)
+class MinMaxBandwidth:
+    """The exact min-max split (every active device finishes together); as a policy, the router's top-k."""
+
+    rtol: float = 1e-10
+    name = "minmax"  # a class attribute, not a field: the Policy protocol reads it as a plain str
+
+    def allocate(self, state: LayerState, keep: np.ndarray) -> np.ndarray:
+        costs = device_costs(state, keep)
+        return minmax_split(costs.bits_dl, costs.bits_ul, costs.compute_s, state.link.snr_dl_per_hz,
+                            state.link.snr_ul_per_hz, state.bandwidth_hz, costs.active, self.rtol)
+
+    def decide(self, state: LayerState) -> Decision:
+        keep = np.ones(state.topk_index.shape, dtype=bool)
+        return Decision(keep, state.topk_weight.astype(float), self.allocate(state, keep))

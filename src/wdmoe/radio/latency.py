@@ -1,0 +1,200 @@
+"""Radio stage 4: THE latency and energy model of one MoE layer step, of a forward step and of a request.
+
+Contract: pure numpy functions of arrays; the policies, the runtime's telemetry, the simulator and the planner all
+call these, so there is exactly one latency model in the repository. Every formula below is a reconstruction
+[R] of papers.md; the section is named at each.
+
+One MoE layer step (papers.md §2.2 [R], §3.2 [R]), for device k with bandwidth share b_k:
+
+    dl_k      = tokens_k * bits_per_token / r_dl(b_k)        tokens_k: distinct tokens with a kept expert on k
+    compute_k = sum over experts e on k of roofline(n_e)      n_e: tokens kept on expert e (radio.compute)
+    ul_k      = pairs_k * bits_per_token / r_ul(b_k)          pairs_k: kept (token, expert) pairs on k; the BS
+                                                              applies the combine weights, so each output returns
+    t_k       = dl_k + compute_k + ul_k                       (0 for an idle device)
+    T_layer   = t_BS + max over active k of t_k               (the BS waits for every expert, §3.2)
+    W_j       = max_active t_k - max over k in keep_j of t_k  (token j's attention waiting time, §3.2)
+
+Energy (papers.md §3.2 says WDMoE is latency-only, [U]; this is our [R] addition): device transmission
+tx_power_k * ul_k, device compute compute_power_k * compute_k, BS transmission bs_tx_power * dl_k (the LinkState
+SNR puts the full transmit power into each share, so the BS spends it per share).
+
+A forward step is the sum over its layers (§2.2 T_e2e [R]); a request's TTFT is its prefill step and TPOT the
+mean of its decode steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from wdmoe.radio.compute import DeviceProfiles, roofline_time_s
+from wdmoe.radio.link import LinkState
+from wdmoe.radio.rate import PoolMode, pool_shares, share_time_s
+
+DEFAULT_BS_TX_POWER_W = 20.0  # 43 dBm, the placeholder BS power of papers.md §2.2 [R]
+
+
+@dataclass(frozen=True)
+class DeviceLoad:
+    """What one selection sends to each device: shapes (D,), (D,), (E,)."""
+
+    tokens_dl: np.ndarray  # distinct tokens downlinked to each device
+    pairs_ul: np.ndarray  # kept (token, expert) outputs uplinked from each device
+    expert_tokens: np.ndarray  # tokens kept on each expert of the layer
+
+
+def device_load(topk_index: np.ndarray, keep: np.ndarray, expert_device: np.ndarray,
+                num_devices: int) -> DeviceLoad:
+    """Count the tokens and pairs each device receives under the mask `keep` (T, k)."""
+    experts = topk_index[keep]  # (kept pairs,)
+    num_experts = expert_device.shape[0]
+    expert_tokens = np.bincount(experts, minlength=num_experts).astype(float)
+    devices = expert_device[topk_index]  # (T, k)
+    pairs_ul = np.bincount(devices[keep], minlength=num_devices).astype(float)
+    if topk_index.shape[1] == 1:
+        tokens_dl = pairs_ul
+    else:
+        hit = np.zeros((topk_index.shape[0], num_devices), dtype=bool)  # (T, D): token j needs device d
+        rows = np.broadcast_to(np.arange(topk_index.shape[0])[:, None], devices.shape)
+        hit[rows[keep], devices[keep]] = True
+        tokens_dl = hit.sum(axis=0).astype(float)
+    return DeviceLoad(tokens_dl, pairs_ul, expert_tokens)
+
+
+def compute_time_s(expert_tokens: np.ndarray, expert_device: np.ndarray, profiles: DeviceProfiles,
+                   flops_per_token: float, weight_bytes: float) -> np.ndarray:
+    """(D,) seconds: each device runs the roofline of each of its experts on that expert's tokens, in turn."""
+    per_expert = roofline_time_s(expert_tokens, flops_per_token, weight_bytes,
+                                 profiles.flops_per_s[expert_device], profiles.mem_bytes_per_s[expert_device],
+                                 profiles.overhead_s[expert_device])
+    return np.bincount(expert_device, weights=per_expert, minlength=profiles.num_devices)
+
+
+@dataclass(frozen=True)
+class LatencyBreakdown:
+    """The modeled time and energy of one MoE layer step; per-device arrays have shape (D,), per-token (T,).
+
+    Attributes:
+        dl_s, compute_s, ul_s, total_s: each device's downlink, compute, uplink and round-trip seconds.
+        bs_s: the BS's own seconds (attention + router). layer_s: bs_s + the slowest active device.
+        waiting_s: per token, seconds its outputs wait at the BS for the slowest device (§3.2).
+        bits_dl, bits_ul: bits sent to / from each device.
+        energy_device_tx_j, energy_device_compute_j, energy_bs_tx_j: energy parts per device in joules.
+    """
+
+    dl_s: np.ndarray
+    compute_s: np.ndarray
+    ul_s: np.ndarray
+    total_s: np.ndarray
+    bs_s: float
+    layer_s: float
+    waiting_s: np.ndarray
+    bits_dl: np.ndarray
+    bits_ul: np.ndarray
+    energy_device_tx_j: np.ndarray
+    energy_device_compute_j: np.ndarray
+    energy_bs_tx_j: np.ndarray
+
+    @property
+    def energy_j(self) -> float:
+        """Total energy of the layer step in joules (device transmission + device compute + BS transmission)."""
+        return float(self.energy_device_tx_j.sum() + self.energy_device_compute_j.sum()
+                     + self.energy_bs_tx_j.sum())
+
+    @property
+    def active(self) -> np.ndarray:
+        """(D,) bool: devices that run at least one kept expert."""
+        return self.bits_ul > 0.0
+
+
+def layer_breakdown(topk_index: np.ndarray, keep: np.ndarray, expert_device: np.ndarray, link: LinkState,
+                    profiles: DeviceProfiles, expert_flops_per_token: float, expert_weight_bytes: float,
+                    bits_per_token: float, bandwidth_hz: np.ndarray, bs_time_s: float = 0.0, *,
+                    pool: PoolMode = PoolMode.SHARED, bandwidth_ul_hz: np.ndarray | None = None,
+                    bs_tx_power_w: float = DEFAULT_BS_TX_POWER_W) -> LatencyBreakdown:
+    """The latency and energy of one MoE layer step (module docstring has the formulas).
+
+    Shapes: topk_index (T, k) int, keep (T, k) bool, expert_device (E,) int, bandwidth_hz (D,) Hz.
+    An active device with a 0 Hz share gets infinite transfer time (and energy), not an error.
+    """
+    topk_index = np.asarray(topk_index)
+    keep = np.asarray(keep, dtype=bool)
+    expert_device = np.asarray(expert_device)
+    num_devices = link.num_devices
+    if profiles.num_devices != num_devices:
+        raise ValueError(f"profiles describe {profiles.num_devices} devices, the link {num_devices}; "
+                         "give one profile per device")
+    load = device_load(topk_index, keep, expert_device, num_devices)
+    shares = pool_shares(pool, bandwidth_hz, bandwidth_ul_hz)
+    bits_dl = load.tokens_dl * bits_per_token
+    bits_ul = load.pairs_ul * bits_per_token
+    dl_s = share_time_s(bits_dl, shares.dl_hz, link.snr_dl_per_hz)
+    ul_s = share_time_s(bits_ul, shares.ul_hz, link.snr_ul_per_hz)
+    compute_s = compute_time_s(load.expert_tokens, expert_device, profiles, expert_flops_per_token,
+                               expert_weight_bytes)
+    active = load.pairs_ul > 0.0
+    total_s = np.where(active, dl_s + compute_s + ul_s, 0.0)
+    slowest = float(total_s.max(initial=0.0))
+    token_finish = np.where(keep, total_s[expert_device[topk_index]], 0.0).max(axis=1, initial=0.0)  # (T,)
+    with np.errstate(invalid="ignore"):  # inf - inf when the slowest device never finishes
+        waiting_s = np.where(token_finish == slowest, 0.0, slowest - token_finish)
+    return LatencyBreakdown(
+        dl_s=dl_s, compute_s=compute_s, ul_s=ul_s, total_s=total_s, bs_s=float(bs_time_s),
+        layer_s=float(bs_time_s) + slowest, waiting_s=waiting_s, bits_dl=bits_dl, bits_ul=bits_ul,
+        energy_device_tx_j=profiles.tx_power_w * ul_s,
+        energy_device_compute_j=profiles.compute_power_w * compute_s,
+        energy_bs_tx_j=bs_tx_power_w * dl_s,
+    )
+
+
+@dataclass(frozen=True)
+class StepLatency:
+    """One forward step (prefill or one decode token): sums over its MoE layers (papers.md §2.2 T_e2e [R])."""
+
+    latency_s: float
+    energy_j: float
+    energy_device_tx_j: float
+    energy_device_compute_j: float
+    energy_bs_tx_j: float
+    bits_dl: float
+    bits_ul: float
+    num_layers: int
+
+
+def step_totals(layers: Sequence[LatencyBreakdown]) -> StepLatency:
+    """Sum the layer steps of one forward step."""
+    return StepLatency(
+        latency_s=float(sum(b.layer_s for b in layers)),
+        energy_j=float(sum(b.energy_j for b in layers)),
+        energy_device_tx_j=float(sum(b.energy_device_tx_j.sum() for b in layers)),
+        energy_device_compute_j=float(sum(b.energy_device_compute_j.sum() for b in layers)),
+        energy_bs_tx_j=float(sum(b.energy_bs_tx_j.sum() for b in layers)),
+        bits_dl=float(sum(b.bits_dl.sum() for b in layers)),
+        bits_ul=float(sum(b.bits_ul.sum() for b in layers)),
+        num_layers=len(layers),
+    )
+
+
+@dataclass(frozen=True)
+class RequestLatency:
+    """A request: TTFT = its prefill step, TPOT = mean decode step (nan without decode steps), in seconds."""
+
+    ttft_s: float
+    tpot_s: float
+    total_s: float
+    energy_j: float
+    num_decode_steps: int
+
+
+def request_latency(prefill: StepLatency, decode: Sequence[StepLatency]) -> RequestLatency:
+    """TTFT, TPOT, total time and energy of one request from its step totals."""
+    decode_s = [s.latency_s for s in decode]
+    return RequestLatency(
+        ttft_s=prefill.latency_s,
+        tpot_s=float(np.mean(decode_s)) if decode_s else float("nan"),
+        total_s=prefill.latency_s + float(sum(decode_s)),
+        energy_j=prefill.energy_j + float(sum(s.energy_j for s in decode)),
+        num_decode_steps=len(decode_s),
+    )

@@ -1,0 +1,99 @@
+"""Radio stage 2: the Shannon rate of a bandwidth share, and the time to move bits over it (pure numpy).
+
+Contract: given a `LinkState` (SNR per hertz per device) and bandwidth shares in Hz, return rates in bit/s and
+transfer times in seconds, vectorized over devices. A share of 0 Hz has rate 0; moving 0 bits takes 0 s even
+over 0 Hz, moving more than 0 bits over 0 Hz takes infinitely long.
+
+Formula (papers.md §2.2 [R]): r(b) = b * log2(1 + snr_per_hz / b), the transmit power spread over the share, so
+the rate rises with b, is concave in b, and saturates at snr_per_hz * log2(e) (power-limited regime).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from wdmoe.radio.link import LinkState
+
+_LOG2_E = 1.0 / np.log(2.0)
+
+
+class PoolMode(Enum):
+    """How the bandwidth budget is organised.
+
+    SHARED: one pool of B Hz; device k's share b_k carries its downlink, then its uplink (TDD-like), so one
+        array of shares with sum(b) <= B describes both directions.
+    SEPARATE: a DL pool and a UL pool (FDD-like); the DL shares and the UL shares each sum to at most their own
+        pool. Without explicit UL shares, the UL pool is split like the DL pool.
+    """
+
+    SHARED = "shared"
+    SEPARATE = "separate"
+
+
+@dataclass(frozen=True)
+class Shares:
+    """The DL and UL bandwidth of every device, in Hz, shape (D,) each."""
+
+    dl_hz: np.ndarray
+    ul_hz: np.ndarray
+
+
+def pool_shares(mode: PoolMode, bandwidth_hz: np.ndarray, bandwidth_ul_hz: np.ndarray | None = None) -> Shares:
+    """The DL and UL shares a decision's bandwidth means under a pool mode.
+
+    SHARED: both directions use `bandwidth_hz`; passing `bandwidth_ul_hz` is an error (one pool, one split).
+    SEPARATE: DL uses `bandwidth_hz`, UL uses `bandwidth_ul_hz` when given, else the same split.
+    """
+    dl = np.asarray(bandwidth_hz, dtype=float)
+    if mode is PoolMode.SHARED:
+        if bandwidth_ul_hz is not None:
+            raise ValueError("bandwidth_ul_hz was given with PoolMode.SHARED; one shared pool has one split of "
+                             "the band, use PoolMode.SEPARATE for separate DL/UL pools")
+        return Shares(dl, dl)
+    ul = dl if bandwidth_ul_hz is None else np.asarray(bandwidth_ul_hz, dtype=float)
+    if ul.shape != dl.shape:
+        raise ValueError(f"bandwidth_ul_hz has shape {ul.shape}, bandwidth_hz has shape {dl.shape}; give one "
+                         "share per device in each")
+    return Shares(dl, ul)
+
+
+def shannon_rate_bps(bandwidth_hz: np.ndarray | float, snr_per_hz: np.ndarray | float) -> np.ndarray:
+    """Shannon rate r = b * log2(1 + snr_per_hz / b) in bit/s; 0 where b <= 0. Broadcasts its arguments."""
+    b = np.asarray(bandwidth_hz, dtype=float)
+    s = np.asarray(snr_per_hz, dtype=float)
+    positive = b > 0.0
+    safe_b = np.where(positive, b, 1.0)
+    return np.where(positive, safe_b * np.log1p(s / safe_b) * _LOG2_E, 0.0)
+
+
+def rate_dl_bps(link: LinkState, bandwidth_hz: np.ndarray) -> np.ndarray:
+    """Downlink (BS -> device) rate of each device's share, (D,) bit/s."""
+    return shannon_rate_bps(bandwidth_hz, link.snr_dl_per_hz)
+
+
+def rate_ul_bps(link: LinkState, bandwidth_hz: np.ndarray) -> np.ndarray:
+    """Uplink (device -> BS) rate of each device's share, (D,) bit/s."""
+    return shannon_rate_bps(bandwidth_hz, link.snr_ul_per_hz)
+
+
+def transfer_time_s(bits: np.ndarray | float, rate_bps: np.ndarray | float) -> np.ndarray:
+    """Seconds to move `bits` at `rate_bps`: 0 for 0 bits, inf for bits > 0 at rate 0."""
+    n = np.asarray(bits, dtype=float)
+    r = np.asarray(rate_bps, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = n / r
+    return np.where(n > 0.0, np.where(r > 0.0, t, np.inf), 0.0)
+
+
+def share_time_s(bits: np.ndarray | float, bandwidth_hz: np.ndarray | float,
+                 snr_per_hz: np.ndarray | float) -> np.ndarray:
+    """Seconds to move `bits` over a share of `bandwidth_hz` with the given SNR per hertz."""
+    return transfer_time_s(bits, shannon_rate_bps(bandwidth_hz, snr_per_hz))
+
+
+def max_rate_bps(snr_per_hz: np.ndarray | float) -> np.ndarray:
+    """The rate limit of an infinitely wide share, snr_per_hz * log2(e): no share moves bits faster."""
+    return np.asarray(snr_per_hz, dtype=float) * _LOG2_E

@@ -1,0 +1,63 @@
+"""radio.rate: the Shannon rate of a share by hand, its limits, transfer times, and pool modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wdmoe.radio.link import LinkState
+from wdmoe.radio.rate import (
+    PoolMode,
+    max_rate_bps,
+    pool_shares,
+    rate_dl_bps,
+    rate_ul_bps,
+    shannon_rate_bps,
+    share_time_s,
+    transfer_time_s,
+)
+
+
+def test_rate_by_hand_and_zero_share() -> None:
+    # 1 MHz with snr_per_hz 3e6: SNR = 3, log2(4) = 2 bit/s/Hz -> 2 Mbit/s; 0 Hz -> 0 bit/s.
+    rate = shannon_rate_bps(np.array([1e6, 0.0, 2e6]), np.array([3e6, 3e6, 2e6]))
+
+    np.testing.assert_allclose(rate, [2e6, 0.0, 2e6], rtol=1e-15)
+
+
+def test_dl_and_ul_use_their_own_snr() -> None:
+    link = LinkState(np.ones(2), np.zeros(2), np.ones(2), np.ones(2), np.array([3e6, 7e6]), np.array([1e6, 1e6]))
+
+    np.testing.assert_allclose(rate_dl_bps(link, np.full(2, 1e6)), [2e6, 3e6])
+    np.testing.assert_allclose(rate_ul_bps(link, np.full(2, 1e6)), [1e6, 1e6])
+
+
+@settings(max_examples=200)
+@given(b=st.floats(1.0, 1e9), extra=st.floats(1e-3, 1e9), snr=st.floats(1e3, 1e13))
+def test_rate_rises_with_bandwidth_below_the_power_limit(b: float, extra: float, snr: float) -> None:
+    low, high = shannon_rate_bps(b, snr), shannon_rate_bps(b + extra, snr)
+
+    assert high >= low * (1 - 1e-12)  # flat to rounding in the power-limited regime
+    assert high <= max_rate_bps(snr) * (1 + 1e-12)
+
+
+def test_transfer_times() -> None:
+    times = transfer_time_s(np.array([0.0, 0.0, 4e6, 4e6]), np.array([0.0, 1e6, 2e6, 0.0]))
+    np.testing.assert_array_equal(times, [0.0, 0.0, 2.0, np.inf])
+    np.testing.assert_allclose(share_time_s(2e6, 1e6, 3e6), 1.0)
+
+
+def test_pool_modes() -> None:
+    dl = np.array([1e6, 3e6])
+    shared = pool_shares(PoolMode.SHARED, dl)
+    separate = pool_shares(PoolMode.SEPARATE, dl, np.array([2e6, 2e6]))
+
+    np.testing.assert_array_equal(shared.ul_hz, dl)
+    np.testing.assert_array_equal(separate.ul_hz, [2e6, 2e6])
+    np.testing.assert_array_equal(pool_shares(PoolMode.SEPARATE, dl).ul_hz, dl)
+    with pytest.raises(ValueError, match=r"PoolMode\.SEPARATE"):
+        pool_shares(PoolMode.SHARED, dl, dl)
+    with pytest.raises(ValueError, match="shape"):
+        pool_shares(PoolMode.SEPARATE, dl, np.ones(3))
