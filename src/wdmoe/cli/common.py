@@ -59,3 +59,16 @@ def device_table(summary: dict[str, Any], title: str = "devices") -> Table:
     for device, (tokens, down, up, compute) in enumerate(rows):
         table.add_row(str(device), str(tokens), f"{down / 1e3:.1f}", f"{up / 1e3:.1f}", f"{compute * 1e3:.2f}")
     return table
+
+
+def latency_table(report: dict[str, Any]) -> Table:
+    """Per MoE layer, the radio model's mean times over the request's steps (the slowest device's parts)."""
+    table = Table(title="modeled latency per MoE layer (mean over steps)")
+    for column in ("layer", "BS ms", "DL ms", "compute ms", "UL ms", "layer ms", "wait ms"):
+        table.add_column(column, justify="right")
+    for row in report["latency"]["per_layer"]:
+        table.add_row(
+            str(row["layer"]),
+            *(f"{row[key] * 1e3:.3f}" for key in ("bs_s", "dl_s", "compute_s", "ul_s", "layer_s", "waiting_s")),
+        )
+    return table

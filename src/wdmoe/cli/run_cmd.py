@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from wdmoe.cli.common import console, device_table, offline, print_json, user_errors
+from wdmoe.cli.common import console, device_table, latency_table, offline, print_json, user_errors
 
 
 def parse_prompt_ids(text: str) -> list[int]:
@@ -69,21 +69,34 @@ def run(
     do_sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 1.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Sampling seed (and the random policy's).")] = 0,
+    policy: Annotated[str, typer.Option(help="Expert selection: topk, wlr, joint, fastest or random.")] = "topk",
+    theta: Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold (wlr only).")] = 0.5,
+    scenario: Annotated[
+        Path | None, typer.Option(help="Radio scenario TOML (default: built-in default, one per device).")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Generate text with the experts on (in-process) devices and print what each device did."""
+    """Generate with the experts on (in-process) devices; print the text, each device's load and the modeled latency."""
     offline()
     with user_errors():
         import torch
 
+        from wdmoe.config import Scenario, load_scenario
+        from wdmoe.policy.factory import make_policy
         from wdmoe.runtime.model import DistributedMoE
 
+        radio = load_scenario(scenario) if scenario else None
+        if radio is not None and devices is None and not (model_dir / "manifest.json").is_file():
+            devices = radio.num_devices  # split a HF directory over the scenario's devices
         model = DistributedMoE.from_pretrained(model_dir, num_devices=devices)
+        radio = radio or Scenario.default(num_devices=model.num_devices)
+        model.set_policy(make_policy(policy, theta=theta, seed=seed), radio)
         ids = encode_prompt(model, prompt, prompt_ids)
         torch.manual_seed(seed)
         sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p) if do_sample else {}
         report = generate_report(model, ids, max_new_tokens, **sampling)
+        report["policy"] = policy
         model.close()
     if json_out:
         print_json(report)
@@ -95,3 +108,11 @@ def run(
         f"{report['measured_ttft_s'] * 1e3:.1f} ms, TPOT {report['measured_tpot_s'] * 1e3:.1f} ms (CPU wall time)"
     )
     console.print(device_table(report))
+    console.print(latency_table(report))
+    lat = report["latency"]
+    tpot = "-" if lat["tpot_s"] is None else f"{lat['tpot_s'] * 1e3:.3f} ms"
+    console.print(
+        f"[bold]modeled[/bold] ({policy}): TTFT {lat['ttft_s'] * 1e3:.3f} ms, TPOT {tpot}, "
+        f"bytes on air {report['bytes_on_air'] / 1e3:.1f} kB, energy {report['energy_j']:.4f} J; "
+        f"per token: {', '.join(f'{t * 1e3:.3f}' for t in lat['per_step_s'][1:])} ms"
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,11 @@ from wdmoe.placement import Placement
 from wdmoe.runtime.loading import build_bs_model
 from wdmoe.runtime.moe_layer import Dispatcher
 from wdmoe.runtime.telemetry import StepRecord, Telemetry, summarize
+
+if TYPE_CHECKING:
+    from wdmoe.config import Scenario
+    from wdmoe.policy.base import Policy
+    from wdmoe.runtime.wireless import ModelCosts, WirelessDecider
 
 
 class DistributedMoE:
@@ -40,6 +45,7 @@ class DistributedMoE:
         self._step_start_s = 0.0
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.tokenizer = _load_tokenizer(root / "bs")
+        self.wireless: WirelessDecider | None = None
 
     @classmethod
     def from_pretrained(
@@ -49,6 +55,8 @@ class DistributedMoE:
         placement: Placement | None = None,
         pool: DevicePool | None = None,
         torch_device: str = "cpu",
+        policy: Policy | None = None,
+        scenario: Scenario | None = None,
     ) -> DistributedMoE:
         """Load a split directory, or split a Hugging Face model directory on the fly.
 
@@ -58,6 +66,8 @@ class DistributedMoE:
             placement: (layer, expert) -> devices for an on-the-fly split; default expert e on device e mod D.
             pool: the device pool; default in-process devices, each loading only its own shard.
             torch_device: where the BS (and the in-process devices) compute.
+            policy: the expert-selection policy; None (and no scenario) runs the model's own top-k, no radio.
+            scenario: the radio scenario; default `Scenario.default(num_devices)` when a policy is given.
         """
         path = Path(path)
         if num_devices is not None and num_devices < 1:
@@ -76,7 +86,41 @@ class DistributedMoE:
         pool = pool or LocalDevicePool(path, manifest, torch_device)
         model = cls(path, manifest, pool, torch_device)
         model._tmp = tmp
+        if policy is not None or scenario is not None:
+            model.set_policy(policy, scenario)
         return model
+
+    def set_policy(self, policy: Policy | None, scenario: Scenario | None = None) -> None:
+        """Select experts with `policy` over the links of `scenario` (default scenario if None); the modeled
+        latency of every MoE layer step then lands in its LayerRecord. `set_policy(None)` restores plain top-k."""
+        from wdmoe.config import Scenario
+        from wdmoe.policy.topk import TopK
+        from wdmoe.runtime.wireless import WirelessDecider
+
+        if policy is None and scenario is None:
+            self.wireless = self.dispatcher.decider = None
+            return
+        scenario = scenario or Scenario.default(num_devices=self.num_devices)
+        self.wireless = WirelessDecider(
+            scenario, policy or TopK(), self.model_costs(), self.dispatcher.primary, self.num_devices
+        )
+        self.dispatcher.decider = self.wireless
+
+    def model_costs(self) -> ModelCosts:
+        from wdmoe.model.families import family_for
+        from wdmoe.runtime.wireless import ModelCosts
+
+        config = self.config
+        hidden, inter = int(config.hidden_size), family_for(config).expert_intermediate_size(config)
+        bytes_per_param = float(next(self.hf_model.parameters()).element_size())
+        per_layer: dict[int, float] = {}
+        pending = 0.0
+        for index, layer in enumerate(self.hf_model.model.layers):
+            pending += float(sum(p.numel() for p in layer.parameters()))
+            if index in self.dispatcher.primary:
+                per_layer[index], pending = pending, 0.0
+        return ModelCosts(hidden, 2.0 * 3 * hidden * inter, 3.0 * hidden * inter * bytes_per_param, per_layer,
+                          bytes_per_param)
 
     # -- the transformers surface -------------------------------------------------------------------------
     @property
@@ -105,6 +149,8 @@ class DistributedMoE:
     def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
         """Prompt + new tokens, like transformers' `generate` (KV cache for prefill and decode)."""
         kwargs.setdefault("pad_token_id", self.hf_model.generation_config.pad_token_id or 0)
+        if self.wireless is not None:
+            self.wireless.start_request()
         if "attention_mask" not in kwargs:
             kwargs["attention_mask"] = torch.ones_like(input_ids)
         return self.hf_model.generate(input_ids, **kwargs)
@@ -115,6 +161,7 @@ class DistributedMoE:
         return self.telemetry.steps
 
     def summary(self, steps: list[StepRecord] | None = None) -> dict[str, Any]:
+        """Totals of `steps` (default: all recorded): per-device load, and the modeled latency when radio is on."""
         return summarize(self.telemetry.steps if steps is None else steps, self.num_devices)
 
     def _start_step(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -124,6 +171,8 @@ class DistributedMoE:
         cache = kwargs.get("past_key_values")
         prefill = cache is None or cache.get_seq_length() == 0
         self.telemetry.start("prefill" if prefill else "decode", num_tokens)
+        if self.wireless is not None:
+            self.wireless.start_step()
         self._step_start_s = self.dispatcher.mark_s = time.perf_counter()
 
     def _finish_step(self, _module: Any, _args: Any, _output: Any) -> None:

@@ -118,11 +118,63 @@ def summarize(steps: list[StepRecord], num_devices: int) -> dict[str, Any]:
             bits_up += rec.bits_up
             compute_s += rec.device_time_s
             kept.append(rec.experts_per_token)
-    return {
+    summary = {
         "tokens_per_device": tokens.tolist(),
         "bits_down_per_device": bits_down.tolist(),
         "bits_up_per_device": bits_up.tolist(),
         "device_compute_s": compute_s.tolist(),
         "experts_per_token_mean": float(np.concatenate(kept).mean()) if kept else 0.0,
         "bs_time_s": float(sum(r.bs_time_s for s in steps for r in s.layers) + sum(s.tail_s for s in steps)),
+    }
+    modeled = modeled_summary(steps)
+    if modeled is not None:
+        summary.update(modeled)
+    return summary
+
+
+def modeled_summary(steps: list[StepRecord]) -> dict[str, Any] | None:
+    """The radio model's view of a request (`wdmoe.radio.latency`): TTFT = the first step, TPOT = the mean of the
+    others, bytes on air, energy, and per-layer means. None when a step has no modeled latency."""
+    from wdmoe.radio.latency import request_latency, step_totals
+
+    layers = [[r.modeled for r in s.layers] for s in steps]
+    if not steps or any(m is None for ms in layers for m in ms):
+        return None
+    totals = [step_totals(ms) for ms in layers]
+    request = request_latency(totals[0], totals[1:])
+    by_layer: dict[int, list[Any]] = {}
+    for step in steps:
+        for rec in step.layers:
+            by_layer.setdefault(rec.layer, []).append(rec.modeled)
+    per_layer = [
+        {
+            "layer": layer,
+            "bs_s": float(np.mean([b.bs_s for b in bds])),
+            "dl_s": float(np.mean([b.dl_s.max(initial=0.0) for b in bds])),
+            "compute_s": float(np.mean([b.compute_s.max(initial=0.0) for b in bds])),
+            "ul_s": float(np.mean([b.ul_s.max(initial=0.0) for b in bds])),
+            "layer_s": float(np.mean([b.layer_s for b in bds])),
+            "waiting_s": float(np.mean([b.waiting_s.mean() for b in bds])),
+        }
+        for layer, bds in sorted(by_layer.items())
+    ]
+    bits_dl = sum(t.bits_dl for t in totals)
+    bits_ul = sum(t.bits_ul for t in totals)
+    return {
+        "latency": {
+            "ttft_s": request.ttft_s,
+            "tpot_s": request.tpot_s if request.num_decode_steps else None,
+            "total_s": request.total_s,
+            "per_step_s": [t.latency_s for t in totals],
+            "per_layer": per_layer,
+        },
+        "bytes_on_air": (bits_dl + bits_ul) / 8,
+        "bytes_down": bits_dl / 8,
+        "bytes_up": bits_ul / 8,
+        "energy_j": request.energy_j,
+        "energy_parts_j": {
+            "device_tx": sum(t.energy_device_tx_j for t in totals),
+            "device_compute": sum(t.energy_device_compute_j for t in totals),
+            "bs_tx": sum(t.energy_bs_tx_j for t in totals),
+        },
     }

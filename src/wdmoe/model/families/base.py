@@ -32,6 +32,10 @@ class Family:
     router: str
     shared_experts: tuple[str, ...] = ()
 
+    def expert_intermediate_size(self, config: Any) -> int:
+        """I of one routed expert: `moe_intermediate_size` where the config has one, else `intermediate_size`."""
+        return int(getattr(config, "moe_intermediate_size", None) or config.intermediate_size)
+
     def decoder_layers(self, hf_model: nn.Module) -> list[nn.Module]:
         return list(hf_model.model.layers)  # type: ignore[union-attr, arg-type]
 

@@ -1,0 +1,127 @@
+"""The runtime's radio side: per MoE layer, build the `LayerState`, ask the policy, model the latency.
+
+`WirelessDecider` is the `Dispatcher.decider` when a scenario is set. It owns the channel realization: the
+geometry and large-scale loss are drawn once (devices do not move during a run), the fast fading is redrawn per
+the scenario's coherence setting (every forward step, every layer, or once per request), from a generator seeded
+by the scenario, so a run replays exactly. All latency and energy numbers come from `wdmoe.radio.latency`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wdmoe.config import Scenario
+from wdmoe.policy.base import Decision, LayerState, Policy
+from wdmoe.radio.channel import redraw_fading, sample_links
+from wdmoe.radio.compute import PRESETS, DeviceProfiles, roofline_time_s
+from wdmoe.radio.latency import LatencyBreakdown, layer_breakdown
+from wdmoe.radio.link import LinkState
+from wdmoe.radio.rate import PoolMode
+
+
+@dataclass(frozen=True)
+class ModelCosts:
+    """What the radio model needs to know of the model (from its config and BS weights).
+
+    Attributes:
+        hidden_size: H, values per token on the air.
+        expert_flops_per_token: FLOPs of one gated expert FFN on one token, 2 * 3 * H * I.
+        expert_weight_bytes: bytes of one expert's three matrices at the devices' dtype.
+        bs_params_per_layer: {MoE layer: BS parameters of the decoder layers since the previous MoE layer}
+            (attention, norms, router, shared experts, leading dense MLPs).
+        bytes_per_param: bytes of one BS weight.
+    """
+
+    hidden_size: int
+    expert_flops_per_token: float
+    expert_weight_bytes: float
+    bs_params_per_layer: dict[int, float]
+    bytes_per_param: float
+
+
+class WirelessDecider:
+    """Policy + channel + latency model for every MoE layer step of a running model."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        policy: Policy,
+        costs: ModelCosts,
+        expert_device: dict[int, np.ndarray],
+        num_devices: int,
+    ) -> None:
+        if scenario.num_devices != num_devices:
+            raise ValueError(
+                f"scenario field 'num_devices' = {scenario.num_devices}, but the model is split over "
+                f"{num_devices} devices; make them equal"
+            )
+        self.scenario = scenario
+        self.policy = policy
+        self.costs = costs
+        self.expert_device = expert_device
+        self.rng = np.random.default_rng(scenario.seed)
+        self.link: LinkState = sample_links(self.rng, scenario)
+        self.profiles = DeviceProfiles.from_profiles(
+            [PRESETS[scenario.preset_of_device(d)] for d in range(num_devices)]
+        )
+        self.pool = PoolMode.SHARED if scenario.bandwidth_pool == "shared" else PoolMode.SEPARATE
+        self.bs_tx_power_w = 10 ** (scenario.bs_tx_power_dbm / 10) / 1e3
+        self.last_state: LayerState | None = None
+
+    def start_request(self) -> None:
+        if self.scenario.coherence == "request":
+            self.link = redraw_fading(self.rng, self.link, self.scenario)
+
+    def start_step(self) -> None:
+        if self.scenario.coherence == "step":
+            self.link = redraw_fading(self.rng, self.link, self.scenario)
+
+    def bs_time_s(self, layer: int, num_tokens: int) -> float:
+        """The BS's modeled time for one layer step [R]: a fixed time, or the roofline of the BS preset on the
+        BS weights since the previous MoE layer (2 FLOPs per weight per token; attention over the context and
+        the LM head are not counted)."""
+        if self.scenario.bs_layer_time_s is not None:
+            return self.scenario.bs_layer_time_s
+        bs = PRESETS[str(self.scenario.bs_preset)]
+        params = self.costs.bs_params_per_layer[layer]
+        return float(
+            roofline_time_s(
+                num_tokens, 2.0 * params, params * self.costs.bytes_per_param, bs.flops_per_s, bs.mem_bytes_per_s,
+                bs.overhead_s,
+            )
+        )
+
+    def state(self, layer: int, index: np.ndarray, weight: np.ndarray, logits: np.ndarray | None) -> LayerState:
+        if self.scenario.coherence == "layer":
+            self.link = redraw_fading(self.rng, self.link, self.scenario)
+        return LayerState(
+            topk_index=index,
+            topk_weight=weight,
+            expert_device=self.expert_device[layer],
+            link=self.link,
+            profiles=self.profiles,
+            expert_flops_per_token=self.costs.expert_flops_per_token,
+            expert_weight_bytes=self.costs.expert_weight_bytes,
+            bits_per_token=float(self.costs.hidden_size * self.scenario.activation_bits),
+            bandwidth_hz=self.scenario.bandwidth_hz,
+            bs_time_s=self.bs_time_s(layer, index.shape[0]),
+            logits=logits,
+        )
+
+    def breakdown(self, state: LayerState, decision: Decision) -> LatencyBreakdown:
+        return layer_breakdown(
+            state.topk_index, decision.keep, state.expert_device, state.link, self.profiles,
+            state.expert_flops_per_token, state.expert_weight_bytes, state.bits_per_token, decision.bandwidth_hz,
+            state.bs_time_s, pool=self.pool, bs_tx_power_w=self.bs_tx_power_w,
+        )
+
+    def __call__(
+        self, layer: int, index: np.ndarray, weight: np.ndarray, logits: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, Any]:
+        state = self.state(layer, index, weight, logits)
+        self.last_state = state
+        decision = self.policy.decide(state)
+        return decision.keep, decision.weight, self.breakdown(state, decision)
