@@ -61,7 +61,9 @@ def generate_report(model: Any, ids: list[int], max_new_tokens: int, **sampling:
 
 
 def run(
-    model_dir: Annotated[Path, typer.Option("--model", "-m", help="A split directory or a HF model directory.")],
+    model_dir: Annotated[
+        Path | None, typer.Option("--model", "-m", help="A split or HF model directory (default: the shipped model).")
+    ] = None,
     prompt: Annotated[str | None, typer.Option(help="Prompt text (needs a tokenizer).")] = None,
     prompt_ids: Annotated[str | None, typer.Option(help="Prompt token ids, e.g. 1,2,3.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 16,
@@ -83,9 +85,11 @@ def run(
         import torch
 
         from wdmoe.config import Scenario, load_scenario
+        from wdmoe.model.shipped import default_model_dir
         from wdmoe.policy.factory import make_policy
         from wdmoe.runtime.model import DistributedMoE
 
+        model_dir = model_dir or default_model_dir()
         radio = load_scenario(scenario) if scenario else None
         if radio is not None and devices is None and not (model_dir / "manifest.json").is_file():
             devices = radio.num_devices  # split a HF directory over the scenario's devices

@@ -1,0 +1,37 @@
+"""The model wdmoe ships, and the default model of `run`, `demo`, `eval` and `serve`.
+
+The trained model lives in the package (`wdmoe/data/shipped-model/`, a HF `save_pretrained` directory with its
+tokenizer). If a checkout does not have it, `default_model_dir()` falls back to a small random Mixtral, saved once
+under the user's cache directory, and says so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "shipped-model"
+
+
+def has_shipped_model() -> bool:
+    return (SHIPPED_DIR / "config.json").is_file()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wdmoe"
+
+
+def random_model_dir() -> Path:
+    """A small random Mixtral (hidden 128, 4 layers, 8 experts, top-2), built once and cached."""
+    path = cache_dir() / "random-mixtral-h128-l4"
+    if not (path / "config.json").is_file():
+        from wdmoe.model.tiny import tiny_model
+
+        model = tiny_model("mixtral", seed=0, hidden_size=128, num_hidden_layers=4, intermediate_size=256)
+        model.save_pretrained(path)
+    return path
+
+
+def default_model_dir() -> Path:
+    """The shipped trained model if present, else the cached random Mixtral."""
+    return SHIPPED_DIR if has_shipped_model() else random_model_dir()
