@@ -59,18 +59,67 @@ def time_and_inverse_slope(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarr
 
 def _newton(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray, s_ul: np.ndarray,
             budget: float, rtol: float, max_iter: int) -> np.ndarray | None:
-    b = np.full(need_dl.shape, budget / need_dl.shape[0])
+    """Newton in x = 1/b with the shares rescaled onto sum b = B after each step (fewer steps far from the
+    optimum, still quadratic near it). DL and UL are stacked into (2, n) arrays and reductions are dot products:
+    numpy's per-call overhead, not arithmetic, is the cost at these sizes. Once the relative gap is below
+    0.1 sqrt(rtol), one last step lands below rtol (seen on 3000 random instances: worst 1e-10 for rtol 1e-10)
+    and is not re-evaluated. The first step (from the equal split) solves the x-linear model with the exact
+    budget instead (`_model_step`): about 5 evaluations instead of 7 on random instances."""
+    n = need_dl.shape[0]
+    need = np.empty((2, n))  # DL row, UL row
+    need[0], need[1] = need_dl, need_ul
+    snr = np.empty((2, n))
+    snr[0], snr[1] = s_dl, s_ul
+    y, log_term = np.empty((2, n)), np.empty((2, n))
+    transfer, work = np.empty((2, n)), np.empty((2, n))  # DL/UL transfer seconds; b * |d transfer / db|
+    ones = np.ones(n)
+    b = np.full(n, budget / n)
+    last_step = 0.1 * math.sqrt(rtol)
+    first = True
     for _ in range(max_iter):
-        t, w = time_and_inverse_slope(b, need_dl, need_ul, base, s_dl, s_ul)
-        total = b.sum()
-        t_max = t.max()
-        if t_max - t.min() <= rtol * t_max and abs(total - budget) <= rtol * budget:
-            return b * (budget / total)
-        target = (total - budget + (w * t).sum()) / w.sum()
-        b = b / np.maximum(1.0 + (target - t) * w / b, 0.1)
-        if not np.isfinite(b).all():
-            return None
+        np.divide(snr, b, out=y)
+        np.log1p(y, out=log_term)
+        np.divide(need, np.multiply(log_term, b, out=work), out=transfer)
+        # b * |d transfer / db| = transfer * (1 - y / ((1 + y) * log_term)), built in `work`
+        np.add(y, 1.0, out=work)
+        np.multiply(work, log_term, out=work)
+        np.divide(y, work, out=work)
+        np.multiply(work, transfer, out=work)
+        np.subtract(transfer, work, out=work)
+        t = transfer[0] + transfer[1] + base
+        b_slope = work[0] + work[1]  # b * |dt/db|
+        w = b / b_slope  # 1 / |dt/db|
+        target = w.dot(t) / w.dot(ones)
+        gap = t - target
+        gap2 = gap.dot(gap) / target**2
+        if gap2 <= rtol**2:
+            return b if np.isfinite(b).all() else None
+        if first:  # far from the optimum: solve the x-linear model with the exact budget constraint
+            b = _model_step(b, t, b_slope, target, budget, ones)
+            first = False
+        else:
+            b = b / np.maximum(1.0 - gap / b_slope, 0.1)
+        b *= budget / b.dot(ones)
+        if gap2 <= last_step**2:  # quadratic convergence: this step took the gap from <= 1e-6 to ~1e-12
+            return b if np.isfinite(b).all() else None
     return None
+
+
+def _model_step(b: np.ndarray, t: np.ndarray, b_slope: np.ndarray, target: float, budget: float,
+                ones: np.ndarray) -> np.ndarray:
+    """Shares that equalise the x-linear model t_k(x) = a_k + g_k x (x = 1/b, g = b * b_slope, a = t - b_slope)
+    under sum b = B exactly: b_k(T) = g_k / (T - a_k), with T the root of 1/sum_k b_k(T) = 1/B, a concave
+    increasing function of T, by 3 Newton steps (monotone once left of the root)."""
+    g = b_slope * b
+    a = t - b_slope
+    floor = float(a.max())
+    level = max(target, floor + 1e-9 * abs(floor))
+    for _ in range(3):
+        share = g / (level - a)
+        total = share.dot(ones)
+        step = (1.0 / total - 1.0 / budget) * total**2 / (share * share / g).dot(ones)
+        level = level - step if level - step > floor else 0.5 * (level + floor)
+    return g / (level - a)
 
 
 def _newton_pair(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray,
@@ -154,20 +203,27 @@ def minmax_split(bits_dl: np.ndarray, bits_ul: np.ndarray, compute_s: np.ndarray
     no bits, and idle devices, get 0 Hz. When no device moves bits, the active devices share it equally.
     """
     need = active & ((bits_dl > 0.0) | (bits_ul > 0.0))
-    count = int(need.sum())
+    count = int(np.count_nonzero(need))
     out = np.zeros(need.shape[0])
     if count == 0:
         return equal_split(active, budget_hz)
     if count == 1:
         out[need] = budget_hz
         return out
-    args = (bits_dl[need] * _LN2, bits_ul[need] * _LN2, compute_s[need], snr_dl_per_hz[need],
-            snr_ul_per_hz[need], float(budget_hz))
+    if count == need.shape[0]:  # the common case: skip the fancy indexing (decisions take microseconds)
+        args = (bits_dl * _LN2, bits_ul * _LN2, compute_s, snr_dl_per_hz, snr_ul_per_hz, float(budget_hz))
+    else:
+        args = (bits_dl[need] * _LN2, bits_ul[need] * _LN2, compute_s[need], snr_dl_per_hz[need],
+                snr_ul_per_hz[need], float(budget_hz))
     if count == 2:
         b = _newton_pair(*args, rtol=rtol, max_iter=max_iter)
     else:
         b = _newton(*args, rtol=rtol, max_iter=max_iter)
-    out[need] = _bisection(*args) if b is None else b
+    if b is None:
+        b = _bisection(*args)
+    if count == need.shape[0]:
+        return b
+    out[need] = b
     return out
 
 

@@ -180,11 +180,13 @@ class _OneToken:
 
 def _one_token(state: LayerState) -> _OneToken:
     profiles = profiles_of(state)
-    device = state.expert_device[state.topk_index[0]]  # (k,)
-    roof = np.maximum(state.expert_flops_per_token / profiles.flops_per_s[device],
-                      state.expert_weight_bytes / profiles.mem_bytes_per_s[device]) + profiles.overhead_s[device]
-    return _OneToken(device.tolist(), state.topk_weight[0].astype(float).tolist(), roof.tolist(),
-                     state.link.snr_dl_per_hz[device].tolist(), state.link.snr_ul_per_hz[device].tolist())
+    device = state.expert_device[state.topk_index[0]].tolist()  # k entries: item() beats fancy indexing here
+    flops, mem, overhead = profiles.flops_per_s, profiles.mem_bytes_per_s, profiles.overhead_s
+    roof = [max(state.expert_flops_per_token / flops.item(d), state.expert_weight_bytes / mem.item(d))
+            + overhead.item(d) for d in device]
+    snr_dl, snr_ul = state.link.snr_dl_per_hz, state.link.snr_ul_per_hz
+    return _OneToken(device, state.topk_weight[0].astype(float).tolist(), roof,
+                     [snr_dl.item(d) for d in device], [snr_ul.item(d) for d in device])
 
 
 def _evaluate_one_token(policy: JointSelectionBandwidth, state: LayerState, slots: _OneToken,
