@@ -1,5 +1,6 @@
 """Policies (pure numpy): one MoE layer step's `LayerState` in, a `Decision` (keep, weight, bandwidth) out."""
 
+from wdmoe.policy.bandwidth import BandwidthAllocator as BandwidthAllocator
 from wdmoe.policy.bandwidth import EqualBandwidth as EqualBandwidth
 from wdmoe.policy.bandwidth import MinMaxBandwidth as MinMaxBandwidth
 from wdmoe.policy.bandwidth import minmax_split as minmax_split
