@@ -61,13 +61,6 @@ def renormalize(weight: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return np.where(positive, kept * scale, np.where(keep, equal, 0.0))
 
 
-def check_keeps_one(keep: np.ndarray, policy: str) -> None:
-    """Raise when some token keeps no expert: a policy bug, never a valid decision."""
-    if keep.shape[0] and not keep.any(axis=1).all():
-        empty = int(np.flatnonzero(~keep.any(axis=1))[0])
-        raise AssertionError(f"policy {policy} dropped every expert of token {empty}; every token must keep one")
-
-
 def device_times_s(state: LayerState, costs: DeviceCosts, bandwidth_hz: np.ndarray) -> np.ndarray:
     """(D,) round-trip seconds DL + compute + UL of each active device on its share (0 when idle)."""
     link = state.link

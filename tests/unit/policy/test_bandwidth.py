@@ -11,6 +11,7 @@ from scipy.optimize import brentq
 
 from tests.unit.policy.states import layer_states, random_state
 from wdmoe.policy import EqualBandwidth, MinMaxBandwidth, minmax_split
+from wdmoe.policy.bandwidth import _bisection, _newton
 from wdmoe.policy.base import LayerState
 from wdmoe.policy.evaluate import layer_breakdown
 from wdmoe.policy.selection import device_costs
@@ -116,3 +117,17 @@ def test_minmax_gives_the_weak_link_more_band() -> None:
     assert split[0] > split[1]
     t = [_device_time(split[k], 1e5, 1e5, 0.0, [1e8, 1e10][k], [1e8, 1e10][k]) for k in range(2)]
     assert abs(t[0] - t[1]) <= 1e-9 * t[0]
+
+
+def test_bisection_fallback_agrees_with_newton() -> None:
+    state = random_state(seed=21, num_tokens=64, top_k=2, num_experts=6, num_devices=6)
+    costs = device_costs(state, np.ones(state.topk_index.shape, dtype=bool))
+    link, ln2 = state.link, math.log(2.0)
+    args = (costs.bits_dl[costs.active] * ln2, costs.bits_ul[costs.active] * ln2, costs.compute_s[costs.active],
+            link.snr_dl_per_hz[costs.active], link.snr_ul_per_hz[costs.active], state.bandwidth_hz)
+
+    newton = _newton(*args, rtol=1e-10, max_iter=60)
+    bisection = _bisection(*args)
+
+    assert newton is not None and int(costs.active.sum()) >= 3
+    np.testing.assert_allclose(bisection, newton, rtol=1e-7)
