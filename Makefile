@@ -16,7 +16,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[model,dev,sionna]"
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[model,dev,sionna,bench]"
 	touch $@
 
 demo: setup
@@ -31,6 +31,7 @@ test: lint
 
 bench: setup
 	$(BIN)/python bench/runtime_overhead.py
+	$(BIN)/python bench/policy_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
