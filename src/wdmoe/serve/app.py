@@ -1,0 +1,108 @@
+"""The server: `create_app(engine, api_key=None, limits=Limits())` builds the FastAPI app around one engine.
+
+Routes: the OpenAI ones under /v1 (bearer key when `api_key` is set), GET /health, GET /metrics (Prometheus),
+the dashboard at / with its SSE stream at /dashboard/events. Every error is a JSON body in OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}`: 400 for bad values, 401 for a missing or wrong key, 404/405 for
+unknown routes, 429 when the queue is full. The caller owns the engine (and closes it).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from wdmoe.serve.dashboard import DashboardState, dashboard_router
+from wdmoe.serve.engine import Engine, QueueFull
+from wdmoe.serve.metrics import Metrics
+from wdmoe.serve.prompts import BadRequest
+from wdmoe.serve.routes import ServeContext, openai_router
+from wdmoe.serve.schemas import Limits
+
+
+class Unauthorized(Exception):
+    """No `Authorization: Bearer <key>` header, or the wrong key."""
+
+
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
+    """The app serving `engine`; with `api_key`, every /v1 route needs `Authorization: Bearer <api_key>`."""
+    limits = limits or Limits(max_queue=engine.max_queue)
+    engine.max_queue = limits.max_queue
+    metrics = Metrics(engine.model.num_devices)
+    dashboard = DashboardState(engine)
+    engine.sinks.extend([metrics.observe_step, dashboard.update])
+    engine.failure_sinks.append(metrics.record_device_failure)
+    ctx = ServeContext(engine, limits, metrics, dashboard)
+
+    app = FastAPI(title="wdmoe", version="0.1.0",
+                  description="OpenAI-compatible server of a MoE model split between a base station and devices.")
+    app.state.ctx = ctx
+
+    def require_key(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), api_key.encode()):
+            raise Unauthorized()
+
+    app.include_router(openai_router(ctx, [Depends(require_key)]))
+    app.include_router(dashboard_router(dashboard))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": engine.name, "devices": engine.model.num_devices, "queue": engine.pending}
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus() -> Response:
+        metrics.queue_depth.set(engine.pending)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.requests.labels(route=getattr(route, "path", "unmatched"), status=str(response.status_code)).inc()
+        return response
+
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(_request: Request, _exc: Unauthorized) -> JSONResponse:
+        body = error_body("missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error",
+                          code="invalid_api_key")
+        return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_request: Request, exc: BadRequest) -> JSONResponse:
+        return JSONResponse(error_body(str(exc), "invalid_request_error", exc.param), status_code=400)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_request: Request, exc: QueueFull) -> JSONResponse:
+        return JSONResponse(error_body(str(exc), "rate_limit_error"), status_code=429, headers={"Retry-After": "1"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors()[:5]:
+            where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+            problems.append(f"{where}: {error.get('msg', 'invalid')}")
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        return JSONResponse(error_body("invalid request body: " + "; ".join(problems), "invalid_request_error",
+                                       param), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))

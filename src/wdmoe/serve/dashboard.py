@@ -1,0 +1,140 @@
+"""The live dashboard: state aggregated from the engine's telemetry, a JSON snapshot, and an SSE stream of it.
+
+`DashboardState.update(step)` runs on the engine's worker thread; `snapshot()` on the event loop; a lock keeps
+them apart. The page (`static/index.html`, plain JS, no build step) draws the BS, the devices with their link
+SNR, modeled latency, load and bandwidth share, and the expert-usage heatmap per MoE layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+
+from wdmoe.runtime.telemetry import StepRecord
+from wdmoe.serve.engine import Engine
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STREAM_MAX_S = 600.0  # an SSE connection ends after this; EventSource reconnects by itself
+HEARTBEAT_S = 5.0
+POLL_S = 0.2
+
+
+def _db(linear: np.ndarray) -> list[float]:
+    return [round(float(v), 2) for v in 10 * np.log10(np.maximum(linear, 1e-30))]
+
+
+class DashboardState:
+    """Cumulative load and expert usage, and the last step's per-device latency and bandwidth split."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.lock = threading.Lock()
+        self.version = 0
+        num_devices = engine.model.num_devices
+        self.tokens = np.zeros(num_devices, dtype=np.int64)
+        self.pairs = np.zeros(num_devices, dtype=np.int64)
+        self.compute_s = np.zeros(num_devices)
+        self.latency_s = np.zeros(num_devices)  # last step: mean over its layers of each device's round trip
+        self.usage: dict[int, np.ndarray] = {}  # MoE layer -> (E,) kept (token, expert) pairs
+        self.steps = 0
+        self.requests = 0
+        self.last_step: dict[str, Any] = {}
+
+    def update(self, step: StepRecord) -> None:
+        with self.lock:
+            latency = np.zeros_like(self.latency_s)
+            for rec in step.layers:
+                self.tokens += rec.tokens_down
+                self.pairs += rec.assignments
+                self.compute_s += rec.device_time_s
+                num_experts = self.engine.model.placement.num_experts
+                kept = np.bincount(rec.topk_index[rec.keep].ravel(), minlength=num_experts)
+                self.usage[rec.layer] = self.usage.get(rec.layer, np.zeros(num_experts, dtype=np.int64)) + kept
+                latency += rec.modeled.total_s if rec.modeled is not None else rec.device_time_s
+            if step.layers:
+                self.latency_s = latency / len(step.layers)
+            self.steps += 1
+            self.last_step = {"phase": step.phase, "tokens": step.num_tokens, "wall_s": step.wall_s}
+            self.version += 1
+
+    def request_done(self) -> None:
+        with self.lock:
+            self.requests += 1
+            self.version += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        model = self.engine.model
+        wireless = model.wireless
+        with self.lock:
+            devices: list[dict[str, Any]] = [
+                {"id": d, "tokens": int(self.tokens[d]), "pairs": int(self.pairs[d]),
+                 "compute_s": float(self.compute_s[d]), "latency_s": float(self.latency_s[d])}
+                for d in range(model.num_devices)
+            ]
+            usage = {str(layer): counts.tolist() for layer, counts in sorted(self.usage.items())}
+            state: dict[str, Any] = {
+                "version": self.version, "model": self.engine.name, "steps": self.steps, "requests": self.requests,
+                "queue": self.engine.pending, "last_step": dict(self.last_step), "usage": usage,
+                "num_experts": model.placement.num_experts,
+            }
+        state["radio"] = wireless is not None
+        if wireless is not None:
+            link, scenario = wireless.link, wireless.scenario
+            equal_share_hz = scenario.bandwidth_hz / model.num_devices
+            snr_dl, snr_ul = _db(link.snr_dl_per_hz / equal_share_hz), _db(link.snr_ul_per_hz / equal_share_hz)
+            recorder = self.engine.recorder
+            split = recorder.last_bandwidth_hz if recorder is not None else None
+            for d, device in enumerate(devices):
+                device.update(snr_dl_db=snr_dl[d], snr_ul_db=snr_ul[d], distance_m=float(link.distance_m[d]),
+                              bandwidth_hz=None if split is None else float(split[d]))
+            state.update(policy=wireless.policy.name, bandwidth_hz=scenario.bandwidth_hz)
+        state["devices"] = devices
+        return state
+
+
+def dashboard_router(state: DashboardState) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/")
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @router.get("/dashboard.js")
+    async def script() -> FileResponse:
+        return FileResponse(STATIC_DIR / "dashboard.js", media_type="text/javascript")
+
+    @router.get("/dashboard/state")
+    async def snapshot() -> JSONResponse:
+        return JSONResponse(state.snapshot())
+
+    @router.get("/dashboard/events")
+    async def events(request: Request) -> StreamingResponse:
+        return StreamingResponse(_events(state, request), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return router
+
+
+async def _events(state: DashboardState, request: Request) -> AsyncIterator[str]:
+    """A snapshot whenever the state changed (checked every POLL_S), a comment line as heartbeat."""
+    start = last_beat = time.monotonic()
+    seen = -1
+    while time.monotonic() - start < STREAM_MAX_S and not await request.is_disconnected():
+        if state.version != seen:
+            snap = state.snapshot()
+            seen = snap["version"]
+            yield f"data: {json.dumps(snap)}\n\n"
+            last_beat = time.monotonic()
+        elif time.monotonic() - last_beat > HEARTBEAT_S:
+            yield ": heartbeat\n\n"
+            last_beat = time.monotonic()
+        await asyncio.sleep(POLL_S)

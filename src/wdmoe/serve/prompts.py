@@ -1,0 +1,95 @@
+"""Prompts to token ids, checked against the model and the limits; a bad one raises `BadRequest` (HTTP 400).
+
+A model without a tokenizer (the random fallback model) takes token ids: a JSON list of ints, or text of
+integers separated by spaces or commas ("1 2 3"); its answers are the new ids joined by spaces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wdmoe.serve.engine import Engine, Sampling
+from wdmoe.serve.schemas import ChatMessage, Limits
+
+FALLBACK_TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}<|assistant|>\n"
+
+
+class BadRequest(ValueError):
+    """The request is well-formed JSON but asks for something this server cannot do; `param` names the field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def encode_text(engine: Engine, text: str, param: str) -> list[int]:
+    if engine.tokenizer is not None:
+        return list(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+    try:
+        return [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise BadRequest(
+            f"{param}: this model has no tokenizer; send token ids (a list of ints, or text like '1 2 3'), "
+            f"not {text[:40]!r}",
+            param,
+        ) from None
+
+
+def encode_prompts(engine: Engine, prompt: str | list[Any], limits: Limits) -> list[list[int]]:
+    """The prompts of a /v1/completions body as token-id lists, each checked."""
+    if isinstance(prompt, str):
+        batches: list[list[int]] = [encode_text(engine, prompt, "prompt")]
+    elif prompt and all(isinstance(p, str) for p in prompt):
+        batches = [encode_text(engine, p, f"prompt[{i}]") for i, p in enumerate(prompt)]
+    elif prompt and all(isinstance(p, list) for p in prompt):
+        batches = [list(p) for p in prompt]
+    else:
+        batches = [list(prompt)]
+    if len(batches) > limits.max_prompts:
+        raise BadRequest(f"prompt: {len(batches)} prompts in one request; the limit is {limits.max_prompts}", "prompt")
+    for ids in batches:
+        check_ids(engine, ids, limits, "prompt")
+    return batches
+
+
+def encode_chat(engine: Engine, messages: list[ChatMessage], limits: Limits) -> list[int]:
+    """The conversation rendered by the tokenizer's chat template (or a plain one) and tokenized."""
+    if engine.tokenizer is None:
+        ids = [i for n, m in enumerate(messages) for i in encode_text(engine, m.text, f"messages[{n}].content")]
+    else:
+        turns = [{"role": m.role, "content": m.text} for m in messages]
+        template = None if getattr(engine.tokenizer, "chat_template", None) else FALLBACK_TEMPLATE
+        text = engine.tokenizer.apply_chat_template(
+            turns, chat_template=template, add_generation_prompt=True, tokenize=False
+        )
+        ids = list(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+    check_ids(engine, ids, limits, "messages")
+    return ids
+
+
+def check_ids(engine: Engine, ids: list[int], limits: Limits, param: str) -> None:
+    if not ids:
+        raise BadRequest(f"{param}: the prompt is empty; give at least one token", param)
+    bad = next((i for i in ids if not 0 <= i < engine.vocab_size), None)
+    if bad is not None:
+        raise BadRequest(f"{param}: token id {bad} is outside the vocabulary 0..{engine.vocab_size - 1}", param)
+    longest = min(limits.max_prompt_tokens, engine.context_length - 1)
+    if len(ids) > longest:
+        raise BadRequest(f"{param}: the prompt has {len(ids)} tokens; the limit is {longest} tokens", param)
+
+
+def sampling_for(engine: Engine, limits: Limits, prompt_len: int, max_tokens: int | None, temperature: float,
+                 top_p: float, seed: int | None, stop: str | list[str] | None) -> Sampling:
+    """Sampling settings, with `max_tokens` checked against the limit and the room left in the context."""
+    room = engine.context_length - prompt_len
+    wanted = min(limits.max_tokens, room) if max_tokens is None else max_tokens
+    if wanted > limits.max_tokens:
+        raise BadRequest(f"max_tokens = {wanted}: the limit is {limits.max_tokens} new tokens", "max_tokens")
+    if wanted > room:
+        raise BadRequest(
+            f"max_tokens = {wanted}: the prompt has {prompt_len} tokens and the context {engine.context_length}, "
+            f"so at most {room} new tokens fit",
+            "max_tokens",
+        )
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    return Sampling(wanted, temperature, top_p, seed, tuple(s for s in stops if s))

@@ -1,0 +1,115 @@
+"""OpenAI response bodies built from `Generation`s: choices, logprobs objects, usage, SSE chunks.
+
+Every body carries a `wdmoe` object (an extension OpenAI clients ignore) with the radio model's figures for that
+request: bytes on air, energy, modeled TTFT/TPOT. `wdmoe bench` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from wdmoe.serve.engine import Engine, Generation, PromptScores
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """`text` up to the first stop string, and whether one occurred."""
+    cuts = [text.find(s) for s in stop if s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def radio_report(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `wdmoe` extension: totals over the prompts of one request (None where the radio model is off)."""
+    modeled = [s for s in summaries if "latency" in s]
+    report: dict[str, Any] = {
+        "bytes_on_air": sum(s["bytes_on_air"] for s in modeled) if modeled else None,
+        "energy_j": sum(s["energy_j"] for s in modeled) if modeled else None,
+        "modeled_ttft_s": modeled[0]["latency"]["ttft_s"] if modeled else None,
+        "modeled_tpot_s": modeled[0]["latency"]["tpot_s"] if modeled else None,
+    }
+    kept = [s["experts_per_token_mean"] for s in summaries if s.get("experts_per_token_mean")]
+    report["experts_per_token"] = sum(kept) / len(kept) if kept else None
+    return report
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_choice(engine: Engine, index: int, gen: Generation, scores: PromptScores | None, echo: bool,
+                      top_n: int | None, stop: tuple[str, ...]) -> dict[str, Any]:
+    """One /v1/completions choice; with `echo` the prompt's tokens (and their logprobs) come first."""
+    text, stopped = cut_at_stop(engine.decode(gen.tokens), stop)
+    finish = "stop" if stopped else gen.finish_reason
+    if echo:
+        text = engine.decode(gen.prompt_ids) + text
+    logprobs = None
+    if top_n is not None:
+        with_prompt = echo and scores is not None
+        ids = (gen.prompt_ids if with_prompt else []) + gen.tokens
+        token_lps: list[float | None] = []
+        tops: list[dict[str, float] | None] = []
+        if scores is not None and with_prompt:
+            token_lps = [None, *scores.logprobs]
+            tops = [None, *(_named(engine, t) for t in scores.top_logprobs)]
+        token_lps += gen.logprobs
+        tops += [_named(engine, t) for t in gen.top_logprobs]
+        strings = [engine.token_text(i) for i in ids]
+        offsets, position = [], 0
+        for piece in strings:
+            offsets.append(position)
+            position += len(piece)
+        logprobs = {"tokens": strings, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def _named(engine: Engine, top: dict[int, float]) -> dict[str, float]:
+    named: dict[str, float] = {}
+    for token, logprob in top.items():
+        named.setdefault(engine.token_text(token), logprob)
+    return named
+
+
+def completion_body(engine: Engine, choices: list[dict[str, Any]], gens: list[Generation]) -> dict[str, Any]:
+    return {
+        "id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": engine.name,
+        "choices": choices,
+        "usage": usage(sum(len(g.prompt_ids) for g in gens), sum(len(g.tokens) for g in gens)),
+        "wdmoe": radio_report([g.summary for g in gens]),
+    }
+
+
+def chat_body(engine: Engine, gen: Generation, stop: tuple[str, ...]) -> dict[str, Any]:
+    text, stopped = cut_at_stop(engine.decode(gen.tokens), stop)
+    return {
+        "id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": engine.name,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "finish_reason": "stop" if stopped else gen.finish_reason}],
+        "usage": usage(len(gen.prompt_ids), len(gen.tokens)),
+        "wdmoe": radio_report([gen.summary]),
+    }
+
+
+def chunk(engine: Engine, request_id: str, chat: bool, text: str | None, finish: str | None,
+          role: bool = False) -> dict[str, Any]:
+    """One SSE chunk: a chat delta or a completion text piece."""
+    if chat:
+        delta: dict[str, Any] = {"role": "assistant"} if role else {}
+        if text is not None:
+            delta["content"] = text
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+    else:
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+    return {"id": request_id, "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()), "model": engine.name, "choices": [choice]}
