@@ -10,7 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "shipped-model"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+SHIPPED_DIR = DATA_DIR / "shipped-model"
+HELDOUT_TEXT = DATA_DIR / "heldout.txt"  # the shipped model's held-out documents
+CONTINUATION_TASK = DATA_DIR / "tasks" / "continuation.jsonl"  # pick the true continuation among four
+UNIGRAM_COUNTS = "unigram_counts.json"  # in a model directory: training-token counts per id
 
 
 def has_shipped_model() -> bool:
