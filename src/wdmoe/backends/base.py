@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -24,6 +24,8 @@ class DeviceBatch:
         hidden: (n, H) the distinct token states sent down.
         token_index: (m,) int64, the row of `hidden` of each assignment.
         expert: (m,) int64, the expert of each assignment (one the device holds for this layer).
+        dl_s / ul_s: the radio model's downlink / uplink air time of this device for this step, in seconds (0 when
+            no scenario is set); a pool that emulates the radio waits them, the others ignore them.
     """
 
     device: int
@@ -31,15 +33,19 @@ class DeviceBatch:
     hidden: torch.Tensor
     token_index: torch.Tensor
     expert: torch.Tensor
+    dl_s: float = 0.0
+    ul_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class DeviceResult:
-    """output: (m, H) unweighted expert outputs in assignment order; compute_s: the device's measured time."""
+    """output: (m, H) unweighted expert outputs in assignment order; compute_s: the device's measured time;
+    air_s: the emulated air time the device waited (downlink + uplink, 0 unless the pool emulates the radio)."""
 
     device: int
     output: torch.Tensor
     compute_s: float
+    air_s: float = 0.0
 
 
 class DevicePool(Protocol):
@@ -50,3 +56,27 @@ class DevicePool(Protocol):
     def dispatch(self, batches: Sequence[DeviceBatch]) -> list[DeviceResult]: ...
 
     def close(self) -> None: ...
+
+
+class DeviceFailure(RuntimeError):
+    """Raised by `dispatch` when devices did not answer: which ones and why, and the results of those that did.
+
+    Attributes:
+        failed: {device: reason}, e.g. "actor died" or "no answer within 2.0 s".
+        results: the results of the devices that answered, in the order of their batches.
+        detect_s: seconds from the start of the dispatch until the failure was noticed.
+    """
+
+    def __init__(self, failed: dict[int, str], results: list[DeviceResult], detect_s: float) -> None:
+        reasons = "; ".join(f"device {d}: {why}" for d, why in sorted(failed.items()))
+        super().__init__(f"{len(failed)} device(s) failed during dispatch ({reasons})")
+        self.failed = failed
+        self.results = results
+        self.detect_s = detect_s
+
+
+@runtime_checkable
+class RejoiningPool(Protocol):
+    """A pool whose failed devices can come back: `rejoined()` returns (without blocking) those that did."""
+
+    def rejoined(self) -> frozenset[int]: ...

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 
 from wdmoe import DistributedMoE
 from wdmoe.errors import WdmoeError
@@ -92,7 +92,7 @@ def test_score_task_picks_the_highest_likelihood_choice(mixtral_split: Path) -> 
 def test_load_task_refuses_bad_lines_by_number(tmp_path: Path) -> None:
     path = tmp_path / "task.jsonl"
     path.write_text(json.dumps({"context": "a", "choices": ["b", "c"], "answer": 1}) + "\n{\"context\": 1}\n")
-    with pytest.raises(WdmoeError, match="task.jsonl:2"):
+    with pytest.raises(WdmoeError, match=r"task\.jsonl:2"):
         load_task(path)
     path.write_text(json.dumps({"context": "a", "choices": ["b", "c"], "answer": 5}) + "\n")
     with pytest.raises(WdmoeError, match="answer 5 is not one of 2 choices"):
