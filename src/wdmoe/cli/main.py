@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from wdmoe.cli import demo_cmd, run_cmd, split_cmd
+from wdmoe.cli import demo_cmd, eval_cmd, run_cmd, split_cmd
 
 app = typer.Typer(
     name="wdmoe",
@@ -17,6 +17,7 @@ app.command("split")(split_cmd.split)
 app.command("make-tiny")(split_cmd.make_tiny)
 app.command("run")(run_cmd.run)
 app.command("demo")(demo_cmd.demo)
+app.command("eval")(eval_cmd.eval_)
 
 
 def main() -> None:
