@@ -1,0 +1,184 @@
+"""`wdmoe serve`: the OpenAI-compatible server with its dashboard; `wdmoe bench`: the serving benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from wdmoe.cli.common import console, offline, print_json, user_errors
+
+if TYPE_CHECKING:
+    from wdmoe.serve.engine import Engine
+
+
+class Backend(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+ModelOpt = Annotated[
+    Path | None, typer.Option("--model", "-m", help="A split or HF model directory (default: the shipped model).")
+]
+DevicesOpt = Annotated[int | None, typer.Option(min=1, help="Devices, when splitting a HF directory on the fly.")]
+PolicyOpt = Annotated[str, typer.Option(help="Expert selection: topk, wlr, joint, fastest or random.")]
+ThetaOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold (wlr only).")]
+ScenarioOpt = Annotated[Path | None, typer.Option(help="Radio scenario TOML (default: built-in, one per device).")]
+BackendOpt = Annotated[Backend, typer.Option(help="Device pool: local (in-process) or ray.")]
+ApiKeyOpt = Annotated[Path | None, typer.Option(help="File holding the API key that /v1 routes require.")]
+
+
+def load_engine(model_dir: Path | None, devices: int | None, policy: str, theta: float, scenario: Path | None,
+                backend: Backend) -> Engine:
+    """The model behind a server: split (or load) it, set the policy over the radio scenario, wrap it."""
+    from wdmoe.config import Scenario, load_scenario
+    from wdmoe.model.shipped import default_model_dir
+    from wdmoe.policy.factory import make_policy
+    from wdmoe.runtime.model import DistributedMoE
+    from wdmoe.serve.engine import Engine
+
+    if backend is Backend.ray:
+        raise ValueError("--backend ray: the Ray device pool is not part of this build yet; use --backend local")
+    model_dir = model_dir or default_model_dir()
+    radio = load_scenario(scenario) if scenario else None
+    if radio is not None and devices is None and not (model_dir / "manifest.json").is_file():
+        devices = radio.num_devices
+    model = DistributedMoE.from_pretrained(model_dir, num_devices=devices)
+    model.set_policy(make_policy(policy, theta=theta), radio or Scenario.default(num_devices=model.num_devices))
+    return Engine(model, name=model_dir.name or "wdmoe")
+
+
+def read_api_key(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    key = path.read_text(encoding="utf-8").strip()
+    if not key:
+        raise ValueError(f"--api-key-file {path}: the file is empty; put the key on its first line")
+    return key
+
+
+def serve(
+    model_dir: ModelOpt = None,
+    devices: DevicesOpt = None,
+    policy: PolicyOpt = "topk",
+    theta: ThetaOpt = 0.5,
+    scenario: ScenarioOpt = None,
+    backend: BackendOpt = Backend.local,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    api_key_file: ApiKeyOpt = None,
+    max_prompt_tokens: Annotated[int, typer.Option(min=1, help="Longest prompt accepted, in tokens.")] = 2048,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens per prompt.")] = 512,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait; beyond it 429.")] = 64,
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API, with a live dashboard at / and metrics at /metrics."""
+    offline()
+    with user_errors():
+        import uvicorn
+
+        from wdmoe.serve import Limits, create_app
+        from wdmoe.serve.server import uvicorn_config
+
+        key = read_api_key(api_key_file)
+        engine = load_engine(model_dir, devices, policy, theta, scenario, backend)
+        app = create_app(engine, api_key=key, limits=Limits(max_prompt_tokens, max_tokens, max_queue=max_queue))
+    console.print(f"serving [bold]{engine.name}[/bold] on {engine.model.num_devices} devices ({policy}): "
+                  f"http://{host}:{port}/ (dashboard), /v1 (OpenAI API{', key required' if key else ''})")
+    try:
+        uvicorn.Server(uvicorn_config(app, host, port, log_level="info")).run()
+    finally:
+        engine.close()
+        engine.model.close()
+
+
+def bench(
+    url: Annotated[str | None, typer.Option(help="Base URL of a running server, e.g. http://127.0.0.1:8000.")] = None,
+    model_dir: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Serve this model in-process on 127.0.0.1 and bench it.")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 4,
+    requests: Annotated[int, typer.Option(min=1, help="Requests in all.")] = 32,
+    max_tokens: Annotated[int, typer.Option(min=1, help="New tokens per request.")] = 32,
+    prompt_len: Annotated[int, typer.Option(min=1, help="Longest prompt, in tokens (random ids).")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the random prompts.")] = 0,
+    devices: DevicesOpt = None,
+    policy: PolicyOpt = "topk",
+    theta: ThetaOpt = 0.5,
+    scenario: ScenarioOpt = None,
+    api_key_file: ApiKeyOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Benchmark a server: TTFT, TPOT and end-to-end latency (mean, p50, p95), tokens/s, bytes on air and energy
+    per token."""
+    offline()
+    with user_errors():
+        from wdmoe.serve.bench import run_bench
+
+        if (url is None) == (model_dir is None):
+            raise ValueError("give exactly one of --url URL (a running server) or --model DIR (served in-process)")
+        key = read_api_key(api_key_file)
+        settings: dict[str, Any] = dict(concurrency=concurrency, num_requests=requests, max_tokens=max_tokens,
+                                        prompt_len=prompt_len, seed=seed, api_key=key)
+        if url is not None:
+            report = asyncio.run(run_bench(url, **settings))
+        else:
+            report = _bench_in_process(model_dir, devices, policy, theta, scenario, settings)
+    if json_out:
+        print_json(report)
+        return
+    console.print(bench_table(report))
+
+
+def _bench_in_process(model_dir: Path | None, devices: int | None, policy: str, theta: float, scenario: Path | None,
+                      settings: dict[str, Any]) -> dict[str, Any]:
+    from wdmoe.serve import Limits, create_app
+    from wdmoe.serve.bench import run_bench
+    from wdmoe.serve.server import serve_in_thread
+
+    engine = load_engine(model_dir, devices, policy, theta, scenario, Backend.local)
+    limits = Limits(max_tokens=max(512, settings["max_tokens"]), max_queue=max(64, settings["num_requests"]))
+    try:
+        with serve_in_thread(create_app(engine, api_key=settings["api_key"], limits=limits)) as url:
+            report = asyncio.run(run_bench(url, **settings))
+    finally:
+        engine.close()
+        engine.model.close()
+    report["policy"] = policy
+    return report
+
+
+def bench_table(report: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"serving benchmark: {report['model']} at {report['url']}", show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1e3:.2f}"
+
+    rows: list[tuple[str, str]] = [
+        ("successful / failed requests", f"{report['successful']} / {report['failed']}"),
+        ("concurrency", str(report["concurrency"])),
+        ("benchmark duration (s)", f"{report['duration_s']:.2f}"),
+        ("input / output tokens", f"{report['input_tokens']} / {report['output_tokens']}"),
+        ("request throughput (req/s)", f"{report['request_throughput_per_s']:.2f}"),
+        ("output token throughput (tok/s)", f"{report['output_tokens_per_s']:.2f}"),
+    ]
+    for key, name in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "end-to-end latency"),
+                      ("modeled_ttft_s", "modeled TTFT"), ("modeled_tpot_s", "modeled TPOT")):
+        for stat in ("mean", "p50", "p95"):
+            rows.append((f"{stat} {name} (ms)", ms(report[key][stat])))
+    per_byte = report["bytes_on_air_per_token"]
+    per_joule = report["energy_j_per_token"]
+    rows.append(("(measured = CPU wall time incl. queueing; modeled = radio model)", ""))
+    rows.append(("bytes on air per output token (modeled)", "-" if per_byte is None else f"{per_byte:.1f}"))
+    rows.append(("energy per output token (modeled, mJ)", "-" if per_joule is None else f"{per_joule * 1e3:.3f}"))
+    for name, value in rows:
+        table.add_row(name, value)
+    for error in report["errors"]:
+        table.add_row("error", error)
+    return table

@@ -1,0 +1,139 @@
+"""The serving benchmark behind `wdmoe bench`, in the manner of vLLM's `bench serve`.
+
+`run_bench(url, ...)` sends `num_requests` streaming /v1/completions requests, at most `concurrency` at a time,
+each a random token-id prompt (seeded), and measures per request the TTFT (first streamed text), the TPOT
+((end-to-end - TTFT) / (new tokens - 1)) and the end-to-end latency; the server's `wdmoe` extension adds the radio
+model's bytes on air and energy. `summarize_bench` reduces them to means and p50/p95.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+
+DEFAULT_VOCAB = 100  # token ids used against a server that does not tell its vocabulary
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    ok: bool
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float
+    e2e_s: float
+    bytes_on_air: float | None
+    energy_j: float | None
+    modeled_ttft_s: float | None = None  # the radio model's, from the server's `wdmoe` extension
+    modeled_tpot_s: float | None = None
+
+    @property
+    def tpot_s(self) -> float | None:
+        return (self.e2e_s - self.ttft_s) / (self.completion_tokens - 1) if self.completion_tokens > 1 else None
+
+
+async def _model_card(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    response = await client.get(f"{url}/v1/models")
+    response.raise_for_status()
+    return dict(response.json()["data"][0])
+
+
+def make_prompts(num: int, vocab: int, prompt_len: int, seed: int) -> list[list[int]]:
+    """`num` random prompts of token ids in [1, vocab), lengths uniform in [prompt_len / 2, prompt_len]."""
+    rng = random.Random(seed)
+    low = max(1, prompt_len // 2)
+    return [[rng.randrange(1, vocab) for _ in range(rng.randint(low, prompt_len))] for _ in range(num)]
+
+
+async def _one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int], max_tokens: int) -> RequestResult:
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    ttft = None
+    usage: dict[str, Any] = {}
+    radio: dict[str, Any] = {}
+    try:
+        async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                text = (await response.aread()).decode(errors="replace")[:200]
+                return RequestResult(False, f"HTTP {response.status_code}: {text}", len(prompt), 0, 0.0, 0.0, None,
+                                     None)
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if ttft is None and any(c.get("text") for c in event.get("choices", [])):
+                    ttft = time.perf_counter() - start
+                usage = event.get("usage") or usage
+                radio = event.get("wdmoe") or radio
+    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        return RequestResult(False, f"{type(exc).__name__}: {exc}", len(prompt), 0, 0.0, 0.0, None, None)
+    e2e = time.perf_counter() - start
+    return RequestResult(True, None, int(usage.get("prompt_tokens", len(prompt))),
+                         int(usage.get("completion_tokens", 0)), ttft if ttft is not None else e2e, e2e,
+                         radio.get("bytes_on_air"), radio.get("energy_j"), radio.get("modeled_ttft_s"),
+                         radio.get("modeled_tpot_s"))
+
+
+async def run_bench(url: str, concurrency: int = 4, num_requests: int = 32, max_tokens: int = 32,
+                    prompt_len: int = 32, seed: int = 0, api_key: str | None = None,
+                    timeout_s: float = 600.0) -> dict[str, Any]:
+    """Run the benchmark against the server at `url` and return `summarize_bench`'s report."""
+    url = url.rstrip("/")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(headers=headers, timeout=timeout_s) as client:
+        card = await _model_card(client, url)
+        info = card.get("wdmoe", {})
+        vocab = int(info.get("vocab_size", DEFAULT_VOCAB))
+        max_len = int(card.get("max_model_len", 2048))
+        prompt_len = max(1, min(prompt_len, max_len - max_tokens - 1))
+        prompts = make_prompts(num_requests, vocab, prompt_len, seed)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def limited(prompt: list[int]) -> RequestResult:
+            async with gate:
+                return await _one(client, url, str(card["id"]), prompt, max_tokens)
+
+        start = time.perf_counter()
+        results = await asyncio.gather(*(limited(p) for p in prompts))
+        duration = time.perf_counter() - start
+    report = summarize_bench(list(results), duration)
+    report.update(url=url, model=card["id"], concurrency=concurrency, max_tokens=max_tokens, prompt_len=prompt_len)
+    return report
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "p50": None, "p95": None}
+    array = np.asarray(values)
+    return {"mean": float(array.mean()), "p50": float(np.percentile(array, 50)), "p95": float(np.percentile(array, 95))}
+
+
+def summarize_bench(results: list[RequestResult], duration_s: float) -> dict[str, Any]:
+    ok = [r for r in results if r.ok]
+    new_tokens = sum(r.completion_tokens for r in ok)
+    air = [r for r in ok if r.bytes_on_air is not None]
+    air_tokens = sum(r.completion_tokens for r in air)
+    return {
+        "requests": len(results), "successful": len(ok), "failed": len(results) - len(ok),
+        "errors": sorted({r.error for r in results if r.error})[:5],
+        "duration_s": duration_s,
+        "input_tokens": sum(r.prompt_tokens for r in ok), "output_tokens": new_tokens,
+        "request_throughput_per_s": len(ok) / duration_s if duration_s else None,
+        "output_tokens_per_s": new_tokens / duration_s if duration_s else None,
+        "ttft_s": _stats([r.ttft_s for r in ok]),
+        "tpot_s": _stats([t for r in ok if (t := r.tpot_s) is not None]),
+        "e2e_s": _stats([r.e2e_s for r in ok]),
+        "modeled_ttft_s": _stats([t for r in ok if (t := r.modeled_ttft_s) is not None]),
+        "modeled_tpot_s": _stats([t for r in ok if (t := r.modeled_tpot_s) is not None]),
+        "bytes_on_air_per_token": sum(r.bytes_on_air or 0.0 for r in air) / air_tokens if air_tokens else None,
+        "energy_j_per_token": sum(r.energy_j or 0.0 for r in air) / air_tokens if air_tokens else None,
+    }
+
