@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from wdmoe.backends.base import DeviceBatch, DevicePool
+from wdmoe.backends.base import DeviceBatch, DeviceFailure, DevicePool, RejoiningPool
 from wdmoe.placement import Placement
+from wdmoe.runtime.failover import FailoverEvent, Reroute, reroute
 from wdmoe.runtime.telemetry import LayerRecord, Telemetry
 
 # decide(layer, topk_index (T,k), topk_weight (T,k), logits (T,E) | None) -> (keep (T,k) bool, weight (T,k), modeled)
@@ -25,7 +26,13 @@ Decider = Callable[[int, np.ndarray, np.ndarray, "np.ndarray | None"], tuple[np.
 
 
 class Dispatcher:
-    """Groups each layer's (token, expert) assignments by device, runs them on the pool, and combines."""
+    """Groups each layer's (token, expert) assignments by device, runs them on the pool, and combines.
+
+    Failover (see `wdmoe.runtime.failover`): when the pool raises `DeviceFailure`, the failed devices join `dead`,
+    their assignments are re-routed (a live replica, else the next-best live expert) and sent in a further round
+    of the same layer step; later steps route around `dead` before the policy runs. A pool that can bring devices
+    back (`RejoiningPool`) is asked at each step while a device is dead.
+    """
 
     def __init__(self, pool: DevicePool, placement: Placement, telemetry: Telemetry) -> None:
         self.pool = pool
@@ -36,6 +43,22 @@ class Dispatcher:
         self.mark_s = time.perf_counter()
         self.dead: frozenset[int] = frozenset()
         self.primary = {layer: placement.primary_table(layer) for layer in placement.moe_layers}
+        self.base = {layer: table.copy() for layer, table in self.primary.items()}
+        self.live = {layer: table.copy() for layer, table in self.primary.items()}  # -1: no live device
+
+    def set_dead(self, dead: frozenset[int]) -> None:
+        """Route around `dead`. `primary` (shared with the radio decider) keeps a dead device where an expert has
+        no live replica, so every table entry stays a valid device id; `live` has -1 there."""
+        if len(dead) >= self.placement.num_devices:
+            raise RuntimeError(
+                f"all {self.placement.num_devices} devices have failed ({sorted(dead)}); no expert is left to run "
+                "the request; restart the devices (`wdmoe device start`) and retry"
+            )
+        self.dead = dead
+        for layer in self.placement.moe_layers:
+            live = self.placement.primary_table(layer, dead)
+            self.live[layer] = live
+            self.primary[layer][:] = np.where(live >= 0, live, self.base[layer])
 
     def run(
         self,
@@ -48,22 +71,101 @@ class Dispatcher:
         start = time.perf_counter()
         bs_time_s = start - self.mark_s
         num_tokens, k = topk_index.shape
-        index = topk_index.detach().cpu().numpy()
-        weight_np = topk_weight.detach().float().cpu().numpy()
+        router_index = topk_index.detach().cpu().numpy()
+        weight_np = router_weight = topk_weight.detach().float().cpu().numpy()
         logits_np = None if logits is None else logits.detach().float().cpu().numpy()
+        events: list[FailoverEvent] = self._rejoin() if self.dead else []
+        index, usable, rerouted = router_index, np.ones_like(router_index, dtype=bool), False
+        if self.dead:
+            lost = self.live[layer][index] < 0  # experts with every replica dead: re-route before the policy
+            if lost.any():
+                route = reroute(index, weight_np, usable, lost, self.live[layer], logits_np)
+                index, weight_np, usable, rerouted = route.index, route.weight.astype(np.float32), route.keep, True
         modeled = None
         if self.decider is None:
-            keep, weight, weight_t = np.ones_like(index, dtype=bool), weight_np, topk_weight
+            keep, weight = usable, weight_np
         else:
             keep, weight, modeled = self.decider(layer, index, weight_np, logits_np)
-            weight_t = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).to(hidden.device)
+            keep, rerouted = keep & usable, True
+        num_devices = self.placement.num_devices
+        dl_s, ul_s = _air_times(modeled, num_devices)
         device_of = np.where(keep, self.primary[layer][index], -1).ravel()  # (T*k,)
+        batches, positions, tokens_down, counts = self._plan(layer, hidden, index, device_of, k, dl_s, ul_s)
+        out = hidden.new_zeros((num_tokens * k, hidden.shape[-1]))
+        device_time_s = np.zeros(num_devices)
+        dispatch_start = time.perf_counter()
+        pending = list(zip(batches, positions, strict=True))
+        while pending:  # one round, plus one more per round in which devices failed
+            failure: DeviceFailure | None = None
+            try:
+                results = self.pool.dispatch([b for b, _ in pending])
+            except DeviceFailure as exc:
+                failure, results = exc, exc.results
+            done = {r.device for r in results}
+            answered = [pos for b, pos in pending if b.device in done]
+            for pos, result in zip(answered, results, strict=True):
+                out[torch.from_numpy(pos)] = result.output
+                device_time_s[result.device] += result.compute_s
+            if failure is None:
+                break
+            affected = np.zeros(num_tokens * k, dtype=bool)
+            for b, pos in pending:
+                affected[pos] |= b.device not in done
+            self.set_dead(self.dead | frozenset(failure.failed))
+            route = reroute(index, weight, keep, affected.reshape(num_tokens, k), self.live[layer], logits_np)
+            index, weight, keep, rerouted = route.index, route.weight, route.keep, True
+            events.extend(_failure_events(failure, route))
+            device_of = np.where(affected & keep.ravel(), self.primary[layer][index].ravel(), -1)
+            retry, retry_pos, more_tokens, more_counts = self._plan(layer, hidden, index, device_of, k, dl_s, ul_s)
+            tokens_down, counts = tokens_down + more_tokens, counts + more_counts
+            pending = list(zip(retry, retry_pos, strict=True))
+        dispatch_s = time.perf_counter() - dispatch_start
+        if rerouted:
+            weight_t = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).to(hidden.device)
+        else:
+            weight_t = topk_weight  # the model's own weights, bit for bit
+        combined = (out.view(num_tokens, k, -1) * weight_t.unsqueeze(-1)).sum(dim=1).to(hidden.dtype)
+        bits = hidden.element_size() * 8 * hidden.shape[-1]
+        self.telemetry.add(
+            LayerRecord(
+                layer=layer,
+                topk_index=router_index,
+                topk_weight=router_weight,
+                keep=keep,
+                weight=np.asarray(weight),
+                logits=logits_np,
+                tokens_down=tokens_down,
+                assignments=counts,
+                bits_down=tokens_down * bits,
+                bits_up=counts * bits,
+                bs_time_s=bs_time_s,
+                device_time_s=device_time_s,
+                dispatch_time_s=dispatch_s,
+                modeled=modeled,
+                routed_index=None if index is router_index else index,
+                failover=tuple(events),
+            )
+        )
+        self.mark_s = time.perf_counter()
+        return combined
+
+    def _plan(
+        self,
+        layer: int,
+        hidden: torch.Tensor,  # (T, H)
+        index: np.ndarray,  # (T, k)
+        device_of: np.ndarray,  # (T*k,) device of each assignment, -1: not sent
+        k: int,
+        dl_s: np.ndarray,  # (D,)
+        ul_s: np.ndarray,  # (D,)
+    ) -> tuple[list[DeviceBatch], list[np.ndarray], np.ndarray, np.ndarray]:
+        """One batch per device with assignments: its distinct tokens (sent once) and the expert of each."""
         order = np.argsort(device_of, kind="stable")
         num_devices = self.placement.num_devices
         counts = np.bincount(device_of[device_of >= 0], minlength=num_devices)
         batches, positions = [], []
         tokens_down = np.zeros(num_devices, dtype=np.int64)
-        cursor = int((device_of < 0).sum())  # dropped assignments sort first
+        cursor = int((device_of < 0).sum())  # unsent assignments sort first
         flat_expert = index.ravel()
         for device in np.flatnonzero(counts).tolist():
             pos = order[cursor : cursor + counts[device]]
@@ -81,39 +183,36 @@ class Dispatcher:
                     hidden[torch.from_numpy(distinct)],
                     torch.from_numpy(rows),
                     torch.from_numpy(flat_expert[pos]),
+                    float(dl_s[device]),
+                    float(ul_s[device]),
                 )
             )
             positions.append(pos)
-        dispatch_start = time.perf_counter()
-        results = self.pool.dispatch(batches)
-        dispatch_s = time.perf_counter() - dispatch_start
-        out = hidden.new_zeros((num_tokens * k, hidden.shape[-1]))
-        device_time_s = np.zeros(num_devices)
-        for pos, result in zip(positions, results, strict=True):
-            out[torch.from_numpy(pos)] = result.output
-            device_time_s[result.device] = result.compute_s
-        combined = (out.view(num_tokens, k, -1) * weight_t.unsqueeze(-1)).sum(dim=1).to(hidden.dtype)
-        bits = hidden.element_size() * 8 * hidden.shape[-1]
-        self.telemetry.add(
-            LayerRecord(
-                layer=layer,
-                topk_index=index,
-                topk_weight=weight_np,
-                keep=keep,
-                weight=np.asarray(weight),
-                logits=logits_np,
-                tokens_down=tokens_down,
-                assignments=counts,
-                bits_down=tokens_down * bits,
-                bits_up=counts * bits,
-                bs_time_s=bs_time_s,
-                device_time_s=device_time_s,
-                dispatch_time_s=dispatch_s,
-                modeled=modeled,
-            )
-        )
-        self.mark_s = time.perf_counter()
-        return combined
+        return batches, positions, tokens_down, counts
+
+    def _rejoin(self) -> list[FailoverEvent]:
+        if not isinstance(self.pool, RejoiningPool):
+            return []
+        back = self.pool.rejoined() & self.dead
+        if back:
+            self.set_dead(self.dead - back)
+        return [FailoverEvent("rejoined", d) for d in sorted(back)]
+
+
+def _air_times(modeled: Any, num_devices: int) -> tuple[np.ndarray, np.ndarray]:
+    """(D,) modeled downlink and uplink seconds of each device (zeros without a radio model)."""
+    if modeled is None or not hasattr(modeled, "dl_s"):
+        return np.zeros(num_devices), np.zeros(num_devices)
+    return np.asarray(modeled.dl_s, dtype=float), np.asarray(modeled.ul_s, dtype=float)
+
+
+def _failure_events(failure: DeviceFailure, route: Reroute) -> list[FailoverEvent]:
+    """One event per failed device; the re-routing counts of the step go on the first."""
+    events = []
+    for n, (device, reason) in enumerate(sorted(failure.failed.items())):
+        counts = (route.replica, route.substitute, route.dropped) if n == 0 else (0, 0, 0)
+        events.append(FailoverEvent("failed", device, reason, failure.detect_s, *counts))
+    return events
 
 
 class RemoteExperts(nn.Module):

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from wdmoe.runtime.failover import FailoverEvent
+
 Phase = Literal["prefill", "decode"]
 
 
@@ -30,6 +32,8 @@ class LayerRecord:
         device_time_s: (D,) measured expert compute time of each device (0 when idle).
         dispatch_time_s: measured wall time of the whole dispatch-and-gather.
         modeled: the radio model's `LatencyBreakdown` of this layer, when a scenario is set.
+        routed_index: (T, k) the experts actually used when failover re-routed some (None: `topk_index`).
+        failover: device failures noticed and devices that rejoined during this step (`FailoverEvent`s).
     """
 
     layer: int
@@ -46,6 +50,8 @@ class LayerRecord:
     device_time_s: np.ndarray
     dispatch_time_s: float
     modeled: Any = None
+    routed_index: np.ndarray | None = None
+    failover: tuple[FailoverEvent, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -126,6 +132,13 @@ def summarize(steps: list[StepRecord], num_devices: int) -> dict[str, Any]:
         "experts_per_token_mean": float(np.concatenate(kept).mean()) if kept else 0.0,
         "bs_time_s": float(sum(r.bs_time_s for s in steps for r in s.layers) + sum(s.tail_s for s in steps)),
     }
+    events = [(s.index, r.layer, e) for s in steps for r in s.layers for e in r.failover]
+    if events:
+        summary["failover"] = [
+            {"step": step, "layer": layer, "kind": e.kind, "device": e.device, "reason": e.reason,
+             "detect_s": e.detect_s, "replica": e.replica, "substitute": e.substitute, "dropped": e.dropped}
+            for step, layer, e in events
+        ]
     modeled = modeled_summary(steps)
     if modeled is not None:
         summary.update(modeled)
@@ -143,9 +156,13 @@ def modeled_summary(steps: list[StepRecord]) -> dict[str, Any] | None:
     totals = [step_totals(ms) for ms in layers]
     request = request_latency(totals[0], totals[1:])
     by_layer: dict[int, list[Any]] = {}
+    measured: dict[int, list[float]] = {}  # wall time of the dispatch round(s): transport + device + (emulated) air
+    measured_layer: dict[int, list[float]] = {}  # + the BS's own time since the previous MoE layer
     for step in steps:
         for rec in step.layers:
             by_layer.setdefault(rec.layer, []).append(rec.modeled)
+            measured.setdefault(rec.layer, []).append(rec.dispatch_time_s)
+            measured_layer.setdefault(rec.layer, []).append(rec.dispatch_time_s + rec.bs_time_s)
     per_layer = [
         {
             "layer": layer,
@@ -155,6 +172,8 @@ def modeled_summary(steps: list[StepRecord]) -> dict[str, Any] | None:
             "ul_s": float(np.mean([b.ul_s.max(initial=0.0) for b in bds])),
             "layer_s": float(np.mean([b.layer_s for b in bds])),
             "waiting_s": float(np.mean([b.waiting_s.mean() for b in bds])),
+            "measured_dispatch_s": float(np.mean(measured[layer])),
+            "measured_layer_s": float(np.mean(measured_layer[layer])),
         }
         for layer, bds in sorted(by_layer.items())
     ]

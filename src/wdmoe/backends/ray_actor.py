@@ -1,0 +1,83 @@
+"""The device side of the Ray backend: one actor per device, an `ExpertWorker` behind a bytes-in, bytes-out call.
+
+The actor reads its own shard from the split directory on its node and verifies its sha256 against the manifest
+the BS sent before loading it (`ExpertWorker`). It speaks only the flat `wdmoe.backends.wire` format. With
+`emulate_air`, it makes the radio model's air time real: it waits the downlink time before computing and the
+uplink time after, so the BS's wall clock includes the modeled wireless link.
+
+The split directory is the BS's path unless the node was started with `wdmoe device start --split-dir DIR`,
+which sets WDMOE_SPLIT_DIR for the node's processes (only the device's own shard has to be there).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from wdmoe.model.shards import Manifest
+
+SPLIT_DIR_ENV = "WDMOE_SPLIT_DIR"
+
+
+@dataclass(frozen=True)
+class ActorInfo:
+    """Where a device actor runs and what it loaded."""
+
+    device: int
+    node_id: str
+    hostname: str
+    pid: int
+    experts_held: int
+    split_dir: str
+
+
+class DeviceActor:
+    """A device's experts. Decorated with `ray.remote` by the pool (this module does not import ray)."""
+
+    def __init__(
+        self, root: str, manifest: Manifest, device: int, emulate_air: bool = False, torch_threads: int | None = None
+    ) -> None:
+        import torch
+
+        from wdmoe.backends.worker import ExpertWorker
+
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
+        self.root = Path(os.environ.get(SPLIT_DIR_ENV) or root)  # the node's own copy wins (see module doc)
+        self.device = device
+        self.emulate_air = emulate_air
+        self.worker = ExpertWorker(self.root, manifest, device)
+
+    def info(self) -> ActorInfo:
+        import ray
+
+        return ActorInfo(
+            self.device, ray.get_runtime_context().get_node_id(), socket.gethostname(), os.getpid(),
+            self.worker.num_experts_held, str(self.root),
+        )
+
+    def run(self, payload: bytes | None) -> bytes | None:
+        """One batch in, one result out (None in, None out: this device is idle in a compiled-graph round)."""
+        if payload is None:
+            return None
+        import torch
+
+        from wdmoe.backends.base import DeviceResult
+        from wdmoe.backends.wire import decode_batch, encode_result
+
+        batch = decode_batch(payload)
+        if batch.device != self.device:
+            raise ValueError(f"batch for device {batch.device} reached device {self.device}")
+        air_s = 0.0
+        if self.emulate_air and batch.dl_s > 0.0:
+            time.sleep(batch.dl_s)
+            air_s += batch.dl_s
+        with torch.inference_mode():
+            result = self.worker.run(batch)
+        if self.emulate_air and batch.ul_s > 0.0:
+            time.sleep(batch.ul_s)
+            air_s += batch.ul_s
+        return encode_result(DeviceResult(result.device, result.output, result.compute_s, air_s))

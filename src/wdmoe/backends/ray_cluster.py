@@ -1,0 +1,139 @@
+"""Joining or starting the Ray cluster that carries the devices, always with Ray's token authentication on.
+
+Each device node offers one custom resource, `wdmoe_device_K`, and the actor of device K asks for it, so the actor
+can only land on that node. Ray reads its authentication settings from the environment of each process (and passes
+them to the processes it starts), so this module sets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH before Ray starts:
+a process or node without the cluster's token cannot join, and cannot call an actor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from wdmoe.backends.ray_actor import SPLIT_DIR_ENV
+
+NAMESPACE = "wdmoe"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"  # Ray's own default; created for a new local cluster
+
+
+def device_resource(device: int) -> str:
+    """The custom resource that only device `device`'s node offers."""
+    return f"wdmoe_device_{device}"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How the BS reaches the devices.
+
+    Attributes:
+        address: "HOST:PORT" of a running cluster's head (`ray start --head`); None starts a local one-node
+            cluster that offers every device's resource.
+        token_file: the cluster's token (mode 0600, owned by the user); None: Ray's default ~/.ray/auth_token,
+            created (mode 0600) if missing.
+        object_store_mb: object store of a local cluster, in MiB.
+        num_cpus: CPUs of a local cluster (None: all).
+    """
+
+    address: str | None = None
+    token_file: Path | None = None
+    object_store_mb: int = 200
+    num_cpus: int | None = None
+
+
+def check_token_file(path: Path) -> Path:
+    """`path` after checking that it holds a token and that only its owner can read or write it."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"token file {path} does not exist; create one with `wdmoe device token {path}` and copy it to every node"
+        )
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise PermissionError(
+            f"token file {path} has mode {mode:04o}: group or others may read or change it; run chmod 600 {path}"
+        )
+    if not path.read_text().strip():
+        raise ValueError(f"token file {path} is empty; create one with `wdmoe device token {path}`")
+    return path
+
+
+def write_token_file(path: Path) -> Path:
+    """A new random 256-bit token in `path`, readable by its owner only (refuses to overwrite a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
+def auth_env(token_file: Path | None) -> dict[str, str]:
+    """The environment that turns token authentication on with the token of `token_file`."""
+    env = {AUTH_MODE_ENV: "token"}
+    if token_file is not None:
+        env[TOKEN_PATH_ENV] = str(check_token_file(token_file).resolve())
+    return env
+
+
+def enable_auth(token_file: Path) -> None:
+    """Turn token authentication on in this process (and the Ray processes it starts), with `token_file`."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    os.environ.update(auth_env(token_file))  # Ray reads these from the environment only
+    # Ray caches its config and token when it is imported; reload both, as Ray's own `ray start` does
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def connect(options: RayOptions, num_devices: int) -> None:
+    """Join the cluster at `options.address`, or start a local one that offers all `num_devices` devices."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    token_file = options.token_file
+    if token_file is None:
+        token_file = DEFAULT_TOKEN_FILE if DEFAULT_TOKEN_FILE.is_file() else write_token_file(DEFAULT_TOKEN_FILE)
+    enable_auth(token_file)
+    if options.address is not None:
+        ray.init(address=options.address, namespace=NAMESPACE, log_to_driver=False)
+        return
+    ray.init(
+        num_cpus=options.num_cpus,
+        resources={device_resource(d): 1.0 for d in range(num_devices)},
+        object_store_memory=options.object_store_mb * 1024 * 1024,
+        include_dashboard=False,
+        namespace=NAMESPACE,
+        log_to_driver=False,
+    )
+
+
+def device_node_command(
+    address: str, device: int, num_cpus: int | None = None, object_store_mb: int = 200, block: bool = True
+) -> list[str]:
+    """The `ray start` command line that joins `address` as device `device`'s node."""
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray") or "ray"
+    cmd = [
+        ray_bin, "start", f"--address={address}", f"--resources={json.dumps({device_resource(device): 1})}",
+        f"--object-store-memory={object_store_mb * 1024 * 1024}", "--disable-usage-stats",
+    ]
+    if num_cpus is not None:
+        cmd.append(f"--num-cpus={num_cpus}")
+    if block:
+        cmd.append("--block")
+    return cmd
+
+
+def device_node_env(token_file: Path | None, split_dir: Path | None) -> dict[str, str]:
+    """The environment of a device node: this process's, token authentication on, and the local split dir."""
+    env = {**os.environ, **auth_env(token_file)}
+    if split_dir is not None:
+        env[SPLIT_DIR_ENV] = str(split_dir.resolve())
+    return env
