@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,10 +22,6 @@ from wdmoe.serve.metrics import Metrics
 from wdmoe.serve.prompts import BadRequest
 from wdmoe.serve.routes import ServeContext, openai_router
 from wdmoe.serve.schemas import Limits
-
-
-class Unauthorized(Exception):
-    """No `Authorization: Bearer <key>` header, or the wrong key."""
 
 
 def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -46,14 +42,7 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
                   description="OpenAI-compatible server of a MoE model split between a base station and devices.")
     app.state.ctx = ctx
 
-    def require_key(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), api_key.encode()):
-            raise Unauthorized()
-
-    app.include_router(openai_router(ctx, [Depends(require_key)]))
+    app.include_router(openai_router(ctx))
     app.include_router(dashboard_router(dashboard))
 
     @app.get("/health")
@@ -64,6 +53,18 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
     async def prometheus() -> Response:
         metrics.queue_depth.set(engine.pending)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next: Any) -> Response:
+        """Before anything else (even the body is not read): /v1 needs `Authorization: Bearer <api_key>`."""
+        if api_key is not None and request.url.path.startswith("/v1"):
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), api_key.encode()):
+                body = error_body("missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                  "authentication_error", code="invalid_api_key")
+                return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        response: Response = await call_next(request)
+        return response
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Any) -> Response:
@@ -77,12 +78,6 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(Unauthorized)
-    async def unauthorized(_request: Request, _exc: Unauthorized) -> JSONResponse:
-        body = error_body("missing or wrong API key: send 'Authorization: Bearer <key>'", "authentication_error",
-                          code="invalid_api_key")
-        return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-
     @app.exception_handler(BadRequest)
     async def bad_request(_request: Request, exc: BadRequest) -> JSONResponse:
         return JSONResponse(error_body(str(exc), "invalid_request_error", exc.param), status_code=400)

@@ -206,6 +206,7 @@ class Engine:
     # -- model calls (worker thread only) ------------------------------------------------------------------
     def prompt_logprobs(self, ids: list[int], top_n: int) -> PromptScores:
         """One forward pass over the prompt: log p(ids[i] | ids[:i]) for i >= 1 and the next-token scores."""
+        self._take_steps()  # steps of direct model calls outside the engine are not this request's
         logits = self.model(torch.tensor([ids])).logits[0].float()  # (T, V)
         logp = torch.log_softmax(logits, dim=-1)
         chosen = logp[:-1].gather(1, torch.tensor(ids[1:]).unsqueeze(1)).squeeze(1).tolist()  # (T-1,)
@@ -217,6 +218,7 @@ class Engine:
     def generate(self, ids: list[int], sampling: Sampling, top_n: int = 0, on_token: TokenCallback | None = None,
                  cancel: threading.Event | None = None) -> Generation:
         """New tokens after `ids` (KV cache), with their log-probabilities and the request's telemetry."""
+        self._take_steps()
         start = time.perf_counter()
         first: list[float] = []
 

@@ -79,10 +79,13 @@ def check_ids(engine: Engine, ids: list[int], limits: Limits, param: str) -> Non
 
 
 def sampling_for(engine: Engine, limits: Limits, prompt_len: int, max_tokens: int | None, temperature: float,
-                 top_p: float, seed: int | None, stop: str | list[str] | None) -> Sampling:
-    """Sampling settings, with `max_tokens` checked against the limit and the room left in the context."""
+                 top_p: float, seed: int | None, stop: str | list[str] | None, default_tokens: int | None = None
+                 ) -> Sampling:
+    """Sampling settings, with `max_tokens` checked against the limit and the room left in the context; an
+    omitted `max_tokens` is `default_tokens` (None: as many as allowed), lowered to what the limits allow."""
     room = engine.context_length - prompt_len
-    wanted = min(limits.max_tokens, room) if max_tokens is None else max_tokens
+    allowed = min(limits.max_tokens, room)
+    wanted = min(allowed, default_tokens or allowed) if max_tokens is None else max_tokens
     if wanted > limits.max_tokens:
         raise BadRequest(f"max_tokens = {wanted}: the limit is {limits.max_tokens} new tokens", "max_tokens")
     if wanted > room:

@@ -24,6 +24,8 @@ from wdmoe.serve.prompts import BadRequest, encode_chat, encode_prompts, samplin
 from wdmoe.serve.responses import chat_body, chunk, completion_body, completion_choice, cut_at_stop, new_id, sse
 from wdmoe.serve.schemas import ChatRequest, CompletionRequest, Limits
 
+COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens of /v1/completions
+
 
 @dataclass
 class ServeContext:
@@ -37,8 +39,8 @@ class ServeContext:
         self.dashboard.request_done()
 
 
-def openai_router(ctx: ServeContext, dependencies: list[Any]) -> APIRouter:
-    router = APIRouter(prefix="/v1", dependencies=dependencies)
+def openai_router(ctx: ServeContext) -> APIRouter:
+    router = APIRouter(prefix="/v1")
     engine, limits = ctx.engine, ctx.limits
 
     @router.get("/models")
@@ -53,7 +55,7 @@ def openai_router(ctx: ServeContext, dependencies: list[Any]) -> APIRouter:
     async def completions(body: CompletionRequest) -> Any:
         prompts = encode_prompts(engine, body.prompt, limits)
         samplings = [sampling_for(engine, limits, len(ids), body.max_tokens, body.temperature, body.top_p, body.seed,
-                                  body.stop) for ids in prompts]
+                                  body.stop, default_tokens=COMPLETION_DEFAULT_TOKENS) for ids in prompts]
         if body.stream:
             if len(prompts) > 1 or body.echo or body.logprobs is not None:
                 raise BadRequest("stream: streaming takes one prompt, without echo or logprobs", "stream")

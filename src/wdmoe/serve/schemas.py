@@ -42,7 +42,7 @@ class CompletionRequest(_Body):
 
     model: str | None = None
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
-    max_tokens: Annotated[int, Field(ge=0)] | None = 16
+    max_tokens: Annotated[int, Field(ge=0, description="default: 16, or less when the limit is lower")] | None = None
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
     n: Annotated[int, Field(ge=1, le=1, description="one choice per prompt")] = 1
