@@ -97,11 +97,16 @@ class WirelessDecider:
     def state(self, layer: int, index: np.ndarray, weight: np.ndarray, logits: np.ndarray | None) -> LayerState:
         if self.scenario.coherence == "layer":
             self.link = redraw_fading(self.rng, self.link, self.scenario)
+        return self.state_on(self.link, layer, index, weight, logits)
+
+    def state_on(self, link: LinkState, layer: int, index: np.ndarray, weight: np.ndarray,
+                 logits: np.ndarray | None) -> LayerState:
+        """The LayerState of one layer step over a given channel block (the simulator replays blocks it drew)."""
         return LayerState(
             topk_index=index,
             topk_weight=weight,
             expert_device=self.expert_device[layer],
-            link=self.link,
+            link=link,
             profiles=self.profiles,
             expert_flops_per_token=self.costs.expert_flops_per_token,
             expert_weight_bytes=self.costs.expert_weight_bytes,

@@ -1,0 +1,163 @@
+"""Batched decode decisions: n independent one-token layer steps decided at once, vectorized over the batch.
+
+Contract: a decode step routes one token, so a policy's per-call overhead, not its arithmetic, dominates a
+replay. `decide_batch(policy, steps)` decides n one-token steps (`OneTokenSteps`, each with its own links,
+weights, budget and BS time) in a few numpy calls and returns what `policy.decide` returns on each step's
+`LayerState`: keep and weight equal, bandwidth equal to within the solvers' tolerance (tests/unit/sim checks
+1e-9 relative on random instances; on one machine the operations are the same, so the numbers are too). It
+returns None for a policy it has no batched form of; `BatchDecision.fallback` marks the steps the caller must
+decide per state (the joint policy's tokens whose slots span 3 or more devices). Pure numpy.
+
+Supported: `TopK` and `WLRThreshold` with `EqualBandwidth`; `JointSelectionBandwidth` (`batched_joint`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from wdmoe.policy.bandwidth import EqualBandwidth
+from wdmoe.policy.base import LayerState
+from wdmoe.policy.joint import JointSelectionBandwidth
+from wdmoe.policy.selection import first_argmax_mask, profiles_of, renormalize
+from wdmoe.policy.topk import TopK
+from wdmoe.policy.wlr import _TINY_S, WLRThreshold
+from wdmoe.radio.compute import roofline_time_s
+from wdmoe.radio.rate import share_time_s
+
+
+@dataclass(frozen=True)
+class OneTokenSteps:
+    """n one-token layer steps, k routed slots each, D devices.
+
+    Attributes:
+        slot_device: (n, k) int, the device serving each routed slot (the primary of its expert).
+        weight: (n, k) float64, the router's weights (`LayerState.topk_weight` as float).
+        roof_s: (n, k) seconds of each slot's expert on its device for one token (radio.compute roofline).
+        snr_dl_per_hz / snr_ul_per_hz: (n, D) Hz, every device's link in each step.
+        bits_per_token / bandwidth_hz / bs_time_s: (n,) payload bits, the band in Hz, the BS seconds.
+    """
+
+    slot_device: np.ndarray
+    weight: np.ndarray
+    roof_s: np.ndarray
+    snr_dl_per_hz: np.ndarray
+    snr_ul_per_hz: np.ndarray
+    bits_per_token: np.ndarray
+    bandwidth_hz: np.ndarray
+    bs_time_s: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.slot_device.shape[0])
+
+    @property
+    def num_devices(self) -> int:
+        return int(self.snr_dl_per_hz.shape[1])
+
+    @classmethod
+    def from_states(cls, states: list[LayerState]) -> OneTokenSteps:
+        """Stack one-token LayerStates of the same k and D (the reference path's inputs, for tests and tools)."""
+        rows = []
+        for state in states:
+            if state.num_tokens != 1:
+                raise ValueError(f"OneTokenSteps holds one-token steps; a state has {state.num_tokens} tokens")
+            p = profiles_of(state)
+            device = state.expert_device[state.topk_index[0]]
+            roof = roofline_time_s(1.0, state.expert_flops_per_token, state.expert_weight_bytes, p.flops_per_s,
+                                   p.mem_bytes_per_s, p.overhead_s)  # (D,)
+            rows.append((device, state.topk_weight[0].astype(float), roof[device], state.link.snr_dl_per_hz,
+                         state.link.snr_ul_per_hz, state.bits_per_token, state.bandwidth_hz, state.bs_time_s))
+        columns = list(zip(*rows, strict=True))
+        return cls(*(np.array(c, dtype=float if i else np.int64) for i, c in enumerate(columns)))
+
+    def subset(self, items: np.ndarray) -> OneTokenSteps:
+        return OneTokenSteps(*(getattr(self, f)[items] for f in self.__dataclass_fields__))
+
+
+@dataclass(frozen=True)
+class BatchDecision:
+    """keep (n, k) bool, weight (n, k), bandwidth_hz (n, D); fallback (n,) marks steps not decided here."""
+
+    keep: np.ndarray
+    weight: np.ndarray
+    bandwidth_hz: np.ndarray
+    fallback: np.ndarray
+
+
+def device_pairs(steps: OneTokenSteps, keep: np.ndarray) -> np.ndarray:
+    """(n, D) float: kept slots per device (radio.latency's pairs_ul; tokens_dl is 1 where this is > 0)."""
+    flat = (np.arange(steps.size)[:, None] * steps.num_devices + steps.slot_device)[keep]
+    return np.bincount(flat, minlength=steps.size * steps.num_devices).reshape(steps.size, -1).astype(float)
+
+
+def device_compute_s(steps: OneTokenSteps, keep: np.ndarray) -> np.ndarray:
+    """(n, D) seconds: each device runs its kept experts in turn (radio.latency.compute_time_s for one token)."""
+    flat = (np.arange(steps.size)[:, None] * steps.num_devices + steps.slot_device)[keep]
+    total = np.bincount(flat, weights=steps.roof_s[keep], minlength=steps.size * steps.num_devices)
+    return total.reshape(steps.size, -1)
+
+
+def equal_shares(active: np.ndarray, budget_hz: np.ndarray) -> np.ndarray:
+    """(n, D) policy.bandwidth.equal_split per step."""
+    count = np.maximum(active.sum(axis=1), 1)
+    return np.where(active, (budget_hz / count)[:, None], 0.0)
+
+
+def _all_kept(steps: OneTokenSteps) -> np.ndarray:
+    return np.ones(steps.slot_device.shape, dtype=bool)
+
+
+def decide_topk(steps: OneTokenSteps) -> BatchDecision:
+    """TopK with EqualBandwidth: keep every slot, split the band equally over the devices with a slot."""
+    keep = _all_kept(steps)
+    bandwidth = equal_shares(device_pairs(steps, keep) > 0.0, steps.bandwidth_hz)
+    return BatchDecision(keep, steps.weight.copy(), bandwidth, np.zeros(steps.size, dtype=bool))
+
+
+def pair_latency_s(steps: OneTokenSteps) -> np.ndarray:
+    """(n, k) policy.wlr.pair_latency_s with EqualBandwidth: each slot's device round trip under the top-k."""
+    keep = _all_kept(steps)
+    pairs = device_pairs(steps, keep)
+    active = pairs > 0.0
+    bits = steps.bits_per_token[:, None]
+    bandwidth = equal_shares(active, steps.bandwidth_hz)
+    total = (share_time_s(np.where(active, 1.0, 0.0) * bits, bandwidth, steps.snr_dl_per_hz)
+             + device_compute_s(steps, keep) + share_time_s(pairs * bits, bandwidth, steps.snr_ul_per_hz))
+    times = np.where(active, total, 0.0)
+    return np.maximum(np.take_along_axis(times, steps.slot_device, axis=1), _TINY_S)
+
+
+def decide_wlr(steps: OneTokenSteps, policy: WLRThreshold) -> BatchDecision:
+    """WLRThreshold with EqualBandwidth, the same steps as `WLRThreshold.decide` row by row."""
+    weight = steps.weight
+    ratio = weight / pair_latency_s(steps)  # (n, k)
+    norm = ratio.max(axis=1, keepdims=True) if policy.normalize == "max" else ratio.sum(axis=1, keepdims=True)
+    normalised = np.divide(ratio, norm, out=np.zeros_like(ratio), where=norm > 0.0)
+    keep = first_argmax_mask(ratio)
+    if policy.theta < 1.0:
+        keep |= normalised >= policy.theta
+    bandwidth = equal_shares(device_pairs(steps, keep) > 0.0, steps.bandwidth_hz)
+    return BatchDecision(keep, renormalize(weight, keep), bandwidth, np.zeros(steps.size, dtype=bool))
+
+
+def supports(policy: object) -> bool:
+    """Whether `decide_batch` has a batched form of this policy (exact types: a subclass may decide otherwise)."""
+    if type(policy) in (TopK, WLRThreshold):
+        return type(policy.bandwidth) is EqualBandwidth  # type: ignore[attr-defined]
+    return type(policy) is JointSelectionBandwidth
+
+
+def decide_batch(policy: object, steps: OneTokenSteps) -> BatchDecision | None:
+    """The batched decision of `policy` on n one-token steps, or None when it has no batched form."""
+    from wdmoe.policy.batched_joint import decide_joint
+
+    if not supports(policy):
+        return None
+    if isinstance(policy, TopK):
+        return decide_topk(steps)
+    if isinstance(policy, WLRThreshold):
+        return decide_wlr(steps, policy)
+    assert isinstance(policy, JointSelectionBandwidth)
+    return decide_joint(steps, policy)

@@ -1,0 +1,159 @@
+"""The trace-replay simulator: a trace x channel realizations x scenarios x policies, through the runtime's code.
+
+Contract: `replay(trace, scenario, policy, seed)` runs the trace's layer steps through `WirelessDecider`, the
+object the live runtime uses: the same channel generator, the same `LayerState`, `policy.decide` and
+`radio.latency`. In exact mode it calls the decider exactly as `DistributedMoE.generate` does (start_request at
+each prefill, start_step at each step, then each layer), so for the trace and the scenario seed of a live run it
+reproduces that run's modeled latency and decisions bit for bit (tests/unit/sim/test_agreement.py). The batched
+mode (default) gives the same numbers faster: the channel blocks are fixed by the trace's shape alone, so they
+are drawn up front (`sim.blocks`, bit-identical), multi-token steps go through the per-state path, and the
+one-token layer steps of every decode step are decided together by `policy.batched`; a policy that keeps its
+own random state (`RandomDrop`) depends on the call order and is always replayed in exact mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wdmoe.config import Scenario
+from wdmoe.policy.base import Policy
+from wdmoe.policy.baselines import RandomDrop
+from wdmoe.policy.batched import OneTokenSteps, decide_batch, supports
+from wdmoe.radio.compute import roofline_time_s
+from wdmoe.radio.latency import LatencyBreakdown
+from wdmoe.runtime.wireless import WirelessDecider
+from wdmoe.sim.blocks import block_link, block_schedule, draw_blocks
+from wdmoe.sim.one_token import one_token_latency
+from wdmoe.sim.trace import PREFILL, Trace
+
+CHUNK = 8192  # one-token steps per batch: large enough to amortise numpy's per-call cost, small enough for cache
+
+
+@dataclass(frozen=True)
+class Replay:
+    """One replay of a trace; every array has shape (S, L): steps x MoE layers.
+
+    Attributes:
+        layer_s: modeled layer seconds. energy_j: joules. bits_dl / bits_ul: bits each way.
+        kept: kept (token, expert) pairs. routed: the router's pairs (T_s * k).
+        records: exact mode with keep_records: per (step, layer), in order, (keep, weight, LatencyBreakdown).
+    """
+
+    policy: str
+    seed: int
+    layer_s: np.ndarray
+    energy_j: np.ndarray
+    bits_dl: np.ndarray
+    bits_ul: np.ndarray
+    kept: np.ndarray
+    routed: np.ndarray
+    records: list[tuple[np.ndarray, np.ndarray, LatencyBreakdown]] | None = None
+
+
+class _Sink:
+    """Collects per-(step, layer) results into (S, L) arrays."""
+
+    def __init__(self, trace: Trace) -> None:
+        shape = (trace.num_steps, trace.num_layers)
+        self.layer_s, self.energy_j = np.zeros(shape), np.zeros(shape)
+        self.bits_dl, self.bits_ul = np.zeros(shape), np.zeros(shape)
+        self.kept = np.zeros(shape, dtype=np.int64)
+        self.routed = (trace.step_tokens * trace.top_k)[:, None].repeat(trace.num_layers, axis=1)
+
+    def put(self, step: int, layer_pos: int, keep: np.ndarray, bd: LatencyBreakdown) -> None:
+        self.layer_s[step, layer_pos], self.energy_j[step, layer_pos] = bd.layer_s, bd.energy_j
+        self.bits_dl[step, layer_pos], self.bits_ul[step, layer_pos] = bd.bits_dl.sum(), bd.bits_ul.sum()
+        self.kept[step, layer_pos] = int(np.count_nonzero(keep))
+
+    def replay(self, policy: str, seed: int, records: Any = None) -> Replay:
+        return Replay(policy, seed, self.layer_s, self.energy_j, self.bits_dl, self.bits_ul, self.kept,
+                      self.routed, records)
+
+
+def make_decider(trace: Trace, scenario: Scenario, policy: Policy, seed: int | None = None) -> WirelessDecider:
+    """The runtime's decider for this trace's model, over `scenario` with its seed replaced by `seed`."""
+    if seed is not None:
+        scenario = scenario.model_copy(update={"seed": seed})
+    return WirelessDecider(scenario, policy, trace.costs, trace.expert_device_map(), trace.num_devices)
+
+
+def _layer_args(trace: Trace, step: int, layer_pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    rows = trace.rows(step, layer_pos)
+    return trace.topk_index[rows], trace.topk_weight[rows], None if trace.logits is None else trace.logits[rows]
+
+
+def replay_exact(trace: Trace, decider: WirelessDecider, keep_records: bool = False) -> Replay:
+    """Call the decider exactly as the runtime does (module docstring)."""
+    sink = _Sink(trace)
+    records: list[tuple[np.ndarray, np.ndarray, LatencyBreakdown]] | None = [] if keep_records else None
+    layers = trace.layers.tolist()
+    for step in range(trace.num_steps):
+        if trace.step_phase[step] == PREFILL:
+            decider.start_request()
+        decider.start_step()
+        for pos, layer in enumerate(layers):
+            keep, weight, bd = decider(layer, *_layer_args(trace, step, pos))
+            sink.put(step, pos, keep, bd)
+            if records is not None:
+                records.append((keep, weight, bd))
+    return sink.replay(decider.policy.name, decider.scenario.seed, records)
+
+
+def replay_batched(trace: Trace, decider: WirelessDecider, chunk: int = CHUNK) -> Replay:
+    """The same numbers as `replay_exact` for an order-independent policy, one-token steps decided in batches."""
+    sink = _Sink(trace)
+    schedule = block_schedule(trace, decider.scenario.coherence)  # (S, L)
+    blocks = draw_blocks(decider.rng, decider.link, decider.scenario, int(schedule.max(initial=0)))
+    layers = trace.layers.tolist()
+
+    def per_state(step: int, pos: int) -> None:
+        link = block_link(blocks, int(schedule[step, pos]))
+        state = decider.state_on(link, layers[pos], *_layer_args(trace, step, pos))
+        sink.put(step, pos, (decision := decider.policy.decide(state)).keep, decider.breakdown(state, decision))
+
+    one = trace.step_tokens == 1
+    for step in np.flatnonzero(~one).tolist():
+        for pos in range(trace.num_layers):
+            per_state(step, pos)
+    steps_1, pos_1 = np.nonzero(np.repeat(one[:, None], trace.num_layers, axis=1))  # (n,) step-major
+    if not supports(decider.policy):
+        for step, pos in zip(steps_1.tolist(), pos_1.tolist(), strict=True):
+            per_state(step, pos)
+        return sink.replay(decider.policy.name, decider.scenario.seed)
+    probe = decider.state_on(block_link(blocks, 0), layers[0], *_layer_args(trace, 0, 0))
+    profiles = decider.profiles
+    roof = roofline_time_s(1.0, probe.expert_flops_per_token, probe.expert_weight_bytes, profiles.flops_per_s,
+                           profiles.mem_bytes_per_s, profiles.overhead_s)  # (D,) one token on one expert
+    bs_1 = np.array([decider.bs_time_s(layer, 1) for layer in layers])
+    rows_1 = trace.step_offset[steps_1] + pos_1
+    for start in range(0, steps_1.shape[0], chunk):
+        part = slice(start, start + chunk)
+        s, p, rows = steps_1[part], pos_1[part], rows_1[part]
+        device = trace.expert_device[p[:, None], trace.topk_index[rows]]  # (n, k)
+        block = schedule[s, p]
+        n = s.shape[0]
+        batch = OneTokenSteps(device, trace.topk_weight[rows].astype(float), roof[device],
+                              blocks.snr_dl_per_hz[block], blocks.snr_ul_per_hz[block],
+                              np.full(n, probe.bits_per_token), np.full(n, probe.bandwidth_hz), bs_1[p])
+        decision = decide_batch(decider.policy, batch)
+        assert decision is not None
+        lat = one_token_latency(batch, decision, profiles.tx_power_w, profiles.compute_power_w,
+                                decider.bs_tx_power_w, decider.pool)
+        sink.layer_s[s, p], sink.energy_j[s, p] = lat.layer_s, lat.energy_j
+        sink.bits_dl[s, p], sink.bits_ul[s, p] = lat.bits_dl, lat.bits_ul
+        sink.kept[s, p] = decision.keep.sum(axis=1)
+        for i in np.flatnonzero(decision.fallback).tolist():
+            per_state(int(s[i]), int(p[i]))
+    return sink.replay(decider.policy.name, decider.scenario.seed)
+
+
+def replay(trace: Trace, scenario: Scenario, policy: Policy, seed: int | None = None, batched: bool = True,
+           keep_records: bool = False) -> Replay:
+    """Replay `trace` over `scenario` (seed replaced by `seed` when given) under `policy` (module docstring)."""
+    decider = make_decider(trace, scenario, policy, seed)
+    if batched and not keep_records and not isinstance(policy, RandomDrop):
+        return replay_batched(trace, decider)
+    return replay_exact(trace, decider, keep_records)
