@@ -2,8 +2,9 @@
 
 The actor reads its own shard from the split directory on its node and verifies its sha256 against the manifest
 the BS sent before loading it (`ExpertWorker`). It speaks only the flat `wdmoe.backends.wire` format. With
-`emulate_air`, it makes the radio model's air time real: it waits the downlink time before computing and the
-uplink time after, so the BS's wall clock includes the modeled wireless link.
+emulated radio, it makes the radio model's air time real: it waits the downlink time before computing and the
+uplink time after, so the BS's wall clock includes the modeled wireless link. The actor waits whatever air time
+its batch carries; the pool sends zeros unless it emulates the radio.
 
 The split directory is the BS's path unless the node was started with `wdmoe device start --split-dir DIR`,
 which sets WDMOE_SPLIT_DIR for the node's processes (only the device's own shard has to be there).
@@ -37,9 +38,7 @@ class ActorInfo:
 class DeviceActor:
     """A device's experts. Decorated with `ray.remote` by the pool (this module does not import ray)."""
 
-    def __init__(
-        self, root: str, manifest: Manifest, device: int, emulate_air: bool = False, torch_threads: int | None = None
-    ) -> None:
+    def __init__(self, root: str, manifest: Manifest, device: int, torch_threads: int | None = None) -> None:
         import torch
 
         from wdmoe.backends.worker import ExpertWorker
@@ -48,7 +47,6 @@ class DeviceActor:
             torch.set_num_threads(torch_threads)
         self.root = Path(os.environ.get(SPLIT_DIR_ENV) or root)  # the node's own copy wins (see module doc)
         self.device = device
-        self.emulate_air = emulate_air
         self.worker = ExpertWorker(self.root, manifest, device)
 
     def info(self) -> ActorInfo:
@@ -72,12 +70,12 @@ class DeviceActor:
         if batch.device != self.device:
             raise ValueError(f"batch for device {batch.device} reached device {self.device}")
         air_s = 0.0
-        if self.emulate_air and batch.dl_s > 0.0:
+        if batch.dl_s > 0.0:
             time.sleep(batch.dl_s)
             air_s += batch.dl_s
         with torch.inference_mode():
             result = self.worker.run(batch)
-        if self.emulate_air and batch.ul_s > 0.0:
+        if batch.ul_s > 0.0:
             time.sleep(batch.ul_s)
             air_s += batch.ul_s
         return encode_result(DeviceResult(result.device, result.output, result.compute_s, air_s))

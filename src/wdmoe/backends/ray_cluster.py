@@ -57,7 +57,7 @@ def check_token_file(path: Path) -> Path:
         )
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        raise PermissionError(
+        raise ValueError(
             f"token file {path} has mode {mode:04o}: group or others may read or change it; run chmod 600 {path}"
         )
     if not path.read_text().strip():

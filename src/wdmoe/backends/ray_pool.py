@@ -37,7 +37,8 @@ class RayDevicePool:
         manifest: the split's manifest; each device checks its shard's sha256 against it before loading.
         options: how to reach the cluster (default: start a local one, token authentication on).
         compiled: one Compiled Graph round per layer (True) or one plain actor call per device (False).
-        emulate_air: devices wait the modeled downlink / uplink air time of each batch (`DeviceBatch.dl_s/ul_s`).
+        emulate_air: devices wait the modeled downlink / uplink air time of each batch (`DeviceBatch.dl_s/ul_s`);
+            an attribute, so it may be switched between requests.
         call_timeout_s: a device that has not answered this long after the dispatch (plus its batch's emulated
             air time) is declared failed, in seconds.
         rejoin_after_s: seconds after a failure before a new actor of that device is requested.
@@ -78,7 +79,7 @@ class RayDevicePool:
     def _spawn(self, device: int) -> tuple[Any, Any]:
         actor: Any = self.actor_class.options(
             resources={device_resource(device): 1.0}, num_cpus=0, max_restarts=0, namespace=NAMESPACE
-        ).remote(str(self.root), self.manifest, device, self.emulate_air, self.torch_threads)
+        ).remote(str(self.root), self.manifest, device, self.torch_threads)
         return actor, actor.info.remote()
 
     def _start_all(self, timeout_s: float) -> None:
@@ -102,7 +103,7 @@ class RayDevicePool:
     # -- the DevicePool protocol -------------------------------------------------------------------------------
     def dispatch(self, batches: Sequence[DeviceBatch]) -> list[DeviceResult]:
         start = time.perf_counter()
-        payloads = {b.device: encode_batch(b) for b in batches}
+        payloads = {b.device: encode_batch(b, air=self.emulate_air) for b in batches}
         air = max((b.dl_s + b.ul_s for b in batches), default=0.0) if self.emulate_air else 0.0
         timeout_s = self.call_timeout_s + air
         failed = {d: "device is not live" for d in payloads if d not in self.actors}
@@ -111,7 +112,7 @@ class RayDevicePool:
         if self.compiled and live:
             raw = self._run_compiled(live, timeout_s)
         if raw is None:
-            raw, lost = self._run_plain(live, timeout_s)
+            raw, lost = self._run_plain(live, timeout_s, ping_idle=self.compiled)
             failed.update(lost)
         results = [decode_result(raw[b.device]) for b in batches if b.device in raw]
         if failed:
@@ -194,11 +195,15 @@ class RayDevicePool:
             self._drop_graph()
             return None
 
-    def _run_plain(self, payloads: dict[int, bytes], timeout_s: float) -> tuple[dict[int, bytes], dict[int, str]]:
-        """One call per live device (idle ones are pinged with None, so that a dead idle device is found too)."""
+    def _run_plain(
+        self, payloads: dict[int, bytes], timeout_s: float, ping_idle: bool
+    ) -> tuple[dict[int, bytes], dict[int, str]]:
+        """One call per active device; with `ping_idle` (after a compiled round failed) idle devices get None, so
+        that every device of the lost graph is checked."""
         import ray
 
-        refs = {d: actor.run.remote(payloads.get(d)) for d, actor in self.actors.items()}
+        targets = self.actors if ping_idle else {d: self.actors[d] for d in payloads}
+        refs = {d: actor.run.remote(payloads.get(d)) for d, actor in targets.items()}
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
         done: set[Any] = set(ready)
         raw: dict[int, bytes] = {}

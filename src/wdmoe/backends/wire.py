@@ -54,11 +54,12 @@ def _header(buf: bytes, ints: int) -> tuple[np.ndarray, np.ndarray, int]:
     return head, floats, size
 
 
-def encode_batch(batch: DeviceBatch) -> bytes:
+def encode_batch(batch: DeviceBatch, air: bool = True) -> bytes:
+    """The batch's bytes; `air=False` sends zero air time (the device then waits none)."""
     n, hidden_size = batch.hidden.shape
     m = batch.token_index.shape[0]
     head = np.array([MAGIC, batch.device, batch.layer, n, hidden_size, m, _CODE[batch.hidden.dtype]], np.int64)
-    air = np.array([batch.dl_s, batch.ul_s], dtype=np.float64)
+    air = np.array([batch.dl_s, batch.ul_s] if air else [0.0, 0.0], dtype=np.float64)
     return b"".join(
         (head.tobytes(), air.tobytes(), _raw(batch.hidden), _raw(batch.token_index.to(torch.int64)),
          _raw(batch.expert.to(torch.int64)))

@@ -1,0 +1,151 @@
+"""A real Ray cluster on 127.0.0.1 for the Ray backend's tests: a head (the BS) and one node per device.
+
+Token authentication is on for the whole session, with a token file in a temporary directory. Every node runs with
+a small object store; the cluster stops at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from wdmoe.backends.ray_cluster import NAMESPACE, device_resource, enable_auth, write_token_file  # noqa: E402
+from wdmoe.placement import Placement  # noqa: E402
+from wdmoe.runtime.model import DistributedMoE  # noqa: E402
+
+NUM_DEVICES = 3
+OBJECT_STORE_BYTES = 100 * 1024 * 1024
+
+
+class DeviceCluster:
+    """The session's Ray cluster: `nodes[k]` is the node that offers device k's resource."""
+
+    def __init__(self, token_file: Path) -> None:
+        from ray.cluster_utils import Cluster
+
+        self.token_file = token_file
+        self.cli_nodes: list[subprocess.Popen[bytes]] = []
+        self.cluster = Cluster(
+            initialize_head=True,
+            head_node_args=dict(num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False),
+        )
+        self.nodes: dict[int, Any] = {d: self.add_device_node(d) for d in range(NUM_DEVICES)}
+        self.cluster.connect(namespace=NAMESPACE)
+
+    @property
+    def address(self) -> str:
+        return str(self.cluster.address)
+
+    def add_device_node(self, device: int) -> Any:
+        node = self.cluster.add_node(
+            num_cpus=1, object_store_memory=OBJECT_STORE_BYTES, resources={device_resource(device): 1.0}
+        )
+        self.nodes = {**getattr(self, "nodes", {}), device: node}
+        return node
+
+    def kill_device_node(self, device: int) -> None:
+        self.cluster.remove_node(self.nodes.pop(device), allow_graceful=False)
+
+    def node_id_of(self, device: int) -> str:
+        return str(self.nodes[device].node_id)
+
+    def start_device_cli(self, device: int, token_file: Path) -> subprocess.Popen[bytes]:
+        """Device `device`'s node started the documented way, `wdmoe device start` (stopped at shutdown)."""
+        cmd = [sys.executable, "-c", "from wdmoe.cli.device_cmd import app; app()", "start",
+               f"--address={self.address}", f"--device-id={device}", f"--token-file={token_file}", "--num-cpus=1",
+               "--object-store-mb=100"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self.cli_nodes.append(proc)
+        return proc
+
+    def shutdown(self) -> None:
+        for proc in self.cli_nodes:
+            proc.terminate()  # `ray start --block` stops the node's processes on SIGTERM
+            proc.wait(timeout=60)
+        ray.shutdown()
+        self.cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_token_file(tmp_path_factory.mktemp("auth") / "token")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(token_file: Path) -> Iterator[DeviceCluster]:
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    enable_auth(token_file)
+    cluster = DeviceCluster(token_file)
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def replicated_split(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, object]) -> Path:
+    """The tiny Mixtral over 3 devices with every expert on two of them: e on devices e mod 3 and e+1 mod 3."""
+    from wdmoe.model.split import split_model
+
+    row = tuple((e % NUM_DEVICES, (e + 1) % NUM_DEVICES) for e in range(8))
+    placement = Placement(NUM_DEVICES, 8, {0: row, 1: row})
+    out = tmp_path_factory.mktemp("replicated") / "split"
+    split_model(tiny_models["mixtral"], out, NUM_DEVICES, placement)
+    return out
+
+
+def ray_model(split: Path, cluster: DeviceCluster, **opts: Any) -> DistributedMoE:
+    from wdmoe.backends.factory import make_pool
+    from wdmoe.model.shards import Manifest
+
+    pool = make_pool("ray", split, Manifest.read(split), address=cluster.address, torch_threads=1, **opts)
+    return DistributedMoE.from_pretrained(split, pool=pool)
+
+
+def wait_all_live(model: DistributedMoE, timeout_s: float = 120.0) -> None:
+    """Run tiny requests until every failed device has rejoined (a rejoin is noticed at a layer step)."""
+    import torch
+
+    deadline = time.monotonic() + timeout_s
+    while model.dispatcher.dead:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"devices {sorted(model.dispatcher.dead)} did not rejoin within {timeout_s:.0f} s")
+        model.generate(torch.tensor([[5, 6]]), max_new_tokens=1, do_sample=False)
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def mixtral_ray(ray_cluster: DeviceCluster, mixtral_split: Path) -> Iterator[DistributedMoE]:
+    """The tiny Mixtral split (round robin, no replicas) on the cluster's devices; healthy at each test's start."""
+    model = ray_model(mixtral_split, ray_cluster, call_timeout_s=2.0, rejoin_after_s=0.5)
+    yield model
+    model.close()
+
+
+@pytest.fixture()
+def healthy_mixtral(mixtral_ray: DistributedMoE) -> Iterator[DistributedMoE]:
+    yield mixtral_ray
+    mixtral_ray.set_policy(None)
+    mixtral_ray.pool.emulate_air = False  # type: ignore[attr-defined]
+    wait_all_live(mixtral_ray)
+
+
+@pytest.fixture(scope="session")
+def replicated_ray(ray_cluster: DeviceCluster, replicated_split: Path) -> Iterator[DistributedMoE]:
+    model = ray_model(replicated_split, ray_cluster, call_timeout_s=2.0, rejoin_after_s=0.0)
+    yield model
+    model.close()
