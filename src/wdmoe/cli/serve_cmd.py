@@ -77,10 +77,8 @@ def serve(
     """Serve the model over an OpenAI-compatible HTTP API, with a live dashboard at / and metrics at /metrics."""
     offline()
     with user_errors():
-        import uvicorn
-
         from wdmoe.serve import Limits, create_app
-        from wdmoe.serve.server import uvicorn_config
+        from wdmoe.serve.server import StoppingServer, uvicorn_config
 
         key = read_api_key(api_key_file)
         engine = load_engine(model_dir, devices, policy, theta, scenario, backend)
@@ -88,7 +86,7 @@ def serve(
     console.print(f"serving [bold]{engine.name}[/bold] on {engine.model.num_devices} devices ({policy}): "
                   f"http://{host}:{port}/ (dashboard), /v1 (OpenAI API{', key required' if key else ''})")
     try:
-        uvicorn.Server(uvicorn_config(app, host, port, log_level="info")).run()
+        StoppingServer(uvicorn_config(app, host, port, log_level="info")).run()
     finally:
         engine.close()
         engine.model.close()

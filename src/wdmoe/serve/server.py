@@ -23,6 +23,15 @@ def uvicorn_config(app: Any, host: str, port: int, log_level: str = "warning") -
                           timeout_graceful_shutdown=GRACE_S)
 
 
+class StoppingServer(uvicorn.Server):
+    """SIGTERM/SIGINT stop the server and `run()` returns normally: uvicorn would re-raise the signal after its
+    shutdown, which kills the process before the model is closed and its temporary split removed."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
 @contextmanager
 def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve `app` on `host`:`port` (0: a free port) while the block runs; yields `http://host:port`."""

@@ -110,6 +110,7 @@ def test_api_key_guards_every_v1_route(engine: Engine) -> None:
             assert (missing.status_code, wrong.status_code, right.status_code) == (401, 401, 200), path
             assert missing.json()["error"]["type"] == "authentication_error"
         assert client.get("/health").status_code == 200  # not under /v1
+        assert client.get("/v1/unknown").status_code == 401  # every /v1 path, known or not
         malformed = client.post("/v1/completions", content=b"{", headers={"Content-Type": "application/json"})
         assert malformed.status_code == 401  # the key is checked before the body
 
