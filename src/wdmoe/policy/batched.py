@@ -37,6 +37,8 @@ class OneTokenSteps:
         roof_s: (n, k) seconds of each slot's expert on its device for one token (radio.compute roofline).
         snr_dl_per_hz / snr_ul_per_hz: (n, D) Hz, every device's link in each step.
         bits_per_token / bandwidth_hz / bs_time_s: (n,) payload bits, the band in Hz, the BS seconds.
+        channel_key: (n,) int; steps with equal keys have equal links, payload, band and device profiles (one
+            channel block of one replay), so a sub-problem that depends only on those is solved once per key.
     """
 
     slot_device: np.ndarray
@@ -47,6 +49,7 @@ class OneTokenSteps:
     bits_per_token: np.ndarray
     bandwidth_hz: np.ndarray
     bs_time_s: np.ndarray
+    channel_key: np.ndarray
 
     @property
     def size(self) -> int:
@@ -69,8 +72,8 @@ class OneTokenSteps:
                                    p.mem_bytes_per_s, p.overhead_s)  # (D,)
             rows.append((device, state.topk_weight[0].astype(float), roof[device], state.link.snr_dl_per_hz,
                          state.link.snr_ul_per_hz, state.bits_per_token, state.bandwidth_hz, state.bs_time_s))
-        columns = list(zip(*rows, strict=True))
-        return cls(*(np.array(c, dtype=float if i else np.int64) for i, c in enumerate(columns)))
+        c = [np.array(column, dtype=float if i else np.int64) for i, column in enumerate(zip(*rows, strict=True))]
+        return cls(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], np.arange(len(states)))
 
     def subset(self, items: np.ndarray) -> OneTokenSteps:
         return OneTokenSteps(*(getattr(self, f)[items] for f in self.__dataclass_fields__))
@@ -86,23 +89,14 @@ class BatchDecision:
     fallback: np.ndarray
 
 
-def device_pairs(steps: OneTokenSteps, keep: np.ndarray) -> np.ndarray:
-    """(n, D) float: kept slots per device (radio.latency's pairs_ul; tokens_dl is 1 where this is > 0)."""
-    flat = (np.arange(steps.size)[:, None] * steps.num_devices + steps.slot_device)[keep]
-    return np.bincount(flat, minlength=steps.size * steps.num_devices).reshape(steps.size, -1).astype(float)
-
-
-def device_compute_s(steps: OneTokenSteps, keep: np.ndarray) -> np.ndarray:
-    """(n, D) seconds: each device runs its kept experts in turn (radio.latency.compute_time_s for one token)."""
-    flat = (np.arange(steps.size)[:, None] * steps.num_devices + steps.slot_device)[keep]
-    total = np.bincount(flat, weights=steps.roof_s[keep], minlength=steps.size * steps.num_devices)
-    return total.reshape(steps.size, -1)
-
-
-def equal_shares(active: np.ndarray, budget_hz: np.ndarray) -> np.ndarray:
-    """(n, D) policy.bandwidth.equal_split per step."""
-    count = np.maximum(active.sum(axis=1), 1)
-    return np.where(active, (budget_hz / count)[:, None], 0.0)
+def equal_shares(steps: OneTokenSteps, keep: np.ndarray) -> np.ndarray:
+    """(n, D) policy.bandwidth.equal_split per step: the band shared by the devices with a kept slot."""
+    first = slot_groups(steps, keep).first
+    share = steps.bandwidth_hz / np.maximum(first.sum(axis=1), 1)
+    bandwidth = np.zeros((steps.size, steps.num_devices))
+    rows, cols = np.nonzero(first)
+    bandwidth[rows, steps.slot_device[rows, cols]] = share[rows]
+    return bandwidth
 
 
 def _all_kept(steps: OneTokenSteps) -> np.ndarray:
@@ -112,21 +106,49 @@ def _all_kept(steps: OneTokenSteps) -> np.ndarray:
 def decide_topk(steps: OneTokenSteps) -> BatchDecision:
     """TopK with EqualBandwidth: keep every slot, split the band equally over the devices with a slot."""
     keep = _all_kept(steps)
-    bandwidth = equal_shares(device_pairs(steps, keep) > 0.0, steps.bandwidth_hz)
-    return BatchDecision(keep, steps.weight.copy(), bandwidth, np.zeros(steps.size, dtype=bool))
+    return BatchDecision(keep, steps.weight.copy(), equal_shares(steps, keep), np.zeros(steps.size, dtype=bool))
+
+
+@dataclass(frozen=True)
+class SlotGroups:
+    """Per slot (n, k), its device's share of a keep mask: `first` marks the first kept slot on each device;
+    `pairs` counts the kept slots on the slot's device and `compute_s` sums their rooflines in slot order (the
+    one-token case of radio.latency.device_load and compute_time_s, without the (n, D) grid)."""
+
+    first: np.ndarray
+    pairs: np.ndarray
+    compute_s: np.ndarray
+
+
+def slot_groups(steps: OneTokenSteps, keep: np.ndarray) -> SlotGroups:
+    device, k = steps.slot_device, keep.shape[1]
+    first = keep.copy()
+    pairs = np.zeros(keep.shape)
+    compute = np.zeros(keep.shape)
+    for j in range(k):
+        for i in range(k):
+            same = keep[:, i] & (device[:, i] == device[:, j])
+            if i < j:
+                first[:, j] &= ~same
+            pairs[:, j] += same
+            compute[:, j] = compute[:, j] + np.where(same, steps.roof_s[:, i], 0.0)
+    return SlotGroups(first, pairs, compute)
+
+
+def slot_shares(steps: OneTokenSteps, bandwidth_hz: np.ndarray) -> np.ndarray:
+    """(n, k) the bandwidth of each slot's device."""
+    return np.take_along_axis(bandwidth_hz, steps.slot_device, axis=1)
 
 
 def pair_latency_s(steps: OneTokenSteps) -> np.ndarray:
     """(n, k) policy.wlr.pair_latency_s with EqualBandwidth: each slot's device round trip under the top-k."""
-    keep = _all_kept(steps)
-    pairs = device_pairs(steps, keep)
-    active = pairs > 0.0
+    groups = slot_groups(steps, _all_kept(steps))
     bits = steps.bits_per_token[:, None]
-    bandwidth = equal_shares(active, steps.bandwidth_hz)
-    total = (share_time_s(np.where(active, 1.0, 0.0) * bits, bandwidth, steps.snr_dl_per_hz)
-             + device_compute_s(steps, keep) + share_time_s(pairs * bits, bandwidth, steps.snr_ul_per_hz))
-    times = np.where(active, total, 0.0)
-    return np.maximum(np.take_along_axis(times, steps.slot_device, axis=1), _TINY_S)
+    share = (steps.bandwidth_hz / groups.first.sum(axis=1))[:, None]  # policy.bandwidth.equal_split
+    snr_dl = np.take_along_axis(steps.snr_dl_per_hz, steps.slot_device, axis=1)
+    snr_ul = np.take_along_axis(steps.snr_ul_per_hz, steps.slot_device, axis=1)
+    times = (share_time_s(bits, share, snr_dl) + groups.compute_s + share_time_s(groups.pairs * bits, share, snr_ul))
+    return np.maximum(times, _TINY_S)
 
 
 def decide_wlr(steps: OneTokenSteps, policy: WLRThreshold) -> BatchDecision:
@@ -138,8 +160,7 @@ def decide_wlr(steps: OneTokenSteps, policy: WLRThreshold) -> BatchDecision:
     keep = first_argmax_mask(ratio)
     if policy.theta < 1.0:
         keep |= normalised >= policy.theta
-    bandwidth = equal_shares(device_pairs(steps, keep) > 0.0, steps.bandwidth_hz)
-    return BatchDecision(keep, renormalize(weight, keep), bandwidth, np.zeros(steps.size, dtype=bool))
+    return BatchDecision(keep, renormalize(weight, keep), equal_shares(steps, keep), np.zeros(steps.size, dtype=bool))
 
 
 def supports(policy: object) -> bool:

@@ -11,6 +11,7 @@ devices, a zero payload, or a split that does not converge are marked `fallback`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,15 +35,30 @@ def scalar_time(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarray, base: n
     """policy.bandwidth.scalar_time on arrays: t(b) and 1/|dt/db| (inf where the slope is not positive)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         t, inverse = time_and_inverse_slope(b, need_dl, need_ul, base, s_dl, s_ul)
-    return t, np.where(inverse > 0.0, inverse, np.inf)
+    if not (inverse > 0.0).all():
+        inverse = np.where(inverse > 0.0, inverse, np.inf)
+    return t, inverse
+
+
+@dataclass(frozen=True)
+class PairSplit:
+    """(n,) the shares b_0, b_1 and, at them, t_0, 1/|t_0'|, t_1, 1/|t_1'| (the last Newton evaluation, which the
+    reference recomputes with the same arguments); nan where the split did not converge."""
+
+    b0: np.ndarray
+    b1: np.ndarray
+    t0: np.ndarray
+    inv0: np.ndarray
+    t1: np.ndarray
+    inv1: np.ndarray
 
 
 def pair_split(a0: np.ndarray, a1: np.ndarray, c0: np.ndarray, c1: np.ndarray, base0: np.ndarray,
                base1: np.ndarray, d0: np.ndarray, d1: np.ndarray, u0: np.ndarray, u1: np.ndarray,
-               budget: np.ndarray, rtol: float = 1e-10, max_iter: int = 60) -> tuple[np.ndarray, np.ndarray]:
-    """policy.bandwidth.pair_split on arrays of n problems: (b_0, b_1), nan where it did not converge."""
+               budget: np.ndarray, *, rtol: float = 1e-10, max_iter: int = 60) -> PairSplit:
+    """policy.bandwidth.pair_split on arrays of n problems, iterate for iterate; converged problems leave."""
     n = a0.shape[0]
-    out0, out1 = np.full(n, np.nan), np.full(n, np.nan)
+    out = [np.full(n, np.nan) for _ in range(6)]
     items = np.arange(n)
     load0, load1 = a0 + c0, a1 + c1
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -56,18 +72,30 @@ def pair_split(a0: np.ndarray, a1: np.ndarray, c0: np.ndarray, c1: np.ndarray, b
         t1, w1 = scalar_time(e, a1, c1, base1, d1, u1)
         f = t0 - t1
         done = np.abs(f) <= rtol * np.maximum(t0, t1)
-        out0[items[done]], out1[items[done]] = b[done], e[done]
+        for target, value in zip(out, (b, e, t0, w0, t1, w1), strict=True):
+            target[items[done]] = value[done]
         more = ~done
         if not more.any():
             break
-        lo = np.where(f > 0.0, b, lo)
-        hi = np.where(f > 0.0, hi, b)
+        up = f[more] > 0.0
+        b, lo, hi, f, w0, w1 = b[more], lo[more], hi[more], f[more], w0[more], w1[more]
+        lo = np.where(up, b, lo)
+        hi = np.where(up, hi, b)
         with np.errstate(divide="ignore", invalid="ignore"):
             step = b + f / (1.0 / w0 + 1.0 / w1)
         b = np.where((lo < step) & (step < hi), step, 0.5 * (lo + hi))
-        items, b, lo, hi = items[more], b[more], lo[more], hi[more]
+        items = items[more]
         args = [x[more] for x in args]
-    return out0, out1
+    return PairSplit(*out)
+
+
+def _unique_pair_split(key: np.ndarray, *args: np.ndarray) -> PairSplit:
+    """`pair_split` solved once per distinct key (equal keys have equal arguments) and spread back."""
+    _, first, back = np.unique(key, return_index=True, return_inverse=True)
+    if first.shape[0] == key.shape[0]:
+        return pair_split(*args)
+    split = pair_split(*[x[first] for x in args])
+    return PairSplit(*(getattr(split, f)[back] for f in split.__dataclass_fields__))
 
 
 @dataclass(frozen=True)
@@ -85,9 +113,12 @@ class _Slots:
     need: np.ndarray
     budget: np.ndarray
     bs: np.ndarray
+    key: np.ndarray  # OneTokenSteps.channel_key
+    num_devices: int
 
     def subset(self, items: np.ndarray) -> _Slots:
-        return _Slots(*(getattr(self, f)[items] for f in self.__dataclass_fields__))
+        fields: dict[str, Any] = {f: getattr(self, f)[items] for f in self.__dataclass_fields__ if f != "num_devices"}
+        return _Slots(**fields, num_devices=self.num_devices)
 
 
 @dataclass(frozen=True)
@@ -123,24 +154,32 @@ def _evaluate(policy: JointSelectionBandwidth, s: _Slots, keep: np.ndarray) -> _
     dev0, dev1 = order(s.device[:, 0], s.device[rows, s.b_slot])
     two = p1 > 0.0
     share0, share1 = s.budget.copy(), np.full(n, np.nan)
+    t0, inv0, t1, inv1 = np.empty(n), np.empty(n), np.full(n, -np.inf), np.zeros(n)
+    failed = np.zeros(n, dtype=bool)
     if two.any():
-        b0, b1 = pair_split(s.need[two], s.need[two], s.need[two] * p0[two], s.need[two] * p1[two], comp0[two],
-                            comp1[two], dl0[two], dl1[two], ul0[two], ul1[two], s.budget[two])
-        share0[two], share1[two] = b0, b1
-    t0, inv0 = scalar_time(share0, s.need, s.need * p0, comp0, dl0, ul0)
-    t1, inv1 = scalar_time(np.where(two, share1, 1.0), s.need, s.need * p1, comp1, dl1, ul1)
+        i = np.flatnonzero(two)
+        width = s.device.shape[1] + 1
+        counts = p0[i].astype(np.int64) * width + p1[i].astype(np.int64)
+        key = ((s.key[i] * s.num_devices + dev0[i]) * s.num_devices + dev1[i]) * width * width + counts
+        split = _unique_pair_split(key, s.need[i], s.need[i], s.need[i] * p0[i], s.need[i] * p1[i], comp0[i],
+                                   comp1[i], dl0[i], dl1[i], ul0[i], ul1[i], s.budget[i])
+        share0[i], share1[i] = split.b0, split.b1
+        t0[i], inv0[i], t1[i], inv1[i] = split.t0, split.inv0, split.t1, split.inv1
+        failed[i] = np.isnan(split.b0)
+    one = np.flatnonzero(~two)
+    t0[one], inv0[one] = scalar_time(share0[one], s.need[one], s.need[one] * p0[one], comp0[one], dl0[one], ul0[one])
     total_inverse = np.where(two, inv0 + inv1, inv0)
-    cost0 = inv0 / total_inverse * t0 / p0
     with np.errstate(divide="ignore", invalid="ignore"):
+        cost0 = inv0 / total_inverse * t0 / p0
         cost1 = inv1 / total_inverse * t1 / p1
-    layer_s = s.bs + np.where(two, np.maximum(t0, t1), t0)
+    layer_s = s.bs + np.maximum(t0, t1)
     if policy.form == "ratio":
         with np.errstate(divide="ignore"):
             metric = np.where(layer_s > 0.0, kept_weight / layer_s, np.inf)
     else:
         metric = kept_weight - policy.lam * layer_s
     slot_cost = np.where(s.device == dev0[:, None], cost0[:, None], cost1[:, None])
-    return _Eval(metric, dev0, dev1, share0, share1, slot_cost, two & np.isnan(share0))
+    return _Eval(metric, dev0, dev1, share0, share1, slot_cost, failed)
 
 
 def _take(e: _Eval, into: _Eval, items: np.ndarray) -> None:
@@ -157,13 +196,32 @@ def decide_joint(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> Batch
     b_slot = np.argmax(~on_a, axis=1)  # 0 when every slot is on device A (then unused)
     third = (~on_a & (device != device[rows, b_slot][:, None])).any(axis=1)
     fallback = third | (steps.bits_per_token == 0.0)
+    if fallback.any():  # solve the others alone: a fallback step must not share a memoised split with them
+        ok = np.flatnonzero(~fallback)
+        part = _decide(steps.subset(ok), policy)
+        keep, weight = np.ones((n, k), dtype=bool), steps.weight.copy()
+        bandwidth = np.zeros((n, steps.num_devices))
+        keep[ok], weight[ok], bandwidth[ok] = part.keep, part.weight, part.bandwidth_hz
+        fallback[ok] = part.fallback
+        return BatchDecision(keep, weight, bandwidth, fallback)
+    return _decide(steps, policy)
+
+
+def _decide(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchDecision:
+    """`decide_joint` for steps whose slots lie on at most two devices."""
+    n, k = steps.slot_device.shape
+    rows = np.arange(n)
+    device = steps.slot_device
+    on_a = device == device[:, :1]
+    fallback = np.zeros(n, dtype=bool)
     slots = _Slots(device, steps.weight, steps.roof_s, np.take_along_axis(steps.snr_dl_per_hz, device, axis=1),
-                   np.take_along_axis(steps.snr_ul_per_hz, device, axis=1), on_a, b_slot,
-                   steps.bits_per_token * _LN2, steps.bandwidth_hz, steps.bs_time_s)
+                   np.take_along_axis(steps.snr_ul_per_hz, device, axis=1), on_a, np.argmax(~on_a, axis=1),
+                   steps.bits_per_token * _LN2, steps.bandwidth_hz, steps.bs_time_s, steps.channel_key,
+                   steps.num_devices)
     keep = np.ones((n, k), dtype=bool)
     point = _evaluate(policy, slots, keep)
     guard = policy.rho * _seq_sum(steps.weight)
-    running = ~fallback
+    running = np.ones(n, dtype=bool)
     for _ in range(policy.max_iter):
         kept_weight = _seq_sum(steps.weight, keep)
         offers = keep & (kept_weight[:, None] - steps.weight >= guard[:, None])

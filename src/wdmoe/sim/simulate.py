@@ -137,7 +137,7 @@ def replay_batched(trace: Trace, decider: WirelessDecider, chunk: int = CHUNK) -
         n = s.shape[0]
         batch = OneTokenSteps(device, trace.topk_weight[rows].astype(float), roof[device],
                               blocks.snr_dl_per_hz[block], blocks.snr_ul_per_hz[block],
-                              np.full(n, probe.bits_per_token), np.full(n, probe.bandwidth_hz), bs_1[p])
+                              np.full(n, probe.bits_per_token), np.full(n, probe.bandwidth_hz), bs_1[p], block)
         decision = decide_batch(decider.policy, batch)
         assert decision is not None
         lat = one_token_latency(batch, decision, profiles.tx_power_w, profiles.compute_power_w,

@@ -1,0 +1,177 @@
+"""`wdmoe simulate` and `wdmoe trace record|synthesize`: router traces and their replay (thin shells over sim)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from wdmoe.cli.common import console, err_console, offline, print_json, user_errors
+
+
+def _progress(enabled: bool) -> Progress:
+    """A progress bar on stderr (stdout stays clean for --json); silent when disabled."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err_console, disable=not enabled, transient=True)
+
+
+def simulate(
+    trace: Annotated[Path, typer.Option(help="A trace file (wdmoe trace record / synthesize).")],
+    scenario: Annotated[
+        list[Path] | None, typer.Option(help="Scenario TOML, repeatable (default: the built-in default).")
+    ] = None,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option(help="Policy, repeatable: topk, wlr, joint, fastest, random (default: the first three)."),
+    ] = None,
+    theta: Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold (wlr only).")] = 0.5,
+    realizations: Annotated[
+        int, typer.Option(min=1, help="Channel realizations per scenario (seeds seed .. seed + n - 1).")
+    ] = 10,
+    exact: Annotated[
+        bool, typer.Option(help="Replay call by call as the runtime does (slower, same numbers).")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    csv: Annotated[Path | None, typer.Option(help="Also write one CSV row per (scenario, policy) here.")] = None,
+) -> None:
+    """Replay a router trace through the radio model and the policies; report latency percentiles, TTFT/TPOT,
+    bytes on air, energy and experts per token."""
+    with user_errors():
+        from wdmoe.config import Scenario, load_scenario
+        from wdmoe.policy.factory import POLICY_NAMES
+        from wdmoe.sim.grid import simulate_grid
+        from wdmoe.sim.report import rows_csv
+        from wdmoe.sim.trace import Trace
+
+        loaded = Trace.load(trace)
+        policies = policy or ["topk", "wlr", "joint"]
+        unknown = [p for p in policies if p not in POLICY_NAMES]
+        if unknown:
+            raise ValueError(f"--policy {unknown[0]!r} is unknown; choose from {', '.join(POLICY_NAMES)}")
+        scenarios = ({path.stem: load_scenario(path) for path in scenario} if scenario
+                     else {"default": Scenario.default(num_devices=loaded.num_devices)})
+        total = len(scenarios) * len(policies) * realizations
+        with _progress(total >= 4) as bar:
+            task = bar.add_task("replays", total=total)
+            summaries = simulate_grid(loaded, scenarios, policies, theta, realizations, batched=not exact,
+                                      on_replay=lambda: bar.advance(task))
+        if csv is not None:
+            csv.write_text(rows_csv(summaries), encoding="utf-8")
+    report = {"trace": str(trace), "model": loaded.model, "decisions_per_replay": loaded.num_decisions,
+              "runs": summaries}
+    if json_out:
+        print_json(report)
+        return
+    console.print(_table(summaries))
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1e3:.3f}"
+
+
+def _table(summaries: list[dict[str, Any]]) -> Table:
+    table = Table(title="modeled latency (ms) over channel realizations")
+    for column in ("scenario", "policy", "token p50", "p95", "p99", "TTFT p50", "TPOT mean", "kB/request",
+                   "J/token", "experts/token", "dropped"):
+        table.add_column(column, justify="right")
+    for s in summaries:
+        token = s["token_latency_s"]
+        table.add_row(s["scenario"], s["policy"], _ms(token["p50"]), _ms(token["p95"]), _ms(token["p99"]),
+                      _ms(s["ttft_s"]["p50"]), _ms(s["tpot_s"]["mean"]), f"{s['bytes_on_air_per_request'] / 1e3:.1f}",
+                      f"{s['energy_j_per_token']:.4f}", f"{s['experts_per_token']:.2f}",
+                      f"{100 * s['dropped_fraction']:.1f}%")
+    return table
+
+
+def record(
+    out: Annotated[Path, typer.Option(help="The trace file to write (.npz).")],
+    model_dir: Annotated[
+        Path | None, typer.Option("--model", "-m", help="A split or HF model directory (default: the shipped model).")
+    ] = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="Prompt text, repeatable: one request each.")] = None,
+    prompt_ids: Annotated[list[str] | None, typer.Option(help="Prompt token ids, e.g. 1,2,3; repeatable.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate per request.")] = 16,
+    devices: Annotated[int | None, typer.Option(help="Devices, when splitting a HF directory on the fly.")] = None,
+    policy: Annotated[str | None, typer.Option(help="Record under this policy (default: the model's top-k).")] = None,
+    theta: Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold (wlr only).")] = 0.5,
+    scenario: Annotated[Path | None, typer.Option(help="Radio scenario TOML, with --policy.")] = None,
+    logits: Annotated[bool, typer.Option(help="Store the router logits too.")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Generate greedily for each prompt and record the router's choices of every layer step to a trace file."""
+    offline()
+    with user_errors():
+        from wdmoe.cli.run_cmd import encode_prompt
+        from wdmoe.config import load_scenario
+        from wdmoe.model.shipped import default_model_dir
+        from wdmoe.policy.factory import make_policy
+        from wdmoe.runtime.model import DistributedMoE
+        from wdmoe.sim.trace import record_trace
+
+        prompts = [(p, None) for p in prompt or []] + [(None, ids) for ids in prompt_ids or []]
+        if not prompts:
+            raise ValueError("give at least one --prompt TEXT or --prompt-ids 1,2,3")
+        directory = model_dir or default_model_dir()
+        model = DistributedMoE.from_pretrained(directory, num_devices=devices)
+        if policy is not None:
+            model.set_policy(make_policy(policy, theta=theta), load_scenario(scenario) if scenario else None)
+        model.telemetry.clear()
+        import torch
+
+        with _progress(len(prompts) > 1) as bar:
+            for text, ids in bar.track(prompts, description="requests"):
+                tokens = encode_prompt(model, text, ids)
+                model.generate(torch.tensor([tokens]), max_new_tokens=max_new_tokens, do_sample=False)
+        trace = record_trace(model.steps, model.model_costs(), model.dispatcher.primary, model.num_devices,
+                             str(directory), with_logits=logits)
+        model.close()
+        trace.save(out)
+    _report_written(out, trace.num_requests, trace.num_steps, trace.num_decisions, json_out)
+
+
+def synthesize(
+    out: Annotated[Path, typer.Option(help="The trace file to write (.npz).")],
+    layers: Annotated[int, typer.Option(min=1, help="MoE layers.")] = 32,
+    experts: Annotated[int, typer.Option(min=1, help="Routed experts per layer.")] = 8,
+    top_k: Annotated[int, typer.Option(min=1, help="Experts per token.")] = 2,
+    requests: Annotated[int, typer.Option(min=1, help="Requests.")] = 16,
+    prompt_len: Annotated[int, typer.Option(min=1, help="Prompt tokens per request.")] = 32,
+    new_tokens: Annotated[int, typer.Option(min=1, help="Generated tokens per request.")] = 64,
+    devices: Annotated[int, typer.Option(min=1, help="Devices (expert e on device e mod devices).")] = 8,
+    zipf: Annotated[float, typer.Option(min=0.0, help="Zipf exponent of the expert popularity (0: uniform).")] = 0.0,
+    popularity: Annotated[
+        str | None, typer.Option(help="Explicit popularity per expert, e.g. 4,2,1,1 (overrides --zipf).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    logits: Annotated[bool, typer.Option(help="Store router logits consistent with the weights.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Write a synthetic trace with a given expert popularity (Mixtral-8x7B-shaped costs)."""
+    with user_errors():
+        import numpy as np
+
+        from wdmoe.sim.synthesize import synthesize_trace
+
+        shares: float | np.ndarray = zipf
+        if popularity is not None:
+            try:
+                shares = np.array([float(x) for x in popularity.split(",") if x.strip()])
+            except ValueError as exc:
+                raise ValueError(f"--popularity {popularity!r}: expected comma-separated numbers") from exc
+        trace = synthesize_trace(np.random.default_rng(seed), layers, experts, top_k, requests, prompt_len,
+                                 new_tokens, popularity=shares, num_devices=devices, with_logits=logits)
+        trace.save(out)
+    _report_written(out, trace.num_requests, trace.num_steps, trace.num_decisions, json_out)
+
+
+def _report_written(out: Path, requests: int, steps: int, decisions: int, json_out: bool) -> None:
+    size = out.stat().st_size
+    info = {"out": str(out), "requests": requests, "steps": steps, "decisions": decisions, "bytes": size}
+    if json_out:
+        print_json(info)
+    else:
+        console.print(f"wrote {out}: {requests} requests, {steps} steps, {decisions} token-layer decisions, "
+                      f"{size / 1e3:.1f} kB")
