@@ -17,8 +17,6 @@ from wdmoe.serve import Engine, create_app
 from wdmoe.serve.scoring import mc_accuracy
 from wdmoe.serve.server import serve_in_thread
 
-pytest.importorskip("lm_eval", reason="lm-eval is not installed: pip install 'lm-eval[api]'")
-
 TASK = "wdmoe_tiny_mc"
 TASK_YAML = """task: {task}
 dataset_path: json
