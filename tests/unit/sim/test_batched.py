@@ -1,0 +1,101 @@
+"""The batched decode path decides and models exactly what the per-state policies and radio.latency do."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.unit.policy.states import random_state
+from wdmoe.config import Scenario
+from wdmoe.policy import JointSelectionBandwidth, TopK, WLRThreshold
+from wdmoe.policy.base import Policy
+from wdmoe.policy.batched import OneTokenSteps, decide_batch, supports
+from wdmoe.policy.evaluate import layer_breakdown
+from wdmoe.policy.selection import profiles_of
+from wdmoe.radio.channel import redraw_fading, sample_links
+from wdmoe.sim.blocks import draw_blocks
+from wdmoe.sim.one_token import one_token_latency
+
+POLICIES: list[Policy] = [TopK(), WLRThreshold(0.0), WLRThreshold(0.4), WLRThreshold(1.0),
+                          WLRThreshold(0.3, normalize="sum"), JointSelectionBandwidth(),
+                          JointSelectionBandwidth(form="lagrangian", lam=300.0, rho=0.2)]
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), top_k=st.integers(1, 4), num_devices=st.integers(1, 8),
+       scale=st.sampled_from([1.0, 2.5]))
+def test_batched_decisions_equal_per_state_decisions(seed: int, top_k: int, num_devices: int, scale: float) -> None:
+    states = [random_state(seed + i, 1, top_k, num_experts=top_k + 4, num_devices=num_devices, weight_scale=scale)
+              for i in range(16)]
+    steps = OneTokenSteps.from_states(states)
+    for policy in POLICIES:
+        batch = decide_batch(policy, steps)
+        assert batch is not None
+        for i, state in enumerate(states):
+            if batch.fallback[i]:
+                continue
+            reference = policy.decide(state)
+            np.testing.assert_array_equal(batch.keep[i], reference.keep[0])
+            np.testing.assert_array_equal(batch.weight[i], reference.weight[0])
+            np.testing.assert_allclose(batch.bandwidth_hz[i], reference.bandwidth_hz, rtol=1e-9,
+                                       atol=1e-9 * state.bandwidth_hz)
+
+
+def test_joint_falls_back_only_for_three_devices() -> None:
+    states = [random_state(i, 1, 3, num_experts=9, num_devices=8) for i in range(200)]
+    devices = np.array([len(set(s.expert_device[s.topk_index[0]].tolist())) for s in states])
+
+    batch = decide_batch(JointSelectionBandwidth(), OneTokenSteps.from_states(states))
+
+    assert batch is not None
+    np.testing.assert_array_equal(batch.fallback, devices >= 3)
+    assert (devices <= 2).any() and (devices >= 3).any()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), top_k=st.integers(1, 3), num_devices=st.integers(1, 8))
+def test_one_token_latency_equals_radio_latency(seed: int, top_k: int, num_devices: int) -> None:
+    states = [random_state(seed + i, 1, top_k, num_experts=top_k + 3, num_devices=num_devices) for i in range(16)]
+    steps = OneTokenSteps.from_states(states)
+    batch = decide_batch(JointSelectionBandwidth(), steps)
+    assert batch is not None
+    tx = np.stack([profiles_of(s).tx_power_w for s in states])
+    compute = np.stack([profiles_of(s).compute_power_w for s in states])
+
+    latency = one_token_latency(steps, batch, tx, compute, bs_tx_power_w=20.0)
+
+    for i, state in enumerate(states):
+        if batch.fallback[i]:
+            continue
+        decision = JointSelectionBandwidth().decide(state)
+        reference = layer_breakdown(state, decision, bs_tx_power_w=20.0)
+        assert latency.layer_s[i] == pytest.approx(reference.layer_s, rel=1e-12)
+        assert latency.energy_j[i] == pytest.approx(reference.energy_j, rel=1e-12)
+        assert latency.bits_dl[i] == reference.bits_dl.sum() and latency.bits_ul[i] == reference.bits_ul.sum()
+        assert decision.keep.sum() == batch.keep[i].sum()
+
+
+def test_only_policies_with_a_batched_form_are_batched() -> None:
+    from wdmoe.policy import FastestDevices, MinMaxBandwidth, RandomDrop
+
+    assert all(supports(p) for p in POLICIES)
+    assert not any(supports(p) for p in (FastestDevices(), RandomDrop(0.3), TopK(bandwidth=MinMaxBandwidth())))
+
+
+@pytest.mark.parametrize("fading", [{"model": "rayleigh"}, {"model": "rician"},
+                                    {"model": "rayleigh", "reciprocal": True}, {"model": "none"}])
+def test_blocks_drawn_at_once_equal_the_runtimes_redraws(fading: dict[str, object]) -> None:
+    scenario = Scenario.default(5).model_copy(update={"fading": Scenario.default().fading.model_copy(update=fading)})
+    rng_live, rng_sim = np.random.default_rng(9), np.random.default_rng(9)
+    links = [sample_links(rng_live, scenario)]
+    for _ in range(40):
+        links.append(redraw_fading(rng_live, links[-1], scenario))
+
+    blocks = draw_blocks(rng_sim, sample_links(rng_sim, scenario), scenario, 40)
+
+    for i, link in enumerate(links):
+        np.testing.assert_array_equal(blocks.snr_dl_per_hz[i], link.snr_dl_per_hz)
+        np.testing.assert_array_equal(blocks.snr_ul_per_hz[i], link.snr_ul_per_hz)
+    assert rng_live.random() == rng_sim.random()  # the generators were left in the same state

@@ -1,0 +1,74 @@
+"""`wdmoe simulate` and `wdmoe trace record|synthesize` in-process, through an app registered as main.py will."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import typer
+from typer.testing import CliRunner
+
+from wdmoe.cli import sim_cmd
+from wdmoe.sim.trace import Trace
+
+runner = CliRunner()
+app = typer.Typer()
+app.command("simulate")(sim_cmd.simulate)
+trace_app = typer.Typer()
+trace_app.command("record")(sim_cmd.record)
+trace_app.command("synthesize")(sim_cmd.synthesize)
+app.add_typer(trace_app, name="trace")
+
+
+def test_synthesize_then_simulate_json_and_csv(tmp_path: Path) -> None:
+    out = tmp_path / "t.npz"
+    result = runner.invoke(app, ["trace", "synthesize", "--out", str(out), "--layers", "3", "--experts", "4",
+                                 "--requests", "2", "--prompt-len", "3", "--new-tokens", "4", "--devices", "4",
+                                 "--zipf", "1.0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["decisions"] == Trace.load(out).num_decisions == 2 * (3 + 3) * 3
+    scenario = tmp_path / "narrow.toml"
+    scenario.write_text("num_devices = 4\nbandwidth_hz = 5e6\n", encoding="utf-8")
+
+    result = runner.invoke(app, ["simulate", "--trace", str(out), "--scenario", str(scenario), "--policy", "topk",
+                                 "--policy", "joint", "--realizations", "2", "--json", "--csv",
+                                 str(tmp_path / "s.csv")])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [(r["scenario"], r["policy"]) for r in report["runs"]] == [("narrow", "topk"), ("narrow", "joint")]
+    run = report["runs"][0]
+    for key in ("token_latency_s", "ttft_s", "tpot_s"):
+        assert set(run[key]) == {"p50", "p95", "p99", "mean"}
+    for key in ("bytes_on_air", "energy_j", "experts_per_token", "dropped_experts", "realizations", "decisions"):
+        assert key in run
+    with (tmp_path / "s.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and float(rows[0]["token_latency_p50_s"]) == run["token_latency_s"]["p50"]
+
+
+def test_simulate_refuses_unknown_policy_and_mismatched_scenario(tmp_path: Path) -> None:
+    out = tmp_path / "t.npz"
+    runner.invoke(app, ["trace", "synthesize", "--out", str(out), "--layers", "2", "--devices", "4"])
+
+    result = runner.invoke(app, ["simulate", "--trace", str(out), "--policy", "best"])
+    assert result.exit_code == 2 and "'best' is unknown" in result.output
+    bad = tmp_path / "three.toml"
+    bad.write_text("num_devices = 3\n", encoding="utf-8")
+    result = runner.invoke(app, ["simulate", "--trace", str(out), "--scenario", str(bad)])
+    assert result.exit_code == 2 and "num_devices" in result.output
+
+
+def test_record_from_a_model_then_simulate(mixtral_split: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rec.npz"
+    result = runner.invoke(app, ["trace", "record", "--model", str(mixtral_split), "--prompt-ids", "4,5,6",
+                                 "--prompt-ids", "7,8", "--max-new-tokens", "3", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    trace = Trace.load(out)
+    assert (trace.num_requests, trace.num_steps, trace.num_devices) == (2, 6, 3)
+    assert trace.logits is not None
+
+    result = runner.invoke(app, ["simulate", "--trace", str(out), "--realizations", "1", "--exact", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [r["policy"] for r in json.loads(result.output)["runs"]] == ["topk", "wlr", "joint"]
