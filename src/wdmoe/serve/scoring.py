@@ -1,7 +1,8 @@
 """Multiple-choice accuracy by log-likelihood, straight from the model (no server): the reference that
 lm-evaluation-harness's `local-completions` against `wdmoe serve` must reproduce.
 
-A JSONL file holds one question per line, `{"query": str, "choices": [str, ...], "gold": int}`. Each choice is
+A JSONL file holds one question per line, `{"query": str, "choices": [str, ...], "gold": int}` (the keys
+`context` and `answer` are read as `query` and `gold`). Each choice is
 scored as lm-evaluation-harness scores `output_type: multiple_choice` (metric `acc`): the continuation is
 `delimiter + choice`, trailing spaces of the context move to the continuation, the continuation's tokens are those
 of the tokenized `context + continuation` after the tokenized context, and the prediction is the choice with the
@@ -32,6 +33,8 @@ def read_mc_jsonl(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         doc = json.loads(line)
+        doc.setdefault("query", doc.get("context"))
+        doc.setdefault("gold", doc.get("answer"))
         if not isinstance(doc.get("query"), str) or not doc.get("choices") or not isinstance(doc.get("gold"), int):
             raise ValueError(f"{path}:{number}: need 'query' (text), 'choices' (non-empty list) and 'gold' (int)")
         if not 0 <= doc["gold"] < len(doc["choices"]):
