@@ -25,8 +25,11 @@ TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"  # Ray's own default; created for a new local cluster
 
 
+DEVICE_SLOTS = 16  # units of its resource a device node offers: the actors of up to 16 models (pools) at once
+
+
 def device_resource(device: int) -> str:
-    """The custom resource that only device `device`'s node offers."""
+    """The custom resource that only device `device`'s node offers (DEVICE_SLOTS units; an actor takes one)."""
     return f"wdmoe_device_{device}"
 
 
@@ -84,7 +87,7 @@ def auth_env(token_file: Path | None) -> dict[str, str]:
 
 def enable_auth(token_file: Path) -> None:
     """Turn token authentication on in this process (and the Ray processes it starts), with `token_file`."""
-    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
     os.environ.update(auth_env(token_file))  # Ray reads these from the environment only
     # Ray caches its config and token when it is imported; reload both, as Ray's own `ray start` does
@@ -107,7 +110,7 @@ def connect(options: RayOptions, num_devices: int) -> None:
         return
     ray.init(
         num_cpus=options.num_cpus,
-        resources={device_resource(d): 1.0 for d in range(num_devices)},
+        resources={device_resource(d): float(DEVICE_SLOTS) for d in range(num_devices)},
         object_store_memory=options.object_store_mb * 1024 * 1024,
         include_dashboard=False,
         namespace=NAMESPACE,
@@ -121,7 +124,7 @@ def device_node_command(
     """The `ray start` command line that joins `address` as device `device`'s node."""
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray") or "ray"
     cmd = [
-        ray_bin, "start", f"--address={address}", f"--resources={json.dumps({device_resource(device): 1})}",
+        ray_bin, "start", f"--address={address}", f"--resources={json.dumps({device_resource(device): DEVICE_SLOTS})}",
         f"--object-store-memory={object_store_mb * 1024 * 1024}", "--disable-usage-stats",
     ]
     if num_cpus is not None:

@@ -90,15 +90,21 @@ class RayDevicePool:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         late = [d for d, (_, ref) in spawned.items() if ref not in ready]
         if late:
+            for actor, _ in spawned.values():
+                ray.kill(actor, no_restart=True)
             self.close()
             raise TimeoutError(
                 f"devices {late} did not start within {timeout_s:.0f} s: no live node offers their resource "
                 f"({device_resource(late[0])}, ...); start each with `wdmoe device start --address HOST:PORT "
                 "--device-id K`"
             )
-        for device, (actor, ref) in spawned.items():
-            self.info[device] = ray.get(ref)  # raises the device's own error, e.g. a shard checksum mismatch
-            self.actors[device] = actor
+        self.actors = {device: actor for device, (actor, _) in spawned.items()}
+        try:
+            for device, (_, ref) in spawned.items():
+                self.info[device] = ray.get(ref)  # raises the device's own error, e.g. a shard checksum mismatch
+        except Exception:
+            self.close()
+            raise
 
     # -- the DevicePool protocol -------------------------------------------------------------------------------
     def dispatch(self, batches: Sequence[DeviceBatch]) -> list[DeviceResult]:

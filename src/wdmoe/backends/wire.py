@@ -59,9 +59,9 @@ def encode_batch(batch: DeviceBatch, air: bool = True) -> bytes:
     n, hidden_size = batch.hidden.shape
     m = batch.token_index.shape[0]
     head = np.array([MAGIC, batch.device, batch.layer, n, hidden_size, m, _CODE[batch.hidden.dtype]], np.int64)
-    air = np.array([batch.dl_s, batch.ul_s] if air else [0.0, 0.0], dtype=np.float64)
+    air_s = np.array([batch.dl_s, batch.ul_s] if air else [0.0, 0.0], dtype=np.float64)
     return b"".join(
-        (head.tobytes(), air.tobytes(), _raw(batch.hidden), _raw(batch.token_index.to(torch.int64)),
+        (head.tobytes(), air_s.tobytes(), _raw(batch.hidden), _raw(batch.token_index.to(torch.int64)),
          _raw(batch.expert.to(torch.int64)))
     )
 

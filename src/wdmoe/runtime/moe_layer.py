@@ -76,11 +76,15 @@ class Dispatcher:
         logits_np = None if logits is None else logits.detach().float().cpu().numpy()
         events: list[FailoverEvent] = self._rejoin() if self.dead else []
         index, usable, rerouted = router_index, np.ones_like(router_index, dtype=bool), False
+        moved = np.zeros(3, dtype=np.int64)  # assignments moved to a replica, to a substitute expert, dropped
         if self.dead:
             lost = self.live[layer][index] < 0  # experts with every replica dead: re-route before the policy
+            replicas = (self.primary[layer][index] != self.base[layer][index]).sum()
             if lost.any():
                 route = reroute(index, weight_np, usable, lost, self.live[layer], logits_np)
                 index, weight_np, usable, rerouted = route.index, route.weight.astype(np.float32), route.keep, True
+                moved += (0, route.substitute, route.dropped)
+            moved[0] += replicas
         modeled = None
         if self.decider is None:
             keep, weight = usable, weight_np
@@ -115,6 +119,7 @@ class Dispatcher:
             route = reroute(index, weight, keep, affected.reshape(num_tokens, k), self.live[layer], logits_np)
             index, weight, keep, rerouted = route.index, route.weight, route.keep, True
             events.extend(_failure_events(failure, route))
+            moved += (route.replica, route.substitute, route.dropped)
             device_of = np.where(affected & keep.ravel(), self.primary[layer][index].ravel(), -1)
             retry, retry_pos, more_tokens, more_counts = self._plan(layer, hidden, index, device_of, k, dl_s, ul_s)
             tokens_down, counts = tokens_down + more_tokens, counts + more_counts
@@ -144,6 +149,7 @@ class Dispatcher:
                 modeled=modeled,
                 routed_index=None if index is router_index else index,
                 failover=tuple(events),
+                rerouted=(int(moved[0]), int(moved[1]), int(moved[2])),
             )
         )
         self.mark_s = time.perf_counter()

@@ -34,6 +34,7 @@ class LayerRecord:
         modeled: the radio model's `LatencyBreakdown` of this layer, when a scenario is set.
         routed_index: (T, k) the experts actually used when failover re-routed some (None: `topk_index`).
         failover: device failures noticed and devices that rejoined during this step (`FailoverEvent`s).
+        rerouted: assignments moved off dead devices in this step: (to a replica, to a substitute expert, dropped).
     """
 
     layer: int
@@ -52,6 +53,7 @@ class LayerRecord:
     modeled: Any = None
     routed_index: np.ndarray | None = None
     failover: tuple[FailoverEvent, ...] = ()
+    rerouted: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def num_tokens(self) -> int:
@@ -139,6 +141,9 @@ def summarize(steps: list[StepRecord], num_devices: int) -> dict[str, Any]:
              "detect_s": e.detect_s, "replica": e.replica, "substitute": e.substitute, "dropped": e.dropped}
             for step, layer, e in events
         ]
+    moved = np.array([r.rerouted for s in steps for r in s.layers], dtype=np.int64).reshape(-1, 3).sum(axis=0)
+    if moved.any():
+        summary["rerouted"] = dict(zip(("replica", "substitute", "dropped"), moved.tolist(), strict=True))
     modeled = modeled_summary(steps)
     if modeled is not None:
         summary.update(modeled)

@@ -18,7 +18,13 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from wdmoe.backends.ray_cluster import NAMESPACE, device_resource, enable_auth, write_token_file  # noqa: E402
+from wdmoe.backends.ray_cluster import (  # noqa: E402
+    DEVICE_SLOTS,
+    NAMESPACE,
+    device_resource,
+    enable_auth,
+    write_token_file,
+)
 from wdmoe.placement import Placement  # noqa: E402
 from wdmoe.runtime.model import DistributedMoE  # noqa: E402
 
@@ -47,7 +53,7 @@ class DeviceCluster:
 
     def add_device_node(self, device: int) -> Any:
         node = self.cluster.add_node(
-            num_cpus=1, object_store_memory=OBJECT_STORE_BYTES, resources={device_resource(device): 1.0}
+            num_cpus=1, object_store_memory=OBJECT_STORE_BYTES, resources={device_resource(device): float(DEVICE_SLOTS)}
         )
         self.nodes = {**getattr(self, "nodes", {}), device: node}
         return node
@@ -141,6 +147,7 @@ def healthy_mixtral(mixtral_ray: DistributedMoE) -> Iterator[DistributedMoE]:
     yield mixtral_ray
     mixtral_ray.set_policy(None)
     mixtral_ray.pool.emulate_air = False  # type: ignore[attr-defined]
+    mixtral_ray.pool.rejoin_after_s = 0.5  # type: ignore[attr-defined]
     wait_all_live(mixtral_ray)
 
 

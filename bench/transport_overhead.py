@@ -1,0 +1,153 @@
+"""Per-layer dispatch round trip of the device pools, against a multiprocessing.Pipe floor, side by side in one run.
+
+The setting of issue 5: one decode token, 2 active devices, hidden size 4096 in fp16 (8 KiB down and 8 KiB up per
+device). The experts are real (a Mixtral split, 2 experts, intermediate size --inter) and tiny, so the times are
+the transport's. Measured, interleaved round by round, for:
+
+- floor: 2 child processes that echo the same bytes over multiprocessing.Pipe (send both, receive both);
+- local: the in-process pool (no transport at all: the expert compute itself);
+- ray: plain Ray actor calls (one per device, gathered with ray.wait);
+- compiled: one Ray Compiled Graph round over shared-memory channels.
+
+`fastest` is the faster of ray and compiled. Ratios are of medians to the floor's median.
+
+    python bench/transport_overhead.py [--json] [--rounds 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from wdmoe.backends.base import DeviceBatch
+from wdmoe.backends.local import LocalDevicePool
+from wdmoe.backends.ray_cluster import RayOptions
+from wdmoe.backends.ray_pool import RayDevicePool
+from wdmoe.model.shards import Manifest
+from wdmoe.model.split import split_model
+from wdmoe.model.tiny import tiny_model
+
+
+def echo(conn: Connection) -> None:
+    while payload := conn.recv_bytes():
+        conn.send_bytes(payload)
+
+
+class PipeFloor:
+    """2 echo processes; one round sends each the same bytes and receives them back."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.payload = os.urandom(nbytes)
+        self.conns, self.procs = [], []
+        for _ in range(2):
+            ours, theirs = mp.Pipe()
+            proc = mp.Process(target=echo, args=(theirs,), daemon=True)
+            proc.start()
+            self.conns.append(ours)
+            self.procs.append(proc)
+
+    def round(self) -> None:
+        for conn in self.conns:
+            conn.send_bytes(self.payload)
+        for conn in self.conns:
+            conn.recv_bytes()
+
+    def close(self) -> None:
+        for conn, proc in zip(self.conns, self.procs, strict=True):
+            conn.send_bytes(b"")
+            proc.join()
+
+
+def stats_us(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {"median_us": statistics.median(ordered) * 1e6, "p99_us": ordered[int(0.99 * (len(ordered) - 1))] * 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument("--inter", type=int, default=16, help="expert intermediate size (tiny: transport dominates)")
+    parser.add_argument("--rounds", type=int, default=400)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+
+    model = tiny_model(
+        "mixtral", hidden_size=args.hidden, intermediate_size=args.inter, num_local_experts=2, num_hidden_layers=1,
+        num_attention_heads=32, num_key_value_heads=8,
+    ).to(torch.float16)
+    tmp = tempfile.TemporaryDirectory()
+    root = Path(tmp.name) / "split"
+    split_model(model, root, 2)
+    del model
+    manifest = Manifest.read(root)
+    hidden = torch.randn(1, args.hidden, dtype=torch.float16)
+    batches = [DeviceBatch(d, 0, hidden, torch.zeros(1, dtype=torch.int64), torch.tensor([d])) for d in range(2)]
+
+    floor = PipeFloor(hidden.numel() * hidden.element_size())
+    local = LocalDevicePool(root, manifest)
+    ray_pool = RayDevicePool(root, manifest, RayOptions(object_store_mb=150), compiled=True, torch_threads=1)
+
+    def ray_round(compiled: bool) -> Callable[[], object]:
+        def run() -> object:
+            ray_pool.compiled = compiled
+            return ray_pool.dispatch(batches)
+
+        return run
+
+    paths: dict[str, Callable[[], object]] = {
+        "floor": floor.round, "local": lambda: local.dispatch(batches), "ray": ray_round(False),
+        "compiled": ray_round(True),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    for i in range(args.warmup + args.rounds):
+        for name, run in paths.items():
+            start = time.perf_counter()
+            run()
+            if i >= args.warmup:
+                samples[name].append(time.perf_counter() - start)
+    compile_s = ray_pool.compile_s
+    ray_pool.close()
+    floor.close()
+    tmp.cleanup()
+
+    result = {name: stats_us(s) for name, s in samples.items()}
+    fastest = min(("ray", "compiled"), key=lambda name: result[name]["median_us"])
+    floor_us = result["floor"]["median_us"]
+    report = {
+        "setting": {"hidden": args.hidden, "dtype": "float16", "tokens": 1, "active_devices": 2, "rounds": args.rounds},
+        **result,
+        "fastest_path": fastest,
+        "ratio_to_floor": {
+            "local": result["local"]["median_us"] / floor_us,
+            "ray": result["ray"]["median_us"] / floor_us,
+            "fastest": result[fastest]["median_us"] / floor_us,
+        },
+        "compile_s": compile_s,
+    }
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return
+    print(f"per-layer round trip, 1 token, 2 devices, hidden {args.hidden} fp16, {args.rounds} rounds each")
+    for name in paths:
+        ratio = result[name]["median_us"] / floor_us
+        print(f"  {name:9s} median {result[name]['median_us']:8.1f} us  p99 {result[name]['p99_us']:8.1f} us  "
+              f"{ratio:5.2f}x floor")
+    print(f"fastest distributed path: {fastest}, {report['ratio_to_floor']['fastest']:.2f}x the Pipe floor")
+
+
+if __name__ == "__main__":
+    main()
