@@ -29,16 +29,18 @@ from wdmoe.radio.rate import share_time_s
 
 @dataclass(frozen=True)
 class OneTokenSteps:
-    """n one-token layer steps, k routed slots each, D devices.
+    """n one-token layer steps, k routed slots each, D devices. Only the slots' devices matter to a one-token
+    step (an idle device adds exact zeros in radio.latency), so links are held per slot.
 
     Attributes:
         slot_device: (n, k) int, the device serving each routed slot (the primary of its expert).
         weight: (n, k) float64, the router's weights (`LayerState.topk_weight` as float).
         roof_s: (n, k) seconds of each slot's expert on its device for one token (radio.compute roofline).
-        snr_dl_per_hz / snr_ul_per_hz: (n, D) Hz, every device's link in each step.
+        snr_dl_per_hz / snr_ul_per_hz: (n, k) Hz, the link of each slot's device.
         bits_per_token / bandwidth_hz / bs_time_s: (n,) payload bits, the band in Hz, the BS seconds.
         channel_key: (n,) int; steps with equal keys have equal links, payload, band and device profiles (one
             channel block of one replay), so a sub-problem that depends only on those is solved once per key.
+        num_devices: D.
     """
 
     slot_device: np.ndarray
@@ -50,14 +52,11 @@ class OneTokenSteps:
     bandwidth_hz: np.ndarray
     bs_time_s: np.ndarray
     channel_key: np.ndarray
+    num_devices: int
 
     @property
     def size(self) -> int:
         return int(self.slot_device.shape[0])
-
-    @property
-    def num_devices(self) -> int:
-        return int(self.snr_dl_per_hz.shape[1])
 
     @classmethod
     def from_states(cls, states: list[LayerState]) -> OneTokenSteps:
@@ -70,43 +69,59 @@ class OneTokenSteps:
             device = state.expert_device[state.topk_index[0]]
             roof = roofline_time_s(1.0, state.expert_flops_per_token, state.expert_weight_bytes, p.flops_per_s,
                                    p.mem_bytes_per_s, p.overhead_s)  # (D,)
-            rows.append((device, state.topk_weight[0].astype(float), roof[device], state.link.snr_dl_per_hz,
-                         state.link.snr_ul_per_hz, state.bits_per_token, state.bandwidth_hz, state.bs_time_s))
+            rows.append((device, state.topk_weight[0].astype(float), roof[device], state.link.snr_dl_per_hz[device],
+                         state.link.snr_ul_per_hz[device], state.bits_per_token, state.bandwidth_hz, state.bs_time_s))
         c = [np.array(column, dtype=float if i else np.int64) for i, column in enumerate(zip(*rows, strict=True))]
-        return cls(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], np.arange(len(states)))
+        return cls(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], np.arange(len(states)),
+                   states[0].num_devices if states else 0)
 
     def subset(self, items: np.ndarray) -> OneTokenSteps:
-        return OneTokenSteps(*(getattr(self, f)[items] for f in self.__dataclass_fields__))
+        """The steps `items` (int indices); `take` on axis 0 is numpy's fast row gather."""
+        arrays = [getattr(self, f).take(items, axis=0) for f in self.__dataclass_fields__ if f != "num_devices"]
+        return OneTokenSteps(*arrays, self.num_devices)  # type: ignore[arg-type, call-arg]
 
 
 @dataclass(frozen=True)
 class BatchDecision:
-    """keep (n, k) bool, weight (n, k), bandwidth_hz (n, D); fallback (n,) marks steps not decided here."""
+    """keep (n, k) bool, weight (n, k), slot_share_hz (n, k): the bandwidth of each kept slot's device (0 on a
+    dropped slot whose device is otherwise idle); fallback (n,) marks steps not decided here."""
 
     keep: np.ndarray
     weight: np.ndarray
-    bandwidth_hz: np.ndarray
+    slot_share_hz: np.ndarray
     fallback: np.ndarray
+    slot_device: np.ndarray
+    num_devices: int
+
+    @property
+    def bandwidth_hz(self) -> np.ndarray:
+        """(n, D) the per-device bandwidth of `Decision.bandwidth_hz`."""
+        n = self.keep.shape[0]
+        flat = np.zeros(n * self.num_devices)
+        index = (np.arange(n)[:, None] * self.num_devices + self.slot_device)[self.keep]
+        flat[index] = self.slot_share_hz[self.keep]
+        return flat.reshape(n, self.num_devices)
 
 
 def equal_shares(steps: OneTokenSteps, keep: np.ndarray) -> np.ndarray:
-    """(n, D) policy.bandwidth.equal_split per step: the band shared by the devices with a kept slot."""
+    """(n, k) policy.bandwidth.equal_split per step, per slot: the band over the devices with a kept slot."""
     first = slot_groups(steps, keep).first
     share = steps.bandwidth_hz / np.maximum(first.sum(axis=1), 1)
-    bandwidth = np.zeros((steps.size, steps.num_devices))
-    rows, cols = np.nonzero(first)
-    bandwidth[rows, steps.slot_device[rows, cols]] = share[rows]
-    return bandwidth
+    return np.where(keep, share[:, None], 0.0)
 
 
 def _all_kept(steps: OneTokenSteps) -> np.ndarray:
     return np.ones(steps.slot_device.shape, dtype=bool)
 
 
+def _decision(steps: OneTokenSteps, keep: np.ndarray, weight: np.ndarray, share: np.ndarray) -> BatchDecision:
+    return BatchDecision(keep, weight, share, np.zeros(steps.size, dtype=bool), steps.slot_device, steps.num_devices)
+
+
 def decide_topk(steps: OneTokenSteps) -> BatchDecision:
     """TopK with EqualBandwidth: keep every slot, split the band equally over the devices with a slot."""
     keep = _all_kept(steps)
-    return BatchDecision(keep, steps.weight.copy(), equal_shares(steps, keep), np.zeros(steps.size, dtype=bool))
+    return _decision(steps, keep, steps.weight.copy(), equal_shares(steps, keep))
 
 
 @dataclass(frozen=True)
@@ -135,19 +150,13 @@ def slot_groups(steps: OneTokenSteps, keep: np.ndarray) -> SlotGroups:
     return SlotGroups(first, pairs, compute)
 
 
-def slot_shares(steps: OneTokenSteps, bandwidth_hz: np.ndarray) -> np.ndarray:
-    """(n, k) the bandwidth of each slot's device."""
-    return np.take_along_axis(bandwidth_hz, steps.slot_device, axis=1)
-
-
 def pair_latency_s(steps: OneTokenSteps) -> np.ndarray:
     """(n, k) policy.wlr.pair_latency_s with EqualBandwidth: each slot's device round trip under the top-k."""
     groups = slot_groups(steps, _all_kept(steps))
     bits = steps.bits_per_token[:, None]
     share = (steps.bandwidth_hz / groups.first.sum(axis=1))[:, None]  # policy.bandwidth.equal_split
-    snr_dl = np.take_along_axis(steps.snr_dl_per_hz, steps.slot_device, axis=1)
-    snr_ul = np.take_along_axis(steps.snr_ul_per_hz, steps.slot_device, axis=1)
-    times = (share_time_s(bits, share, snr_dl) + groups.compute_s + share_time_s(groups.pairs * bits, share, snr_ul))
+    times = (share_time_s(bits, share, steps.snr_dl_per_hz) + groups.compute_s
+             + share_time_s(groups.pairs * bits, share, steps.snr_ul_per_hz))
     return np.maximum(times, _TINY_S)
 
 
@@ -160,7 +169,7 @@ def decide_wlr(steps: OneTokenSteps, policy: WLRThreshold) -> BatchDecision:
     keep = first_argmax_mask(ratio)
     if policy.theta < 1.0:
         keep |= normalised >= policy.theta
-    return BatchDecision(keep, renormalize(weight, keep), equal_shares(steps, keep), np.zeros(steps.size, dtype=bool))
+    return _decision(steps, keep, renormalize(weight, keep), equal_shares(steps, keep))
 
 
 def supports(policy: object) -> bool:

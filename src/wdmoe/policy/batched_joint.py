@@ -11,7 +11,6 @@ devices, a zero payload, or a split that does not converge are marked `fallback`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -56,37 +55,43 @@ class PairSplit:
 def pair_split(a0: np.ndarray, a1: np.ndarray, c0: np.ndarray, c1: np.ndarray, base0: np.ndarray,
                base1: np.ndarray, d0: np.ndarray, d1: np.ndarray, u0: np.ndarray, u1: np.ndarray,
                budget: np.ndarray, *, rtol: float = 1e-10, max_iter: int = 60) -> PairSplit:
-    """policy.bandwidth.pair_split on arrays of n problems, iterate for iterate; converged problems leave."""
+    """policy.bandwidth.pair_split on arrays of n problems, iterate for iterate; converged problems leave.
+
+    Both devices are evaluated in one call on (2, m) arrays (row 0: device 0 at b, row 1: device 1 at B - b):
+    elementwise, the same operations as two calls."""
     n = a0.shape[0]
-    out = [np.full(n, np.nan) for _ in range(6)]
-    items = np.arange(n)
+    out = np.full((6, n), np.nan)  # b0, b1, t0, t1, inv0, inv1
+    items: np.ndarray = np.arange(n)
     load0, load1 = a0 + c0, a1 + c1
     with np.errstate(divide="ignore", invalid="ignore"):
         b = np.where(load0 + load1 > 0.0, budget * load0 / (load0 + load1), 0.5 * budget)
-    lo, hi = np.zeros(n), budget.copy()
-    args = [a0, a1, c0, c1, base0, base1, d0, d1, u0, u1, budget]
+    lo: np.ndarray = np.zeros(n)
+    hi: np.ndarray = budget.copy()
+    params = [np.stack(pair) for pair in ((a0, a1), (c0, c1), (base0, base1), (d0, d1), (u0, u1))]  # (2, m) each
     for _ in range(max_iter):
-        a0, a1, c0, c1, base0, base1, d0, d1, u0, u1, budget = args
-        e = budget - b
-        t0, w0 = scalar_time(b, a0, c0, base0, d0, u0)
-        t1, w1 = scalar_time(e, a1, c1, base1, d1, u1)
-        f = t0 - t1
-        done = np.abs(f) <= rtol * np.maximum(t0, t1)
-        for target, value in zip(out, (b, e, t0, w0, t1, w1), strict=True):
-            target[items[done]] = value[done]
-        more = ~done
-        if not more.any():
+        shares = np.stack([b, budget - b])  # (2, m)
+        t, w = scalar_time(shares, *params)
+        f = t[0] - t[1]
+        done = np.abs(f) <= rtol * np.maximum(t[0], t[1])
+        finished = np.flatnonzero(done)
+        if finished.size:  # 1-D takes and puts: numpy's 2-D fancy indexing is far slower
+            at = items.take(finished)
+            for row, value in enumerate((shares[0], shares[1], t[0], t[1], w[0], w[1])):
+                out[row][at] = value.take(finished)
+        more = np.flatnonzero(~done)
+        if more.size == 0:
             break
-        up = f[more] > 0.0
-        b, lo, hi, f, w0, w1 = b[more], lo[more], hi[more], f[more], w0[more], w1[more]
+        if finished.size:
+            items, b, lo, hi, f, budget = (x.take(more) for x in (items, b, lo, hi, f, budget))
+            w = w.take(more, axis=1)
+            params = [x.take(more, axis=1) for x in params]
+        up = f > 0.0
         lo = np.where(up, b, lo)
         hi = np.where(up, hi, b)
         with np.errstate(divide="ignore", invalid="ignore"):
-            step = b + f / (1.0 / w0 + 1.0 / w1)
+            step = b + f / (1.0 / w[0] + 1.0 / w[1])
         b = np.where((lo < step) & (step < hi), step, 0.5 * (lo + hi))
-        items = items[more]
-        args = [x[more] for x in args]
-    return PairSplit(*out)
+    return PairSplit(out[0], out[1], out[2], out[4], out[3], out[5])
 
 
 def _unique_pair_split(key: np.ndarray, *args: np.ndarray) -> PairSplit:
@@ -94,165 +99,144 @@ def _unique_pair_split(key: np.ndarray, *args: np.ndarray) -> PairSplit:
     _, first, back = np.unique(key, return_index=True, return_inverse=True)
     if first.shape[0] == key.shape[0]:
         return pair_split(*args)
-    split = pair_split(*[x[first] for x in args])
-    return PairSplit(*(getattr(split, f)[back] for f in split.__dataclass_fields__))
+    split = pair_split(*[x.take(first) for x in args])
+    return PairSplit(*(getattr(split, f).take(back) for f in split.__dataclass_fields__))
 
 
-@dataclass(frozen=True)
-class _Slots:
-    """The n steps' slots: device, weight, roofline and SNRs (n, k); `on_a` (n, k): the slot is on device A (the
-    device of slot 0); `b_slot` (n,): a slot on the other device B, if any."""
-
-    device: np.ndarray
-    weight: np.ndarray
-    roof: np.ndarray
-    snr_dl: np.ndarray
-    snr_ul: np.ndarray
-    on_a: np.ndarray
-    b_slot: np.ndarray
-    need: np.ndarray
-    budget: np.ndarray
-    bs: np.ndarray
-    key: np.ndarray  # OneTokenSteps.channel_key
-    num_devices: int
-
-    def subset(self, items: np.ndarray) -> _Slots:
-        fields: dict[str, Any] = {f: getattr(self, f)[items] for f in self.__dataclass_fields__ if f != "num_devices"}
-        return _Slots(**fields, num_devices=self.num_devices)
+def _column(values: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(n,) values[i, cols[i]] through a flat take (numpy's 2-D fancy indexing is far slower)."""
+    n, k = values.shape
+    return values.ravel().take(np.arange(n) * k + cols)
 
 
 @dataclass(frozen=True)
 class _Eval:
-    """One keep mask evaluated: metric, the first/second active device and shares, per-slot drop cost."""
+    """One keep mask evaluated per step: metric; the first / second active device, its share and drop cost
+    (mu_d t_d / pairs_d); `two` where two devices are active; `failed` where the split did not converge."""
 
     metric: np.ndarray
     dev0: np.ndarray
     dev1: np.ndarray
     share0: np.ndarray
-    share1: np.ndarray  # nan when one device is active
-    slot_cost: np.ndarray  # (n, k) mu_d t_d / pairs_d of the slot's device
+    share1: np.ndarray
+    cost0: np.ndarray
+    cost1: np.ndarray
+    two: np.ndarray
     failed: np.ndarray
 
+    def where(self, mask: np.ndarray, other: _Eval) -> _Eval:
+        """This evaluation where `mask`, `other` elsewhere."""
+        return _Eval(*(np.where(mask, getattr(self, f), getattr(other, f)) for f in self.__dataclass_fields__))
 
-def _evaluate(policy: JointSelectionBandwidth, s: _Slots, keep: np.ndarray) -> _Eval:
-    """joint._evaluate_one_token for each step (kept slots on at most two devices)."""
-    n = keep.shape[0]
-    rows = np.arange(n)
-    kept_weight = _seq_sum(s.weight, keep)
-    in_a, in_b = keep & s.on_a, keep & ~s.on_a
+    def slot_values(self, device: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """(n, k) `first` on the slots of dev0, `second` on the others."""
+        return np.where(device == self.dev0[:, None], first[:, None], second[:, None])
+
+
+def _evaluate(policy: JointSelectionBandwidth, steps: OneTokenSteps, keep: np.ndarray, on_a: np.ndarray,
+              b_slot: np.ndarray, need: np.ndarray) -> _Eval:
+    """joint._evaluate_one_token for each step (kept slots on at most two devices: A, the device of slot 0, and B,
+    the device of slot `b_slot`). The device of the first kept slot comes first, as in the reference's dict."""
+    kept_weight = _seq_sum(steps.weight, keep)
+    in_a, in_b = keep & on_a, keep & ~on_a
     pairs_a, pairs_b = in_a.sum(axis=1).astype(float), in_b.sum(axis=1).astype(float)
-    compute_a, compute_b = _seq_sum(s.roof, in_a), _seq_sum(s.roof, in_b)
-    a_first = s.on_a[rows, np.argmax(keep, axis=1)]  # the device of the first kept slot comes first
+    compute_a, compute_b = _seq_sum(steps.roof_s, in_a), _seq_sum(steps.roof_s, in_b)
+    a_first = _column(on_a, np.argmax(keep, axis=1))
 
     def order(x_a: np.ndarray, x_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.where(a_first, x_a, x_b), np.where(a_first, x_b, x_a)
 
     p0, p1 = order(pairs_a, pairs_b)
     comp0, comp1 = order(compute_a, compute_b)
-    dl0, dl1 = order(s.snr_dl[:, 0], s.snr_dl[rows, s.b_slot])
-    ul0, ul1 = order(s.snr_ul[:, 0], s.snr_ul[rows, s.b_slot])
-    dev0, dev1 = order(s.device[:, 0], s.device[rows, s.b_slot])
+    dl0, dl1 = order(steps.snr_dl_per_hz[:, 0], _column(steps.snr_dl_per_hz, b_slot))
+    ul0, ul1 = order(steps.snr_ul_per_hz[:, 0], _column(steps.snr_ul_per_hz, b_slot))
+    dev0, dev1 = order(steps.slot_device[:, 0], _column(steps.slot_device, b_slot))
     two = p1 > 0.0
-    share0, share1 = s.budget.copy(), np.full(n, np.nan)
+    n = keep.shape[0]
+    share0, share1 = steps.bandwidth_hz.copy(), np.zeros(n)
     t0, inv0, t1, inv1 = np.empty(n), np.empty(n), np.full(n, -np.inf), np.zeros(n)
     failed = np.zeros(n, dtype=bool)
-    if two.any():
-        i = np.flatnonzero(two)
-        width = s.device.shape[1] + 1
-        counts = p0[i].astype(np.int64) * width + p1[i].astype(np.int64)
-        key = ((s.key[i] * s.num_devices + dev0[i]) * s.num_devices + dev1[i]) * width * width + counts
-        split = _unique_pair_split(key, s.need[i], s.need[i], s.need[i] * p0[i], s.need[i] * p1[i], comp0[i],
-                                   comp1[i], dl0[i], dl1[i], ul0[i], ul1[i], s.budget[i])
-        share0[i], share1[i] = split.b0, split.b1
-        t0[i], inv0[i], t1[i], inv1[i] = split.t0, split.inv0, split.t1, split.inv1
+    i = np.flatnonzero(two)
+    if i.size:
+        width = steps.slot_device.shape[1] + 1
+        counts = p0.take(i).astype(np.int64) * width + p1.take(i).astype(np.int64)
+        key = ((steps.channel_key.take(i) * steps.num_devices + dev0.take(i)) * steps.num_devices
+               + dev1.take(i)) * width * width + counts
+        ni = need.take(i)
+        split = _unique_pair_split(key, ni, ni, ni * p0.take(i), ni * p1.take(i), comp0.take(i), comp1.take(i),
+                                   dl0.take(i), dl1.take(i), ul0.take(i), ul1.take(i), steps.bandwidth_hz.take(i))
+        share0[i], share1[i], t0[i], inv0[i], t1[i], inv1[i] = (split.b0, split.b1, split.t0, split.inv0, split.t1,
+                                                                split.inv1)
         failed[i] = np.isnan(split.b0)
     one = np.flatnonzero(~two)
-    t0[one], inv0[one] = scalar_time(share0[one], s.need[one], s.need[one] * p0[one], comp0[one], dl0[one], ul0[one])
+    t0[one], inv0[one] = scalar_time(share0.take(one), need.take(one), need.take(one) * p0.take(one),
+                                     comp0.take(one), dl0.take(one), ul0.take(one))
     total_inverse = np.where(two, inv0 + inv1, inv0)
     with np.errstate(divide="ignore", invalid="ignore"):
         cost0 = inv0 / total_inverse * t0 / p0
         cost1 = inv1 / total_inverse * t1 / p1
-    layer_s = s.bs + np.maximum(t0, t1)
+    layer_s = steps.bs_time_s + np.maximum(t0, t1)
     if policy.form == "ratio":
         with np.errstate(divide="ignore"):
             metric = np.where(layer_s > 0.0, kept_weight / layer_s, np.inf)
     else:
         metric = kept_weight - policy.lam * layer_s
-    slot_cost = np.where(s.device == dev0[:, None], cost0[:, None], cost1[:, None])
-    return _Eval(metric, dev0, dev1, share0, share1, slot_cost, failed)
-
-
-def _take(e: _Eval, into: _Eval, items: np.ndarray) -> None:
-    for field in e.__dataclass_fields__:
-        getattr(into, field)[items] = getattr(e, field)
+    return _Eval(metric, dev0, dev1, share0, share1, cost0, cost1, two, failed)
 
 
 def decide_joint(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchDecision:
     """`JointSelectionBandwidth.decide` on n one-token steps (module docstring)."""
     n, k = steps.slot_device.shape
-    rows = np.arange(n)
     device = steps.slot_device
     on_a = device == device[:, :1]
     b_slot = np.argmax(~on_a, axis=1)  # 0 when every slot is on device A (then unused)
-    third = (~on_a & (device != device[rows, b_slot][:, None])).any(axis=1)
+    third = (~on_a & (device != _column(device, b_slot)[:, None])).any(axis=1)
     fallback = third | (steps.bits_per_token == 0.0)
-    if fallback.any():  # solve the others alone: a fallback step must not share a memoised split with them
-        ok = np.flatnonzero(~fallback)
-        part = _decide(steps.subset(ok), policy)
-        keep, weight = np.ones((n, k), dtype=bool), steps.weight.copy()
-        bandwidth = np.zeros((n, steps.num_devices))
-        keep[ok], weight[ok], bandwidth[ok] = part.keep, part.weight, part.bandwidth_hz
-        fallback[ok] = part.fallback
-        return BatchDecision(keep, weight, bandwidth, fallback)
-    return _decide(steps, policy)
+    if not fallback.any():
+        return _decide(steps, policy, on_a, b_slot)
+    ok = np.flatnonzero(~fallback)  # solved alone: a fallback step must not share a memoised split with them
+    part = _decide(steps.subset(ok), policy, on_a.take(ok, axis=0), b_slot.take(ok))
+    keep, weight, share = np.ones((n, k), dtype=bool), steps.weight.copy(), np.zeros((n, k))
+    keep[ok], weight[ok], share[ok] = part.keep, part.weight, part.slot_share_hz
+    fallback[ok] = part.fallback
+    return BatchDecision(keep, weight, share, fallback, device, steps.num_devices)
 
 
-def _decide(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchDecision:
-    """`decide_joint` for steps whose slots lie on at most two devices."""
+def _decide(steps: OneTokenSteps, policy: JointSelectionBandwidth, on_a: np.ndarray,
+            b_slot: np.ndarray) -> BatchDecision:
+    """`decide_joint` for steps whose slots lie on at most two devices: every round evaluates a trial for all
+    steps and keeps it where the step is still running and the metric rose (no row gathers, which are slow)."""
     n, k = steps.slot_device.shape
-    rows = np.arange(n)
-    device = steps.slot_device
-    on_a = device == device[:, :1]
-    fallback = np.zeros(n, dtype=bool)
-    slots = _Slots(device, steps.weight, steps.roof_s, np.take_along_axis(steps.snr_dl_per_hz, device, axis=1),
-                   np.take_along_axis(steps.snr_ul_per_hz, device, axis=1), on_a, np.argmax(~on_a, axis=1),
-                   steps.bits_per_token * _LN2, steps.bandwidth_hz, steps.bs_time_s, steps.channel_key,
-                   steps.num_devices)
+    need = steps.bits_per_token * _LN2
     keep = np.ones((n, k), dtype=bool)
-    point = _evaluate(policy, slots, keep)
+    point = _evaluate(policy, steps, keep, on_a, b_slot, need)
+    fallback = point.failed.copy()
     guard = policy.rho * _seq_sum(steps.weight)
     running = np.ones(n, dtype=bool)
+    columns = np.arange(k)
     for _ in range(policy.max_iter):
         kept_weight = _seq_sum(steps.weight, keep)
         offers = keep & (kept_weight[:, None] - steps.weight >= guard[:, None])
         running &= (keep.sum(axis=1) >= 2) & offers.any(axis=1)
-        items = np.flatnonzero(running)
-        if items.size == 0:
+        if not running.any():
             break
+        slot_cost = point.slot_values(steps.slot_device, point.cost0, point.cost1)
         with np.errstate(divide="ignore"):
-            score = steps.weight[items] / np.maximum(point.slot_cost[items], 1e-300)
-        drop = np.argmin(np.where(offers[items], score, np.inf), axis=1)
-        trial_keep = keep[items].copy()
-        trial_keep[np.arange(items.size), drop] = False
-        trial = _evaluate(policy, slots.subset(items), trial_keep)
-        fallback[items[trial.failed]] = True  # the reference would have bisected; let it decide these
-        before = point.metric[items]
-        better = trial.metric > before
-        accepted = items[better]
-        keep[accepted] = trial_keep[better]
-        _take(_Eval(*(getattr(trial, f)[better] for f in trial.__dataclass_fields__)), point, accepted)
-        gain = trial.metric[better] - before[better]
-        running[items] = False
-        running[accepted] = ~(gain <= policy.tol * np.abs(before[better]))
-    fallback = fallback | point.failed
+            score = np.where(offers, steps.weight / np.maximum(slot_cost, 1e-300), np.inf)
+        drop = np.argmin(score, axis=1)
+        trial_keep = keep & ~(running[:, None] & (columns == drop[:, None]))
+        trial = _evaluate(policy, steps, trial_keep, on_a, b_slot, need)
+        fallback |= running & trial.failed  # the reference would have bisected; let it decide these
+        accept = running & (trial.metric > point.metric)
+        gain = trial.metric - point.metric
+        running = accept & ~(gain <= policy.tol * np.abs(point.metric))
+        keep = np.where(accept[:, None], trial_keep, keep)
+        point = trial.where(accept, point)
     kept_weight = _seq_sum(steps.weight, keep)
     total = _seq_sum(steps.weight)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         scaled = np.where(kept_weight[:, None] > 0.0, steps.weight * total / kept_weight[:, None],
                           total / keep.sum(axis=1, keepdims=True))
     weight = np.where(keep, scaled, 0.0)
-    bandwidth = np.zeros((n, steps.num_devices))
-    bandwidth[rows, point.dev0] = point.share0
-    two = ~np.isnan(point.share1)
-    bandwidth[rows[two], point.dev1[two]] = point.share1[two]
-    return BatchDecision(keep, weight, bandwidth, fallback)
+    share = np.where(keep, point.slot_values(steps.slot_device, point.share0, point.share1), 0.0)
+    return BatchDecision(keep, weight, share, fallback, steps.slot_device, steps.num_devices)

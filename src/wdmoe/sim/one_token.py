@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wdmoe.policy.batched import BatchDecision, OneTokenSteps, slot_groups, slot_shares
+from wdmoe.policy.batched import BatchDecision, OneTokenSteps, slot_groups
 from wdmoe.radio.rate import PoolMode, pool_shares, share_time_s
 
 
@@ -40,10 +40,10 @@ def one_token_latency(steps: OneTokenSteps, decision: BatchDecision, tx_power_w:
     bits = steps.bits_per_token[:, None]
     bits_dl = np.where(active, bits, 0.0)  # one distinct token to each active device
     bits_ul = np.where(active, groups.pairs * bits, 0.0)
-    shares = pool_shares(pool, slot_shares(steps, decision.bandwidth_hz))
+    shares = pool_shares(pool, decision.slot_share_hz)
     device = steps.slot_device
-    dl_s = share_time_s(bits_dl, shares.dl_hz, np.take_along_axis(steps.snr_dl_per_hz, device, axis=1))
-    ul_s = share_time_s(bits_ul, shares.ul_hz, np.take_along_axis(steps.snr_ul_per_hz, device, axis=1))
+    dl_s = share_time_s(bits_dl, shares.dl_hz, steps.snr_dl_per_hz)
+    ul_s = share_time_s(bits_ul, shares.ul_hz, steps.snr_ul_per_hz)
     compute_s = np.where(active, groups.compute_s, 0.0)
     total = np.where(active, dl_s + compute_s + ul_s, 0.0)
     energy = ((_per_slot(tx_power_w, device) * ul_s).sum(axis=1)

@@ -29,7 +29,7 @@ from wdmoe.sim.blocks import block_link, block_schedule, draw_blocks
 from wdmoe.sim.one_token import one_token_latency
 from wdmoe.sim.trace import PREFILL, Trace
 
-CHUNK = 8192  # one-token steps per batch: large enough to amortise numpy's per-call cost, small enough for cache
+CHUNK = 16384  # one-token steps per batch: large enough to amortise numpy's per-call cost, small enough for cache
 
 
 @dataclass(frozen=True)
@@ -129,22 +129,27 @@ def replay_batched(trace: Trace, decider: WirelessDecider, chunk: int = CHUNK) -
                            profiles.mem_bytes_per_s, profiles.overhead_s)  # (D,) one token on one expert
     bs_1 = np.array([decider.bs_time_s(layer, 1) for layer in layers])
     rows_1 = trace.step_offset[steps_1] + pos_1
+    table, experts, devices = trace.expert_device.ravel(), trace.num_experts, trace.num_devices
+    flat = {name: getattr(sink, name).reshape(-1) for name in ("layer_s", "energy_j", "bits_dl", "bits_ul", "kept")}
     for start in range(0, steps_1.shape[0], chunk):
-        part = slice(start, start + chunk)
+        part = slice(start, start + chunk)  # flat takes below: numpy's 2-D fancy indexing is far slower
         s, p, rows = steps_1[part], pos_1[part], rows_1[part]
-        device = trace.expert_device[p[:, None], trace.topk_index[rows]]  # (n, k)
-        block = schedule[s, p]
+        device = table.take(p[:, None] * experts + trace.topk_index.take(rows, axis=0))  # (n, k)
+        block = schedule.ravel().take(s * trace.num_layers + p)
+        slot = block[:, None] * devices + device
         n = s.shape[0]
-        batch = OneTokenSteps(device, trace.topk_weight[rows].astype(float), roof[device],
-                              blocks.snr_dl_per_hz[block], blocks.snr_ul_per_hz[block],
-                              np.full(n, probe.bits_per_token), np.full(n, probe.bandwidth_hz), bs_1[p], block)
+        batch = OneTokenSteps(device, trace.topk_weight.take(rows, axis=0).astype(float), roof.take(device),
+                              blocks.snr_dl_per_hz.ravel().take(slot), blocks.snr_ul_per_hz.ravel().take(slot),
+                              np.full(n, probe.bits_per_token), np.full(n, probe.bandwidth_hz), bs_1.take(p), block,
+                              devices)
         decision = decide_batch(decider.policy, batch)
         assert decision is not None
         lat = one_token_latency(batch, decision, profiles.tx_power_w, profiles.compute_power_w,
                                 decider.bs_tx_power_w, decider.pool)
-        sink.layer_s[s, p], sink.energy_j[s, p] = lat.layer_s, lat.energy_j
-        sink.bits_dl[s, p], sink.bits_ul[s, p] = lat.bits_dl, lat.bits_ul
-        sink.kept[s, p] = decision.keep.sum(axis=1)
+        at = s * trace.num_layers + p
+        flat["layer_s"][at], flat["energy_j"][at] = lat.layer_s, lat.energy_j
+        flat["bits_dl"][at], flat["bits_ul"][at] = lat.bits_dl, lat.bits_ul
+        flat["kept"][at] = decision.keep.sum(axis=1)
         for i in np.flatnonzero(decision.fallback).tolist():
             per_state(int(s[i]), int(p[i]))
     return sink.replay(decider.policy.name, decider.scenario.seed)
