@@ -9,24 +9,30 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup sysdeps demo test lint bench clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[model,dev,sionna,bench]"
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[model,serve,dev,serve-test,sionna,bench]"
 	touch $@
 
 demo: setup
 	$(BIN)/wdmoe demo
 
+# Debian's chromium for the dashboard's headless-browser test (installed when we are root with apt-get).
+sysdeps:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: chromium is not installed; the dashboard browser test will be skipped"
+
 lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
-test: lint
+test: sysdeps lint
 	$(BIN)/pytest
 
 bench: setup

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from wdmoe.cli import demo_cmd, eval_cmd, run_cmd, split_cmd
+from wdmoe.cli import demo_cmd, eval_cmd, run_cmd, serve_cmd, sim_cmd, split_cmd, train_cmd
 
 app = typer.Typer(
     name="wdmoe",
@@ -13,11 +13,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("demo")(demo_cmd.demo)
+app.command("run")(run_cmd.run)
 app.command("split")(split_cmd.split)
 app.command("make-tiny")(split_cmd.make_tiny)
-app.command("run")(run_cmd.run)
-app.command("demo")(demo_cmd.demo)
 app.command("eval")(eval_cmd.eval_)
+app.command("train")(train_cmd.train)
+app.command("simulate")(sim_cmd.simulate)
+app.command("serve")(serve_cmd.serve)
+app.command("bench")(serve_cmd.bench)
+
+trace_app = typer.Typer(
+    help="Router traces: record from a model, synthesize with a given expert popularity.", no_args_is_help=True
+)
+trace_app.command("record")(sim_cmd.record)
+trace_app.command("synthesize")(sim_cmd.synthesize)
+app.add_typer(trace_app, name="trace")
 
 
 def main() -> None:

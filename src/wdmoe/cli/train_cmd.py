@@ -33,7 +33,7 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the preset's).")] = None,
     device: Annotated[Device, typer.Option(help="cpu (fp32) or cuda (bf16 autocast).")] = Device.cpu,
     seed: Annotated[int, typer.Option(help="Seed of the initialization and of the batch sampling.")] = 0,
-    config: Annotated[Preset, typer.Option(help="Model and run preset: shipped (12.3M parameters) or tiny.")] = (
+    config: Annotated[Preset, typer.Option(help="Model and run preset: shipped (6.1M parameters) or tiny.")] = (
         Preset.shipped
     ),
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,

@@ -63,15 +63,33 @@ def continuation_logprob(model: Any, context_ids: list[int], continuation_ids: l
     return float(logp.gather(1, target[:, None]).sum())
 
 
+@torch.inference_mode()
+def choice_logprobs(model: Any, context_ids: list[int], choices_ids: list[list[int]], pad_id: int = 0) -> list[float]:
+    """log p(choice | context) of every choice in one batched forward pass (right-padded, so the real tokens'
+    logits are those of separate passes; a policy sees the padding as extra tokens of the layer step)."""
+    rows = [context_ids + c for c in choices_ids]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    logp = F.log_softmax(model(ids, attention_mask=mask).logits.float(), dim=-1)  # (B, width, V)
+    start = len(context_ids) - 1
+    out = []
+    for i, choice in enumerate(choices_ids):
+        positions = torch.arange(start, start + len(choice))
+        out.append(float(logp[i, positions, torch.tensor(choice)].sum()))
+    return out
+
+
 def score_task(model: Any, tokenizer: Any, items: list[Item], progress: Any = None) -> TaskScores:
-    """Accuracy and length-normalized accuracy of `model` on `items`."""
+    """Accuracy and length-normalized accuracy of `model` on `items` (one forward pass per item)."""
     correct = correct_norm = 0
     for item in items:
         context = tokenizer(item.context)["input_ids"]
-        scores = []
-        for choice in item.choices:
-            continuation = tokenizer(choice, add_special_tokens=False)["input_ids"]
-            scores.append(continuation_logprob(model, context, continuation))
+        choices = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in item.choices]
+        scores = choice_logprobs(model, context, choices, getattr(tokenizer, "pad_token_id", None) or 0)
         norm = [s / max(1, len(c)) for s, c in zip(scores, item.choices, strict=True)]
         correct += int(max(range(len(scores)), key=scores.__getitem__) == item.answer)
         correct_norm += int(max(range(len(norm)), key=norm.__getitem__) == item.answer)

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from wdmoe import DistributedMoE
 from wdmoe.errors import WdmoeError
 from wdmoe.eval.language import blocks, language_scores
-from wdmoe.eval.multiple_choice import Item, continuation_logprob, load_task, score_task
+from wdmoe.eval.multiple_choice import Item, choice_logprobs, continuation_logprob, load_task, score_task
 from wdmoe.eval.tasks import continuation_task, save_task
 from wdmoe.eval.unigram import unigram_counts, unigram_perplexity_from_counts
 from wdmoe.policy.factory import make_policy
@@ -68,6 +68,13 @@ def test_continuation_logprob_is_the_sum_of_the_continuation_token_logprobs(mixt
         logp = F.log_softmax(tiny_models["mixtral"](torch.tensor([context + continuation])).logits[0], -1)
     expected = float(logp[3, 23] + logp[4, 42])
     assert continuation_logprob(model, context, continuation) == pytest.approx(expected, abs=1e-4)
+
+
+def test_batched_choice_logprobs_equal_separate_passes(mixtral_split: Path) -> None:
+    model = DistributedMoE.from_pretrained(mixtral_split)
+    context, choices = [4, 8, 15], [[16], [23, 42, 7], [99, 1]]
+    expected = [continuation_logprob(model, context, c) for c in choices]
+    assert choice_logprobs(model, context, choices) == pytest.approx(expected, abs=1e-4)
 
 
 class DigitTokenizer:
