@@ -56,10 +56,15 @@ def test_split_of_a_missing_directory_fails_cleanly(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_demo_json_is_token_identical_to_unsplit() -> None:
-    result = runner.invoke(app, ["demo", "--json", "--max-new-tokens", "8"])
+def test_demo_json_is_token_identical_to_unsplit_and_compares_policies() -> None:
+    result = runner.invoke(app, ["demo", "--json", "--max-new-tokens", "8", "--heldout-tokens", "300"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["matches_unsplit"] is True
     assert len(report["tokens"]) == 8
     assert report["experts_per_token_mean"] == 2.0
+    assert set(report["policies"]) == {"topk", "wlr", "joint"}
+    for row in report["policies"].values():
+        assert row["ttft_s"] > 0 and row["tpot_s"] > 0 and 0 < row["accuracy"] < 1
+    assert report["policies"]["topk"]["experts_per_token_mean"] == 2.0
+    assert report["policies"]["wlr"]["bytes_on_air"] < report["policies"]["topk"]["bytes_on_air"]

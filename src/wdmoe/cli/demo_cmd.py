@@ -1,15 +1,14 @@
-"""`wdmoe demo`: the whole path on a small model, checked against the unsplit model, with the policies compared.
+"""`wdmoe demo`: the shipped model split over in-process devices, checked and compared across policies.
 
-Until the project ships its trained model, the demo builds a small random Mixtral (seeded, so every run is the
-same), splits it over in-process devices, generates with the model's own top-k and checks the tokens against the
-unsplit Hugging Face model, then generates under TopK, WLR and the joint policy over the default radio scenario and
-prints their modeled TTFT, TPOT, bytes on air and energy side by side.
+The demo loads the shipped model (a small Mixtral-family MoE trained by `wdmoe train`), splits it over 8
+in-process devices, generates for a prompt with the model's own top-k and checks the tokens against the unsplit
+Hugging Face model, then runs TopK, WLR and the joint policy over the default radio scenario and prints, side by
+side, the modeled TTFT, TPOT, bytes on air and energy of the generation, and the next-token accuracy on held-out
+text under each policy.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -19,78 +18,84 @@ from wdmoe.cli.common import console, device_table, offline, print_json, user_er
 from wdmoe.cli.run_cmd import generate_report
 
 DEMO_POLICIES = ("topk", "wlr", "joint")
+DEMO_PROMPT = "The best thing about a computer is"
 
 
 def demo(
+    prompt: Annotated[str, typer.Option(help="Prompt text.")] = DEMO_PROMPT,
     devices: Annotated[int, typer.Option(min=1, help="In-process expert devices.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 24,
     theta: Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold.")] = 0.5,
+    heldout_tokens: Annotated[int, typer.Option(min=2, help="Held-out tokens scored per policy.")] = 2048,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Split a small random Mixtral over in-process devices, check it against the unsplit model, compare policies."""
+    """Run the shipped model over in-process devices; check it against HF; compare TopK, WLR and joint."""
     offline()
     with user_errors():
         import torch
+        from transformers import AutoModelForCausalLM
 
+        from wdmoe.cli.eval_cmd import heldout_documents
         from wdmoe.config import Scenario
-        from wdmoe.model.split import split_model
-        from wdmoe.model.tiny import tiny_model
+        from wdmoe.eval.language import language_scores
+        from wdmoe.model import shipped
         from wdmoe.policy.factory import make_policy
         from wdmoe.runtime.model import DistributedMoE
 
-        reference: Any = tiny_model("mixtral", seed=0, hidden_size=128, num_hidden_layers=4, intermediate_size=256)
-        ids = [1, 17, 42, 99, 7, 64, 3, 11]
-        expected = reference.generate(
-            torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0,
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-        )[0, len(ids) :].tolist()
-        policies: dict[str, dict[str, Any]] = {}
-        with tempfile.TemporaryDirectory(prefix="wdmoe-demo-") as tmp:
-            split_model(reference, Path(tmp) / "split", devices)
-            model = DistributedMoE.from_pretrained(Path(tmp) / "split")
-            report = generate_report(model, ids, max_new_tokens)
-            for name in DEMO_POLICIES:
-                model.set_policy(make_policy(name, theta=theta), Scenario.default(num_devices=devices))
-                run = generate_report(model, ids, max_new_tokens)
-                policies[name] = {
-                    "ttft_s": run["latency"]["ttft_s"],
-                    "tpot_s": run["latency"]["tpot_s"],
-                    "bytes_on_air": run["bytes_on_air"],
-                    "energy_j": run["energy_j"],
-                    "experts_per_token_mean": run["experts_per_token_mean"],
-                    "token_agreement_with_topk": _agreement(run["tokens"], expected),
-                }
-            model.close()
-        report["model"] = "random mixtral (hidden 128, 4 layers, 8 experts, top-2)"
+        model_dir = shipped.default_model_dir()
+        model = DistributedMoE.from_pretrained(model_dir, num_devices=devices)
+        ids = _prompt_ids(model, prompt)
+        reference = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+        with torch.inference_mode():
+            expected = reference.generate(
+                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0,
+            )[0, len(ids) :].tolist()
+        report = generate_report(model, ids, max_new_tokens)
         report["matches_unsplit"] = report["tokens"] == expected
-        report["policies"] = policies
+        documents = heldout_documents(model, shipped.HELDOUT_TEXT, heldout_tokens) if model.tokenizer else None
+        policies: dict[str, dict[str, Any]] = {}
+        for name in DEMO_POLICIES:
+            model.set_policy(make_policy(name, theta=theta), Scenario.default(num_devices=devices))
+            run = generate_report(model, ids, max_new_tokens)
+            row = {key: run[key] for key in ("bytes_on_air", "energy_j", "experts_per_token_mean")}
+            row.update(ttft_s=run["latency"]["ttft_s"], tpot_s=run["latency"]["tpot_s"], text=run.get("text"))
+            row["accuracy"] = None if documents is None else language_scores(model, documents).next_token_accuracy
+            policies[name] = row
+        model.close()
+        report.update(model=str(model_dir), prompt=prompt, policies=policies, theta=theta)
     if json_out:
         print_json(report)
         return
-    console.print(f"[bold]model:[/bold] {report['model']}, {devices} in-process devices")
-    console.print(f"[bold]prompt ids:[/bold] {ids}")
-    console.print(f"[bold]new tokens:[/bold] {report['tokens']}")
-    verdict = "[green]yes[/green]" if report["matches_unsplit"] else "[red]NO[/red]"
-    console.print(f"model's own top-k, token-identical to the unsplit Hugging Face model: {verdict}")
-    console.print(device_table(report))
-    console.print(_policy_table(policies, theta))
-    console.print("Radio numbers are modeled by wdmoe.radio with our [R] default scenario, not the papers' values.")
+    _print(report, devices)
     if not report["matches_unsplit"]:
         raise typer.Exit(1)
 
 
-def _agreement(tokens: list[int], expected: list[int]) -> float:
-    return sum(a == b for a, b in zip(tokens, expected, strict=True)) / max(1, len(expected))
+def _prompt_ids(model: Any, prompt: str) -> list[int]:
+    if model.tokenizer is None:  # the random fallback model has no tokenizer
+        return [1, 17, 42, 99, 7, 64, 3, 11]
+    return list(model.tokenizer(prompt)["input_ids"])
 
 
-def _policy_table(policies: dict[str, dict[str, Any]], theta: float) -> Table:
-    table = Table(title=f"policies over the default scenario (WLR theta = {theta})")
-    for column in ("policy", "TTFT ms", "TPOT ms", "kB on air", "energy J", "experts/token", "same tokens as TopK"):
+def _print(report: dict[str, Any], devices: int) -> None:
+    console.print(f"[bold]model:[/bold] {report['model']}, {devices} in-process devices")
+    console.print(f"[bold]prompt:[/bold] {report['prompt']}")
+    console.print(f"[bold]TopK:[/bold] {report.get('text', report['tokens'])}")
+    verdict = "[green]yes[/green]" if report["matches_unsplit"] else "[red]NO[/red]"
+    console.print(f"the model's own top-k, token-identical to the unsplit Hugging Face model: {verdict}")
+    console.print(device_table(report))
+    table = Table(title=f"policies over the default scenario (WLR theta = {report['theta']})")
+    for column in ("policy", "TTFT ms", "TPOT ms", "kB on air", "energy J", "experts/token", "held-out acc"):
         table.add_column(column, justify="right")
-    for name, row in policies.items():
+    for name, row in report["policies"].items():
+        accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
         table.add_row(
-            name, f"{row['ttft_s'] * 1e3:.3f}", f"{row['tpot_s'] * 1e3:.3f}", f"{row['bytes_on_air'] / 1e3:.1f}",
-            f"{row['energy_j']:.3f}", f"{row['experts_per_token_mean']:.2f}",
-            f"{row['token_agreement_with_topk']:.0%}",
+            name, f"{row['ttft_s'] * 1e3:.2f}", f"{row['tpot_s'] * 1e3:.2f}", f"{row['bytes_on_air'] / 1e3:.1f}",
+            f"{row['energy_j']:.3f}", f"{row['experts_per_token_mean']:.2f}", accuracy,
         )
-    return table
+    console.print(table)
+    for name, row in report["policies"].items():
+        if row["text"] is not None:
+            console.print(f"[bold]{name}:[/bold] {row['text']}")
+    console.print("Radio numbers are modeled by wdmoe.radio with our [R] default scenario, not the papers' values.")
