@@ -25,7 +25,7 @@ def test_make_tiny_split_and_run_json_match_the_unsplit_model(tmp_path: Path) ->
         app, ["run", "--model", str(tmp_path / "split"), "--prompt-ids", "1,2,3,4", "--max-new-tokens", "6", "--json"]
     )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     from transformers import AutoModelForCausalLM
 
     reference = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
@@ -59,7 +59,7 @@ def test_split_of_a_missing_directory_fails_cleanly(tmp_path: Path) -> None:
 def test_demo_json_is_token_identical_to_unsplit_and_compares_policies() -> None:
     result = runner.invoke(app, ["demo", "--json", "--max-new-tokens", "8", "--heldout-tokens", "300"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["matches_unsplit"] is True
     assert len(report["tokens"]) == 8
     assert report["experts_per_token_mean"] == 2.0
