@@ -17,6 +17,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from wdmoe.model.shards import Manifest
 
@@ -39,19 +40,22 @@ class DeviceActor:
     """A device's experts. Decorated with `ray.remote` by the pool (this module does not import ray)."""
 
     def __init__(self, root: str, manifest: Manifest, device: int, torch_threads: int | None = None) -> None:
+        self.root = Path(os.environ.get(SPLIT_DIR_ENV) or root)  # the node's own copy wins (see module doc)
+        self.manifest = manifest
+        self.device = device
+        self.torch_threads = torch_threads
+        self.worker: Any = None
+
+    def load(self) -> ActorInfo:
+        """Verify and load the shard (a method, not the constructor, so that a ShardError reaches the BS typed)."""
+        import ray
         import torch
 
         from wdmoe.backends.worker import ExpertWorker
 
-        if torch_threads is not None:
-            torch.set_num_threads(torch_threads)
-        self.root = Path(os.environ.get(SPLIT_DIR_ENV) or root)  # the node's own copy wins (see module doc)
-        self.device = device
-        self.worker = ExpertWorker(self.root, manifest, device)
-
-    def info(self) -> ActorInfo:
-        import ray
-
+        if self.torch_threads is not None:
+            torch.set_num_threads(self.torch_threads)
+        self.worker = ExpertWorker(self.root, self.manifest, self.device)
         return ActorInfo(
             self.device, ray.get_runtime_context().get_node_id(), socket.gethostname(), os.getpid(),
             self.worker.num_experts_held, str(self.root),

@@ -71,7 +71,7 @@ class RayDevicePool:
         self.actors: dict[int, Any] = {}
         self.info: dict[int, ActorInfo] = {}
         self.dead_since: dict[int, float] = {}
-        self.pending: dict[int, tuple[Any, Any]] = {}  # device -> (actor, ref of its info())
+        self.pending: dict[int, tuple[Any, Any]] = {}  # device -> (actor, ref of its load())
         self.graph: CompiledRound | None = None
         self.compile_s: list[float] = []
         self._start_all(ready_timeout_s)
@@ -80,7 +80,7 @@ class RayDevicePool:
         actor: Any = self.actor_class.options(
             resources={device_resource(device): 1.0}, num_cpus=0, max_restarts=0, namespace=NAMESPACE
         ).remote(str(self.root), self.manifest, device, self.torch_threads)
-        return actor, actor.info.remote()
+        return actor, actor.load.remote()
 
     def _start_all(self, timeout_s: float) -> None:
         import ray

@@ -62,7 +62,9 @@ class DeviceCluster:
         self.cluster.remove_node(self.nodes.pop(device), allow_graceful=False)
 
     def node_id_of(self, device: int) -> str:
-        return str(self.nodes[device].node_id)
+        """The id of the live node that offers device `device`'s resource (however it was started)."""
+        (node_id,) = [n["NodeID"] for n in ray.nodes() if n["Alive"] and device_resource(device) in n["Resources"]]
+        return str(node_id)
 
     def start_device_cli(self, device: int, token_file: Path) -> subprocess.Popen[bytes]:
         """Device `device`'s node started the documented way, `wdmoe device start` (stopped at shutdown)."""
