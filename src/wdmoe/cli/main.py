@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from wdmoe.cli import demo_cmd, eval_cmd, run_cmd, serve_cmd, sim_cmd, split_cmd, train_cmd
+from wdmoe.cli import demo_cmd, device_cmd, eval_cmd, run_cmd, serve_cmd, sim_cmd, split_cmd, train_cmd
 
 app = typer.Typer(
     name="wdmoe",
@@ -29,6 +29,7 @@ trace_app = typer.Typer(
 trace_app.command("record")(sim_cmd.record)
 trace_app.command("synthesize")(sim_cmd.synthesize)
 app.add_typer(trace_app, name="trace")
+app.add_typer(device_cmd.app, name="device")
 
 
 def main() -> None:

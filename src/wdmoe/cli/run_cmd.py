@@ -77,14 +77,25 @@ def run(
     scenario: Annotated[
         Path | None, typer.Option(help="Radio scenario TOML (default: built-in default, one per device).")
     ] = None,
+    backend: Annotated[str, typer.Option(help="Where the devices run: local (in-process) or ray.")] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray head HOST:PORT (default: start a local Ray cluster).")
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="Ray cluster token file, mode 0600 (default ~/.ray/auth_token).")
+    ] = None,
+    emulate_air: Annotated[bool, typer.Option(help="Ray: devices wait the modeled downlink/uplink air time.")] = False,
+    call_timeout: Annotated[float, typer.Option(min=0.1, help="Ray: seconds before a silent device is failed.")] = 2.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Generate with the experts on (in-process) devices; print the text, each device's load and the modeled latency."""
+    """Generate with the experts on devices (in-process or Ray); print the text, device load and modeled latency."""
     offline()
     with user_errors():
         import torch
 
+        from wdmoe.backends.factory import make_pool, split_dir_for
         from wdmoe.config import Scenario, load_scenario
+        from wdmoe.model.shards import Manifest
         from wdmoe.model.shipped import default_model_dir
         from wdmoe.policy.factory import make_policy
         from wdmoe.runtime.model import DistributedMoE
@@ -93,15 +104,22 @@ def run(
         radio = load_scenario(scenario) if scenario else None
         if radio is not None and devices is None and not (model_dir / "manifest.json").is_file():
             devices = radio.num_devices  # split a HF directory over the scenario's devices
-        model = DistributedMoE.from_pretrained(model_dir, num_devices=devices)
+        root, tmp = split_dir_for(model_dir, devices)
+        ray_opts = dict(
+            address=ray_address, token_file=token_file, emulate_air=emulate_air, call_timeout_s=call_timeout
+        )
+        pool = make_pool(backend, root, Manifest.read(root), **(ray_opts if backend == "ray" else {}))
+        model = DistributedMoE.from_pretrained(root, num_devices=devices, pool=pool)
         radio = radio or Scenario.default(num_devices=model.num_devices)
         model.set_policy(make_policy(policy, theta=theta, seed=seed), radio)
         ids = encode_prompt(model, prompt, prompt_ids)
         torch.manual_seed(seed)
         sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p) if do_sample else {}
         report = generate_report(model, ids, max_new_tokens, **sampling)
-        report["policy"] = policy
+        report.update(policy=policy, backend=backend)
         model.close()
+        if tmp is not None:
+            tmp.cleanup()
     if json_out:
         print_json(report)
         return
