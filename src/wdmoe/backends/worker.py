@@ -1,4 +1,8 @@
-"""The device side: an expert worker that holds only its own verified shard and runs its experts' FFNs."""
+"""The device side: an expert worker that holds only its own verified shard and runs its experts' FFNs.
+
+On CUDA the worker's `compute_s` is the host time to launch its kernels (they run asynchronously), not their
+GPU time; the GPU time of an expert is what `bench/gpu/expert_ffn.py` measures.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,10 @@ from wdmoe.model.shards import Manifest
 class ExpertWorker:
     """Device `device` of a split: its (layer, expert) weights, loaded after the manifest's checksum matches."""
 
-    def __init__(self, root: Path, manifest: Manifest, device: int, torch_device: str = "cpu") -> None:
+    def __init__(
+        self, root: Path, manifest: Manifest, device: int, torch_device: str = "cpu", dtype: torch.dtype | None = None
+    ) -> None:
+        """Load device `device`'s shard onto `torch_device`, cast to `dtype` (None: as stored)."""
         self.device = device
         self.act = ACT2FN[manifest.hidden_act]
         self.weights: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -27,7 +34,8 @@ class ExpertWorker:
         tensors = load_file(str(shard), device=torch_device)
         for layer, expert in manifest.placement.experts_on(device):
             prefix = f"layers.{layer}.experts.{expert}."
-            self.weights[(layer, expert)] = (tensors[prefix + "gate_up_proj"], tensors[prefix + "down_proj"])
+            gate_up, down = tensors[prefix + "gate_up_proj"], tensors[prefix + "down_proj"]
+            self.weights[(layer, expert)] = (gate_up.to(dtype), down.to(dtype)) if dtype else (gate_up, down)
 
     @property
     def num_experts_held(self) -> int:
@@ -35,14 +43,25 @@ class ExpertWorker:
 
     def run(self, batch: DeviceBatch) -> DeviceResult:
         start = time.perf_counter()
-        token_index, expert = batch.token_index, batch.expert
+        token_index, expert = batch.token_index, batch.expert  # (m,) each, on the CPU
         if expert.numel() == 1 or bool((expert == expert[0]).all()):
             gate_up, down = self.weights[(batch.layer, int(expert[0]))]
-            output = expert_ffn(batch.hidden[token_index], gate_up, down, self.act)
+            output = expert_ffn(_gather(batch.hidden, token_index), gate_up, down, self.act)
         else:
             output = batch.hidden.new_empty((expert.numel(), batch.hidden.shape[-1]))
             for e in torch.unique(expert).tolist():
                 rows = (expert == e).nonzero().squeeze(1)
                 gate_up, down = self.weights[(batch.layer, e)]
-                output[rows] = expert_ffn(batch.hidden[token_index[rows]], gate_up, down, self.act)
+                result = expert_ffn(_gather(batch.hidden, token_index[rows]), gate_up, down, self.act)
+                output[rows.to(output.device, non_blocking=True)] = result
         return DeviceResult(batch.device, output, time.perf_counter() - start)
+
+
+def _gather(hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # (n, H), (m,) on the CPU -> (m, H)
+    """hidden[rows]. With one distinct token (decode) every row is 0: a view, no kernel and no index upload.
+
+    Otherwise the row index goes to the GPU with non_blocking=True, which skips the stream synchronization that a
+    blocking host-to-device copy makes (the source is pageable, so CUDA stages it before returning: safe)."""
+    if hidden.shape[0] == 1:
+        return hidden.expand(rows.shape[0], -1)
+    return hidden[rows.to(hidden.device, non_blocking=True)]

@@ -1,26 +1,86 @@
 """Build the BS part of a split model: the HF model class with its routed experts replaced by `RemoteExperts`.
 
 The model is first built on the meta device, so the BS never allocates the routed experts' weights; only the
-BS weights of `bs/model.safetensors` (checksum-verified) are materialized.
+BS weights of `bs/model.safetensors` (checksum-verified) are materialized, on `torch_device`, in `dtype`.
+`device_options` turns the CLI's `--device` / `--dtype` strings into checked torch values.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from wdmoe.errors import ShardError
+from wdmoe.errors import ShardError, WdmoeError
 from wdmoe.model.families import family_for
 from wdmoe.model.shards import Manifest, config_sha256
 from wdmoe.model.split import check_placement
 from wdmoe.runtime.moe_layer import Dispatcher, RemoteExperts
 
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-def build_bs_model(root: Path, manifest: Manifest, dispatcher: Dispatcher, torch_device: str = "cpu") -> Any:
-    """The BS model of split directory `root`, with every MoE block's experts served by `dispatcher`."""
+
+@dataclass(frozen=True)
+class DeviceOptions:
+    """Where and in what precision the BS and the in-process devices compute.
+
+    Attributes:
+        torch_device: "cpu", "cuda" or "cuda:N", checked against the GPUs torch sees.
+        dtype: the floating-point dtype weights are cast to at load; None keeps the dtype stored in the split.
+    """
+
+    torch_device: str = "cpu"
+    dtype: torch.dtype | None = None
+
+
+def device_options(device: str = "cpu", dtype: str = "fp32") -> DeviceOptions:
+    """Check the CLI's `--device cpu|cuda[:N]` and `--dtype fp32|bf16|fp16|auto` (auto: as stored)."""
+    if dtype != "auto" and dtype not in DTYPES:
+        raise WdmoeError(f"--dtype {dtype!r} is unknown; choose one of {', '.join(DTYPES)} or auto (as stored)")
+    return DeviceOptions(check_torch_device(device, "--device"), None if dtype == "auto" else DTYPES[dtype])
+
+
+def check_torch_device(torch_device: str, option: str = "torch_device") -> str:
+    """`torch_device` if this process can compute there; a CUDA device without a visible GPU is refused."""
+    kind, _, index = torch_device.partition(":")
+    if kind == "cpu" and not index:
+        return torch_device
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise WdmoeError(f"{option} = {torch_device!r} is not a device wdmoe runs on; use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise WdmoeError(
+            f"{option} = {torch_device!r}, but torch.cuda.is_available() is False: torch {torch.__version__} sees "
+            f"no CUDA GPU (CUDA build: {torch.version.cuda or 'none'}); use {option} cpu, or run on a machine with "
+            "an NVIDIA GPU and a CUDA build of torch"
+        )
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise WdmoeError(f"{option} = {torch_device!r}, but torch sees {count} GPU(s): cuda:0..cuda:{count - 1}")
+    return torch_device
+
+
+def check_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
+    if dtype is not None and dtype not in DTYPES.values():
+        names = ", ".join(f"torch.{str(d).removeprefix('torch.')}" for d in DTYPES.values())
+        raise WdmoeError(f"dtype = {dtype}: wdmoe computes in {names} (or None: as stored in the split)")
+    return dtype
+
+
+def cast_floating(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """`tensors` with every floating-point tensor in `dtype` (unchanged if None); integer tensors stay as they are."""
+    if dtype is None:
+        return tensors
+    return {name: t.to(dtype) if t.is_floating_point() else t for name, t in tensors.items()}
+
+
+def build_bs_model(
+    root: Path, manifest: Manifest, dispatcher: Dispatcher, torch_device: str = "cpu", dtype: torch.dtype | None = None
+) -> Any:
+    """The BS model of split directory `root`, with every MoE block's experts served by `dispatcher`; its weights
+    are cast to `dtype` (None: the dtype stored in the split)."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     config_path = manifest.verified_path(root, "bs/config.json")
@@ -29,7 +89,7 @@ def build_bs_model(root: Path, manifest: Manifest, dispatcher: Dispatcher, torch
     if config_sha256(config.to_dict()) != manifest.config_sha256:
         raise ShardError(f"{config_path} does not match the manifest's config sha256; the split is inconsistent")
     family = family_for(config)
-    state = load_file(str(weights_path), device=torch_device)
+    state = cast_floating(load_file(str(weights_path), device=torch_device), check_dtype(dtype))
     dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)

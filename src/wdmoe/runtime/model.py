@@ -1,6 +1,7 @@
 """`DistributedMoE`: a Hugging Face MoE model whose routed experts run on devices, with the transformers API.
 
     model = DistributedMoE.from_pretrained("path/to/mixtral", num_devices=8)   # in-process devices, TopK
+    model = DistributedMoE.from_pretrained(path, torch_device="cuda", dtype=torch.bfloat16)   # all on one GPU
     out = model.generate(input_ids, max_new_tokens=32, do_sample=False)
     logits = model(input_ids).logits
 """
@@ -20,7 +21,7 @@ from wdmoe.errors import ShardError
 from wdmoe.model.shards import MANIFEST, Manifest
 from wdmoe.model.split import load_hf_model, split_model
 from wdmoe.placement import Placement
-from wdmoe.runtime.loading import build_bs_model
+from wdmoe.runtime.loading import build_bs_model, check_dtype, check_torch_device
 from wdmoe.runtime.moe_layer import Dispatcher
 from wdmoe.runtime.telemetry import StepRecord, Telemetry, summarize
 
@@ -33,13 +34,20 @@ if TYPE_CHECKING:
 class DistributedMoE:
     """The BS engine of a split MoE model: forward and generate mirror transformers' `*ForCausalLM`."""
 
-    def __init__(self, root: Path, manifest: Manifest, pool: DevicePool, torch_device: str = "cpu") -> None:
+    def __init__(
+        self,
+        root: Path,
+        manifest: Manifest,
+        pool: DevicePool,
+        torch_device: str = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> None:
         self.root = root
         self.manifest = manifest
         self.pool = pool
         self.telemetry = Telemetry()
         self.dispatcher = Dispatcher(pool, manifest.placement, self.telemetry)
-        self.hf_model = build_bs_model(root, manifest, self.dispatcher, torch_device)
+        self.hf_model = build_bs_model(root, manifest, self.dispatcher, check_torch_device(torch_device), dtype)
         self.hf_model.register_forward_pre_hook(self._start_step, with_kwargs=True)
         self.hf_model.register_forward_hook(self._finish_step)
         self._step_start_s = 0.0
@@ -57,6 +65,7 @@ class DistributedMoE:
         torch_device: str = "cpu",
         policy: Policy | None = None,
         scenario: Scenario | None = None,
+        dtype: torch.dtype | None = None,
     ) -> DistributedMoE:
         """Load a split directory, or split a Hugging Face model directory on the fly.
 
@@ -65,11 +74,17 @@ class DistributedMoE:
             num_devices: devices to split over (HF directory; default 8); must match a split directory's.
             placement: (layer, expert) -> devices for an on-the-fly split; default expert e on device e mod D.
             pool: the device pool; default in-process devices, each loading only its own shard.
-            torch_device: where the BS (and the in-process devices) compute.
+            torch_device: where the BS (and the in-process devices) compute: "cpu", "cuda" or "cuda:N"; a CUDA
+                device is refused when torch sees no GPU.
             policy: the expert-selection policy; None (and no scenario) runs the model's own top-k, no radio.
             scenario: the radio scenario; default `Scenario.default(num_devices)` when a policy is given.
+            dtype: torch.float32, torch.bfloat16 or torch.float16: the BS weights and the in-process devices'
+                shards are cast to it at load; None (default) keeps the dtype stored in the split (fp32 for the
+                tiny models). A `pool` given by the caller loads its own shards in its own dtype.
         """
         path = Path(path)
+        check_torch_device(torch_device)
+        check_dtype(dtype)
         if num_devices is not None and num_devices < 1:
             raise ValueError(f"num_devices = {num_devices}: need at least 1 device")
         tmp = None
@@ -83,8 +98,8 @@ class DistributedMoE:
                 f"{path} was split for {manifest.placement.num_devices} devices, not num_devices = {num_devices}; "
                 "re-run `wdmoe split` with --devices"
             )
-        pool = pool or LocalDevicePool(path, manifest, torch_device)
-        model = cls(path, manifest, pool, torch_device)
+        pool = pool or LocalDevicePool(path, manifest, torch_device, dtype)
+        model = cls(path, manifest, pool, torch_device, dtype)
         model._tmp = tmp
         if policy is not None or scenario is not None:
             model.set_policy(policy, scenario)
@@ -141,7 +156,9 @@ class DistributedMoE:
 
     @torch.inference_mode()
     def __call__(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
-        return self.hf_model(input_ids=input_ids, **kwargs)
+        if isinstance(kwargs.get("attention_mask"), torch.Tensor):
+            kwargs["attention_mask"] = kwargs["attention_mask"].to(self.device)
+        return self.hf_model(input_ids=input_ids.to(self.device), **kwargs)
 
     forward = __call__
 
@@ -151,8 +168,11 @@ class DistributedMoE:
         kwargs.setdefault("pad_token_id", self.hf_model.generation_config.pad_token_id or 0)
         if self.wireless is not None:
             self.wireless.start_request()
+        input_ids = input_ids.to(self.device)  # token ids may come from the CPU (the CLI, a tokenizer)
         if "attention_mask" not in kwargs:
             kwargs["attention_mask"] = torch.ones_like(input_ids)
+        elif isinstance(kwargs["attention_mask"], torch.Tensor):
+            kwargs["attention_mask"] = kwargs["attention_mask"].to(self.device)
         return self.hf_model.generate(input_ids, **kwargs)
 
     # -- telemetry -----------------------------------------------------------------------------------------

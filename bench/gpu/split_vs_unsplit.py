@@ -1,0 +1,181 @@
+"""Bench (c): the split runtime against the unsplit Hugging Face model, side by side on one GPU.
+
+A Mixtral config with Mixtral's layer sizes (hidden 4096, intermediate 14336, 8 experts, top-2, 32 heads, 8 KV
+heads, vocab 32000) and 4 layers, random weights in bf16, is built directly on the GPU. It is split over 8
+in-process devices that all compute on the same GPU (TopK, the model's own routing), and both models run:
+
+    decode   greedy `generate` of 64 new tokens after an 8-token prompt: new tokens / wall seconds
+    prefill  one forward over a 512-token prompt: prompt tokens / wall seconds
+
+alternately, --repeats times each; reported are the medians and the ratio split / unsplit (target: decode >= 0.9).
+Tokens are checked for identity (bf16 kernels of different batch shapes may round differently, so a late
+divergence is reported, not hidden), and on CUDA the host synchronizations per decode step of each model are
+counted with torch.cuda.set_sync_debug_mode.
+
+    python bench/gpu/split_vs_unsplit.py [--json] [--small] [--layers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from ceilings import device_name, parse_dtype, pick_device, wall_s
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from transformers import AutoModelForCausalLM, MixtralConfig
+
+from wdmoe.model.split import split_model
+from wdmoe.runtime.model import DistributedMoE
+
+
+def build_reference(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Any:
+    """The unsplit random Mixtral, allocated and initialized on `device` (no host copy of its weights)."""
+    config = MixtralConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        num_local_experts=args.experts, num_experts_per_tok=args.top_k, max_position_embeddings=4096,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=None, pad_token_id=0,
+    )
+    torch.manual_seed(args.seed)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+
+
+def syncs_per_step(generate: Callable[[int], object], steps: int) -> float:
+    """Synchronizing CUDA calls per decode step: those of a `steps`-token generate minus a 1-token one, / steps-1."""
+    counts = []
+    for n in (1, steps):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                generate(n)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    return (counts[1] - counts[0]) / (steps - 1)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    device, dtype = pick_device(args.device, args.small), parse_dtype(args.dtype)
+    reference = build_reference(args, device, dtype)
+    tmp = tempfile.TemporaryDirectory(prefix="wdmoe-gpu-bench-", dir=args.tmp)
+    split_model(reference, Path(tmp.name) / "split", args.devices)
+    ours = DistributedMoE.from_pretrained(Path(tmp.name) / "split", torch_device=str(device))
+    gen = torch.Generator().manual_seed(args.seed)
+    prompt = torch.randint(2, args.vocab, (1, args.prompt_len), generator=gen).to(device)
+    short = prompt[:, : args.decode_prompt_len]
+
+    def generate(model: Any, new_tokens: int) -> torch.Tensor:
+        if model is ours:
+            ours.telemetry.clear()
+            return ours.generate(short, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        with torch.inference_mode():
+            return reference.generate(short, attention_mask=torch.ones_like(short), max_new_tokens=new_tokens,
+                                      min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+
+    def prefill(model: Any) -> torch.Tensor:
+        if model is ours:
+            ours.telemetry.clear()
+            return ours(prompt).logits
+        with torch.inference_mode():
+            return reference(prompt).logits
+
+    expected, actual = generate(reference, args.new_tokens), generate(ours, args.new_tokens)
+    new_ref, new_ours = expected[0, short.shape[1]:].tolist(), actual[0, short.shape[1]:].tolist()
+    same = [a == b for a, b in zip(new_ref, new_ours, strict=True)]
+    ref_logits, our_logits = prefill(reference).float(), prefill(ours).float()
+    times: dict[str, list[float]] = {"decode_ref": [], "decode_ours": [], "prefill_ref": [], "prefill_ours": []}
+    for _ in range(args.repeats):  # interleaved, so drifts in clocks or temperature hit both alike
+        times["decode_ref"].append(wall_s(lambda: generate(reference, args.new_tokens), device))
+        times["decode_ours"].append(wall_s(lambda: generate(ours, args.new_tokens), device))
+        times["prefill_ref"].append(wall_s(lambda: prefill(reference), device))
+        times["prefill_ours"].append(wall_s(lambda: prefill(ours), device))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result: dict[str, Any] = {
+        "bench": "split_vs_unsplit",
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "model": f"mixtral hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers, "
+                 f"{args.experts} experts, top-{args.top_k}, {args.heads}/{args.kv_heads} heads, vocab {args.vocab}",
+        "dtype": args.dtype,
+        "devices": args.devices,
+        "hf_experts_implementation": reference.config._experts_implementation,
+        "hf_attention_implementation": reference.config._attn_implementation,
+        "new_tokens": args.new_tokens,
+        "prompt_len": args.prompt_len,
+        "repeats": args.repeats,
+        "decode_tokens_per_s": {"split": args.new_tokens / med["decode_ours"],
+                                "unsplit": args.new_tokens / med["decode_ref"]},
+        "prefill_tokens_per_s": {"split": args.prompt_len / med["prefill_ours"],
+                                 "unsplit": args.prompt_len / med["prefill_ref"]},
+        "decode_ratio": med["decode_ref"] / med["decode_ours"],
+        "prefill_ratio": med["prefill_ref"] / med["prefill_ours"],
+        "times_s": times,
+        "tokens_identical": all(same),
+        "token_agreement": sum(same) / len(same),
+        "first_divergence": same.index(False) if not all(same) else None,
+        "prefill_logits_rel_err": float((our_logits - ref_logits).norm() / ref_logits.norm()),
+        "prefill_argmax_agreement": float((our_logits.argmax(-1) == ref_logits.argmax(-1)).float().mean()),
+        "syncs_per_decode_step": None,
+    }
+    if device.type == "cuda":
+        steps = min(args.new_tokens, 8)
+        result["syncs_per_decode_step"] = {"split": syncs_per_step(lambda n: generate(ours, n), steps),
+                                           "unsplit": syncs_per_step(lambda n: generate(reference, n), steps)}
+    ours.close()
+    tmp.cleanup()
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in (("layers", 4), ("hidden", 4096), ("intermediate", 14336), ("experts", 8), ("top-k", 2),
+                          ("heads", 32), ("kv-heads", 8), ("vocab", 32000), ("devices", 8), ("new-tokens", 64),
+                          ("prompt-len", 512), ("decode-prompt-len", 8), ("repeats", 5), ("seed", 0)):
+        parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--dtype", default=None, help="fp32, bf16 (default) or fp16; fp32 with --small")
+    parser.add_argument("--device", default=None, help="cuda (default) or cpu (default with --small)")
+    parser.add_argument("--tmp", default=None, help="where the split is written (default: the system's temp dir)")
+    parser.add_argument("--small", action="store_true", help="tiny sizes on the CPU: runs in seconds")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.small:
+        args.layers, args.hidden, args.intermediate, args.heads, args.kv_heads, args.vocab = 2, 64, 128, 4, 2, 256
+        args.new_tokens, args.prompt_len, args.repeats, args.dtype = 8, 32, 1, args.dtype or "fp32"
+    args.dtype = args.dtype or "bf16"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    result = measure(args)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    print(f"{result['model']}, {args.dtype}, on {result['device']}; split over {args.devices} in-process devices; "
+          f"HF experts: {result['hf_experts_implementation']}")
+    for phase in ("decode", "prefill"):
+        tps = result[f"{phase}_tokens_per_s"]
+        print(f"{phase:8s} split {tps['split']:9.1f} tok/s   unsplit {tps['unsplit']:9.1f} tok/s   "
+              f"ratio {result[f'{phase}_ratio']:.3f}")
+    print(f"tokens identical: {result['tokens_identical']} (agreement {result['token_agreement']:.0%}, first "
+          f"divergence {result['first_divergence']}); prefill logits rel. error {result['prefill_logits_rel_err']:.2e}")
+    if result["syncs_per_decode_step"] is not None:
+        s = result["syncs_per_decode_step"]
+        print(f"host syncs per decode step: split {s['split']:.1f}, unsplit {s['unsplit']:.1f}")
+
+
+if __name__ == "__main__":
+    main()

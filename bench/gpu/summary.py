@@ -1,0 +1,81 @@
+"""The tables of docs/gpu.md, as Markdown, from the JSON files that bench/gpu/run_all.sh wrote into a directory.
+
+    python bench/gpu/summary.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def expert_ffn(r: dict[str, Any]) -> list[str]:
+    c, names = r["ceilings"], r["variants"]
+    lines = [f"### (a) expert FFN: {r['device']}, {r['dtype']}, H {r['hidden']}, I {r['intermediate']}", "",
+             f"Measured in the run: matmul peak {c['matmul_flops_per_s'] / 1e12:.4g} TFLOP/s ({c['matmul_n']}^3), "
+             f"copy bandwidth {c['copy_bytes_per_s'] / 1e9:.4g} GB/s (read + write); ridge at "
+             f"{r['ridge_tokens']:.0f} tokens.", "",
+             "| tokens | roofline us | " + " | ".join(f"{n} us | {n} / roofline" for n in names) + " |",
+             "|---:|---:|" + "---:|---:|" * len(names)]
+    for row in r["rows"]:
+        cells = " | ".join(f"{row['time_s'][n] * 1e6:.1f} | {row['fraction'][n]:.2f}" for n in names)
+        lines.append(f"| {row['tokens']} | {row['roofline_s'] * 1e6:.1f} | {cells} |")
+    target = r["target"]
+    marks = {None: "-", True: "met", False: "missed"}
+    verdict = ", ".join(f"{n}: {marks[ok]}" for n, ok in r["meets_target"].items())
+    lines += ["", f"Target >= {target['fraction']:.0%} of roofline from {target['from_tokens']} tokens: {verdict}."]
+    lines += [f"{n} did not run: {why}" for n, why in r["errors"].items()]
+    return lines
+
+
+def bs_step(r: dict[str, Any]) -> list[str]:
+    lines = [f"### (b) BS step per layer: {r['device']}, {r['dtype']}, hidden {r['hidden']}, {r['heads']} heads, "
+             f"{r['kv_heads']} KV heads, {r['attention']}", "",
+             "| phase | tokens | context | time us | roofline us | roofline / time |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {x['phase']} | {x['tokens']} | {x['context']} | {x['time_s'] * 1e6:.1f} | "
+              f"{x['roofline_s'] * 1e6:.1f} | {x['fraction']:.2f} |" for x in r["rows"]]
+    return lines
+
+
+def split_vs_unsplit(r: dict[str, Any]) -> list[str]:
+    d, p = r["decode_tokens_per_s"], r["prefill_tokens_per_s"]
+    lines = [f"### (c) split vs unsplit: {r['model']}, {r['dtype']}, {r['device']}, {r['devices']} in-process "
+             f"devices; HF experts {r['hf_experts_implementation']}", "",
+             "| phase | split tok/s | unsplit tok/s | split / unsplit |", "|---|---:|---:|---:|",
+             f"| decode ({r['new_tokens']} new tokens) | {d['split']:.1f} | {d['unsplit']:.1f} | "
+             f"{r['decode_ratio']:.3f} |",
+             f"| prefill ({r['prompt_len']} tokens) | {p['split']:.1f} | {p['unsplit']:.1f} | "
+             f"{r['prefill_ratio']:.3f} |",
+             "", f"Medians of {r['repeats']} interleaved repeats. Tokens identical: {r['tokens_identical']} "
+             f"(agreement {r['token_agreement']:.0%}, first divergence {r['first_divergence']}); prefill logits "
+             f"relative error {r['prefill_logits_rel_err']:.2e}."]
+    if r["syncs_per_decode_step"]:
+        s = r["syncs_per_decode_step"]
+        lines.append(f"Host synchronizations per decode step: split {s['split']:.1f}, unsplit {s['unsplit']:.1f}.")
+    return lines
+
+
+def calibrate(r: dict[str, Any]) -> list[str]:
+    p = r["profile"]
+    if p is None:
+        return [f"### (d) calibrated DeviceProfile: no fit ({r['fit_error']})"]
+    return [f"### (d) calibrated DeviceProfile ({r['variant']} timings, {r['source']})", "",
+            f"flops_per_s {p['flops_per_s']:.4g} ({r['flops_fraction_of_matmul_peak']:.0%} of the matmul peak), "
+            f"mem_bytes_per_s {p['mem_bytes_per_s']:.4g} ({r['bandwidth_fraction_of_copy']:.0%} of the copy), "
+            f"overhead_s {p['overhead_s']:.3g}; max relative residual {r['max_rel_residual']:.1%}.", "",
+            f"    {r['preset_line']}"]
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    for name, render in (("expert_ffn", expert_ffn), ("bs_step", bs_step), ("split_vs_unsplit", split_vs_unsplit),
+                         ("calibrate", calibrate)):
+        path = out / f"{name}.json"
+        lines = render(json.loads(path.read_text())) if path.is_file() else [f"### {name}: no result (failed)"]
+        print("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
