@@ -86,6 +86,8 @@ def run(
     ] = None,
     emulate_air: Annotated[bool, typer.Option(help="Ray: devices wait the modeled downlink/uplink air time.")] = False,
     call_timeout: Annotated[float, typer.Option(min=0.1, help="Ray: seconds before a silent device is failed.")] = 2.0,
+    device: Annotated[str, typer.Option(help="BS and in-process devices compute on: cpu, cuda, cuda:N.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="Weight precision: fp32, bf16, fp16 or auto (as stored).")] = "fp32",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Generate with the experts on devices (in-process or Ray); print the text, device load and modeled latency."""
@@ -104,12 +106,18 @@ def run(
         radio = load_scenario(scenario) if scenario else None
         if radio is not None and devices is None and not (model_dir / "manifest.json").is_file():
             devices = radio.num_devices  # split a HF directory over the scenario's devices
+        from wdmoe.runtime.loading import device_options
+
+        opts = device_options(device, dtype)
         root, tmp = split_dir_for(model_dir, devices)
         ray_opts = dict(
             address=ray_address, token_file=token_file, emulate_air=emulate_air, call_timeout_s=call_timeout
         )
-        pool = make_pool(backend, root, Manifest.read(root), **(ray_opts if backend == "ray" else {}))
-        model = DistributedMoE.from_pretrained(root, num_devices=devices, pool=pool)
+        local_opts = dict(torch_device=opts.torch_device, dtype=opts.dtype)
+        pool = make_pool(backend, root, Manifest.read(root), **(ray_opts if backend == "ray" else local_opts))
+        model = DistributedMoE.from_pretrained(
+            root, num_devices=devices, pool=pool, torch_device=opts.torch_device, dtype=opts.dtype
+        )
         radio = radio or Scenario.default(num_devices=model.num_devices)
         model.set_policy(make_policy(policy, theta=theta, seed=seed), radio)
         ids = encode_prompt(model, prompt, prompt_ids)

@@ -71,9 +71,8 @@ class Dispatcher:
         start = time.perf_counter()
         bs_time_s = start - self.mark_s
         num_tokens, k = topk_index.shape
-        router_index = topk_index.detach().cpu().numpy()
-        weight_np = router_weight = topk_weight.detach().float().cpu().numpy()
-        logits_np = None if logits is None else logits.detach().float().cpu().numpy()
+        router_index, weight_np, logits_np = _to_host(topk_index, topk_weight, logits)
+        router_weight = weight_np
         events: list[FailoverEvent] = self._rejoin() if self.dead else []
         index, usable, rerouted = router_index, np.ones_like(router_index, dtype=bool), False
         moved = np.zeros(3, dtype=np.int64)  # assignments moved to a replica, to a substitute expert, dropped
@@ -108,7 +107,7 @@ class Dispatcher:
             done = {r.device for r in results}
             answered = [pos for b, pos in pending if b.device in done]
             for pos, result in zip(answered, results, strict=True):
-                out[torch.from_numpy(pos)] = result.output
+                out[_on(out, pos)] = result.output
                 device_time_s[result.device] += result.compute_s
             if failure is None:
                 break
@@ -126,7 +125,9 @@ class Dispatcher:
             pending = list(zip(retry, retry_pos, strict=True))
         dispatch_s = time.perf_counter() - dispatch_start
         if rerouted:
-            weight_t = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).to(hidden.device)
+            weight_t = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)).to(
+                hidden.device, non_blocking=True
+            )
         else:
             weight_t = topk_weight  # the model's own weights, bit for bit
         combined = (out.view(num_tokens, k, -1) * weight_t.unsqueeze(-1)).sum(dim=1).to(hidden.dtype)
@@ -186,7 +187,7 @@ class Dispatcher:
                 DeviceBatch(
                     device,
                     layer,
-                    hidden[torch.from_numpy(distinct)],
+                    hidden[_on(hidden, distinct)],
                     torch.from_numpy(rows),
                     torch.from_numpy(flat_expert[pos]),
                     float(dl_s[device]),
@@ -203,6 +204,25 @@ class Dispatcher:
         if back:
             self.set_dead(self.dead - back)
         return [FailoverEvent("rejoined", d) for d in sorted(back)]
+
+
+def _to_host(
+    index: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The router's outputs as numpy, with one stream synchronization on a GPU instead of one per tensor."""
+    gpu = index.is_cuda
+    host = [t.detach().to("cpu", non_blocking=gpu) for t in (index, weight.float())]
+    logits_host = None if logits is None else logits.detach().float().to("cpu", non_blocking=gpu)
+    if gpu:
+        torch.cuda.current_stream(index.device).synchronize()
+    return host[0].numpy(), host[1].numpy(), None if logits_host is None else logits_host.numpy()
+
+
+def _on(like: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """An index tensor for `like`'s device. A pageable host source is staged by CUDA before the call returns, so
+    non_blocking skips the stream synchronization of a blocking copy without racing the numpy buffer."""
+    index = torch.from_numpy(rows)
+    return index if like.device.type == "cpu" else index.to(like.device, non_blocking=True)
 
 
 def _air_times(modeled: Any, num_devices: int) -> tuple[np.ndarray, np.ndarray]:
