@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from wdmoe.cli import demo_cmd, device_cmd, eval_cmd, run_cmd, serve_cmd, sim_cmd, split_cmd, train_cmd
+from wdmoe.cli import (
+    demo_cmd,
+    device_cmd,
+    eval_cmd,
+    experiment_cmd,
+    run_cmd,
+    serve_cmd,
+    sim_cmd,
+    split_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="wdmoe",
@@ -20,6 +30,7 @@ app.command("make-tiny")(split_cmd.make_tiny)
 app.command("eval")(eval_cmd.eval_)
 app.command("train")(train_cmd.train)
 app.command("simulate")(sim_cmd.simulate)
+app.command("experiment")(experiment_cmd.experiment)
 app.command("serve")(serve_cmd.serve)
 app.command("bench")(serve_cmd.bench)
 
