@@ -32,8 +32,11 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
+# The Ray cluster tests run in a pytest process of their own: their drivers, nodes and object stores never share
+# a process (or memory pressure) with the rest of the suite.
 test: sysdeps lint
-	$(BIN)/pytest
+	$(BIN)/pytest --ignore=tests/integration/ray
+	$(BIN)/pytest tests/integration/ray
 
 bench: setup
 	$(BIN)/python bench/runtime_overhead.py
