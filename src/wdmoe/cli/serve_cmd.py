@@ -32,23 +32,38 @@ ApiKeyOpt = Annotated[Path | None, typer.Option(help="File holding the API key t
 
 
 def load_engine(model_dir: Path | None, devices: int | None, policy: str, theta: float, scenario: Path | None,
-                backend: Backend) -> Engine:
+                backend: Backend, **ray_opts: Any) -> Engine:
     """The model behind a server: split (or load) it, set the policy over the radio scenario, wrap it."""
+    from wdmoe.backends.factory import make_pool, split_dir_for
     from wdmoe.config import Scenario, load_scenario
+    from wdmoe.model.shards import Manifest
     from wdmoe.model.shipped import default_model_dir
     from wdmoe.policy.factory import make_policy
     from wdmoe.runtime.model import DistributedMoE
     from wdmoe.serve.engine import Engine
 
-    if backend is Backend.ray:
-        raise ValueError("--backend ray: the Ray device pool is not part of this build yet; use --backend local")
     model_dir = model_dir or default_model_dir()
     radio = load_scenario(scenario) if scenario else None
     if radio is not None and devices is None and not (model_dir / "manifest.json").is_file():
         devices = radio.num_devices
-    model = DistributedMoE.from_pretrained(model_dir, num_devices=devices)
+    root, _tmp = split_dir_for(model_dir, devices)  # a split made on the fly lives as long as the server
+    opts = {k: v for k, v in ray_opts.items() if v is not None} if backend is Backend.ray else {}
+    model = DistributedMoE.from_pretrained(
+        root, num_devices=devices, pool=make_pool(backend.value, root, Manifest.read(root), **opts)
+    )
+    model._tmp = _tmp
     model.set_policy(make_policy(policy, theta=theta), radio or Scenario.default(num_devices=model.num_devices))
-    return Engine(model, name=model_dir.name or "wdmoe")
+    engine = Engine(model, name=model_dir.name or "wdmoe")
+    model.telemetry.listeners.append(lambda step: _report_failures(engine, step))
+    return engine
+
+
+def _report_failures(engine: Engine, step: Any) -> None:
+    """Device failures the dispatcher saw in this step reach the server's failure counter."""
+    for record in step.layers:
+        for event in getattr(record, "failover", ()):
+            if event.kind == "failed":
+                engine.record_device_failure(event.device)
 
 
 def read_api_key(path: Path | None) -> str | None:
@@ -73,6 +88,8 @@ def serve(
     max_prompt_tokens: Annotated[int, typer.Option(min=1, help="Longest prompt accepted, in tokens.")] = 2048,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens per prompt.")] = 512,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait; beyond it 429.")] = 64,
+    ray_address: Annotated[str | None, typer.Option(help="Ray head HOST:PORT (default: a local cluster).")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="Ray cluster token file, mode 0600.")] = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API, with a live dashboard at / and metrics at /metrics."""
     offline()
@@ -81,7 +98,8 @@ def serve(
         from wdmoe.serve.server import StoppingServer, uvicorn_config
 
         key = read_api_key(api_key_file)
-        engine = load_engine(model_dir, devices, policy, theta, scenario, backend)
+        engine = load_engine(model_dir, devices, policy, theta, scenario, backend, address=ray_address,
+                             token_file=token_file)
         app = create_app(engine, api_key=key, limits=Limits(max_prompt_tokens, max_tokens, max_queue=max_queue))
     console.print(f"serving [bold]{engine.name}[/bold] on {engine.model.num_devices} devices ({policy}): "
                   f"http://{host}:{port}/ (dashboard), /v1 (OpenAI API{', key required' if key else ''})")
