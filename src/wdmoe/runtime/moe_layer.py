@@ -167,6 +167,8 @@ class Dispatcher:
         ul_s: np.ndarray,  # (D,)
     ) -> tuple[list[DeviceBatch], list[np.ndarray], np.ndarray, np.ndarray]:
         """One batch per device with assignments: its distinct tokens (sent once) and the expert of each."""
+        if hidden.shape[0] == 1:
+            return self._plan_one_token(layer, hidden, index, device_of, dl_s, ul_s)
         order = np.argsort(device_of, kind="stable")
         num_devices = self.placement.num_devices
         counts = np.bincount(device_of[device_of >= 0], minlength=num_devices)
@@ -194,6 +196,31 @@ class Dispatcher:
                     float(ul_s[device]),
                 )
             )
+            positions.append(pos)
+        return batches, positions, tokens_down, counts
+
+    def _plan_one_token(
+        self,
+        layer: int,
+        hidden: torch.Tensor,  # (1, H)
+        index: np.ndarray,  # (1, k)
+        device_of: np.ndarray,  # (k,)
+        dl_s: np.ndarray,
+        ul_s: np.ndarray,
+    ) -> tuple[list[DeviceBatch], list[np.ndarray], np.ndarray, np.ndarray]:
+        """`_plan` for a decode step: the same batches, with Python sets instead of sorting k assignments."""
+        num_devices = self.placement.num_devices
+        counts = np.zeros(num_devices, dtype=np.int64)
+        tokens_down = np.zeros(num_devices, dtype=np.int64)
+        batches, positions = [], []
+        experts = index.ravel()
+        devices = device_of.tolist()
+        for device in sorted({d for d in devices if d >= 0}):
+            pos = np.array([i for i, d in enumerate(devices) if d == device], dtype=np.int64)
+            counts[device], tokens_down[device] = pos.shape[0], 1
+            rows = torch.zeros(pos.shape[0], dtype=torch.long)
+            expert = torch.from_numpy(experts[pos])
+            batches.append(DeviceBatch(device, layer, hidden, rows, expert, float(dl_s[device]), float(ul_s[device])))
             positions.append(pos)
         return batches, positions, tokens_down, counts
 
