@@ -32,17 +32,6 @@ def run_bandwidth(setup: Setup, progress: Progress,
 
 
 def _plot(rows: list[dict[str, Any]], labels: list[str], setup: Setup) -> Any:
-    fig, (tpot, ttft) = plots.figure(2)
-    color = plots.colors(labels)
-    for label in labels:
-        mine = [r for r in rows if r["policy"] == label]
-        mhz = [r["bandwidth_mhz"] for r in mine]
-        tpot.plot(mhz, plots.ms([r["tpot_p50_s"] for r in mine]), "o-", color=color[label], label=f"{label} p50")
-        tpot.plot(mhz, plots.ms([r["tpot_p95_s"] for r in mine]), ":", color=color[label])
-        ttft.plot(mhz, plots.ms([r["ttft_p50_s"] for r in mine]), "o-", color=color[label], label=label)
-    for ax in (tpot, ttft):
-        plots.log_y(ax)
-    plots.finish(tpot, "total bandwidth (MHz)", "TPOT (ms, log)", "time per output token: p50 (solid), p95 (dotted)")
-    plots.finish(ttft, "total bandwidth (MHz)", "TTFT p50 (ms, log)", "time to first token, p50")
+    fig, _ = plots.latency_curves(rows, labels, "bandwidth_mhz", "total bandwidth (MHz)")
     return plots.save(fig, setup.out_dir / "bandwidth.png",
                       f"Modeled latency vs total bandwidth ({setup.realizations} channel draws per point)")

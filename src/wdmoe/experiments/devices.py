@@ -45,19 +45,8 @@ def run_devices(setup: Setup, progress: Progress, counts: tuple[int, ...] = DEVI
 
 
 def _plot(rows: list[dict[str, Any]], labels: list[str], setup: Setup) -> Any:
-    fig, (tpot, ttft) = plots.figure(2)
-    color = plots.colors(labels)
-    for label in labels:
-        mine = [r for r in rows if r["policy"] == label]
-        n = [r["devices"] for r in mine]
-        tpot.plot(n, plots.ms([r["tpot_p50_s"] for r in mine]), "o-", color=color[label], label=f"{label} p50")
-        tpot.plot(n, plots.ms([r["tpot_p95_s"] for r in mine]), ":", color=color[label])
-        ttft.plot(n, plots.ms([r["ttft_p50_s"] for r in mine]), "o-", color=color[label], label=label)
-    for ax in (tpot, ttft):
+    fig, axes = plots.latency_curves(rows, labels, "devices", "devices N (expert e on device e mod N)")
+    for ax in axes:
         ax.set_xticks(sorted({r["devices"] for r in rows}))
-        plots.log_y(ax)
-    plots.finish(tpot, "devices N (expert e on device e mod N)", "TPOT (ms, log)",
-                 "time per output token: p50 (solid), p95 (dotted)")
-    plots.finish(ttft, "devices N (expert e on device e mod N)", "TTFT p50 (ms, log)", "time to first token, p50")
     return plots.save(fig, setup.out_dir / "devices.png",
                       f"Modeled latency vs number of devices ({setup.realizations} channel draws per point)")

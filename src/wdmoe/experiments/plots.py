@@ -57,3 +57,20 @@ def save(fig: Any, path: Path, title: str) -> Path:
 def ms(values: Sequence[Any]) -> list[float]:
     """Seconds to milliseconds (None stays nan)."""
     return [float("nan") if v is None else 1e3 * float(v) for v in values]
+
+
+def latency_curves(rows: Sequence[dict[str, Any]], labels: Sequence[str], x_key: str, xlabel: str) -> tuple[Any, Any]:
+    """A figure of TPOT (p50 solid, p95 dotted) and TTFT p50 against `x_key`, one colour per policy label."""
+    fig, (tpot, ttft) = figure(2)
+    color = colors(labels)
+    for label in labels:
+        mine = [r for r in rows if r["policy"] == label]
+        x = [r[x_key] for r in mine]
+        tpot.plot(x, ms([r["tpot_p50_s"] for r in mine]), "o-", color=color[label], label=f"{label} p50")
+        tpot.plot(x, ms([r["tpot_p95_s"] for r in mine]), ":", color=color[label])
+        ttft.plot(x, ms([r["ttft_p50_s"] for r in mine]), "o-", color=color[label], label=label)
+    for ax in (tpot, ttft):
+        log_y(ax)
+    finish(tpot, xlabel, "TPOT (ms, log)", "time per output token: p50 (solid), p95 (dotted)")
+    finish(ttft, xlabel, "TTFT p50 (ms, log)", "time to first token, p50")
+    return fig, (tpot, ttft)
