@@ -33,10 +33,12 @@ lint: setup
 	$(BIN)/mypy
 
 # The Ray cluster tests run in a pytest process of their own: their drivers, nodes and object stores never share
-# a process (or memory pressure) with the rest of the suite.
+# a process (or memory pressure) with the rest of the suite. Their node-kill test shares one session cluster with
+# the other failover tests and has failed under load after them while passing alone (a known flake, issue #5):
+# the tests that failed get one more run, on a fresh cluster; a second failure fails CI.
 test: sysdeps lint
 	$(BIN)/pytest --ignore=tests/integration/ray
-	$(BIN)/pytest tests/integration/ray
+	$(BIN)/pytest tests/integration/ray || $(BIN)/pytest tests/integration/ray --last-failed
 
 bench: setup
 	$(BIN)/python bench/runtime_overhead.py
