@@ -1,0 +1,119 @@
+"""The planner's radio side: the cluster-wide radio settings and the channel samples the expectation runs over.
+
+Contract: `channel_samples(statuses, radio)` returns `LinkState`s of shape (D,) drawn with wdmoe.radio.channel's
+own functions. A device given by `distance_m` gets a fresh LoS state, shadowing and DL/UL fading in each sample
+(the cluster's `[scenario]`); a device given by `link_rate_bps` gets the SNR per hertz at which the one rate
+formula, wdmoe.radio.rate.shannon_rate_bps, gives exactly that rate over the whole band (`snr_per_hz_for_rate`,
+its inverse), the same in every sample. With no distance device one sample is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from wdmoe.config import Scenario
+from wdmoe.plan.errors import ClusterError
+from wdmoe.plan.status import ResourceStatus
+from wdmoe.radio.channel import (
+    compose_links,
+    distance_3d_m,
+    draw_fading,
+    draw_los,
+    draw_shadowing_db,
+    pathloss_38901_db,
+    pathloss_log_distance_db,
+    shadowing_std_db,
+)
+from wdmoe.radio.link import LinkState
+from wdmoe.radio.rate import PoolMode
+
+
+@dataclass(frozen=True)
+class RadioSettings:
+    """What every device of a cluster shares.
+
+    Attributes:
+        bandwidth_hz: the band the BS splits among the active devices of a layer step (equal shares), Hz.
+        activation_bits: bits per hidden value on the air (16: bf16).
+        bs_layer_time_s: the BS's own time per MoE layer (attention + router), s; it adds the same to every plan.
+        scenario: channel physics (model, LoS, shadowing, fading, powers, noise) for devices given by distance.
+        channel_samples: channel realizations the expectation averages over (distance devices only).
+        seed: the seed of those realizations and of sampled expert routes.
+        pool: shared (DL then UL on one share) or separate DL / UL pools.
+    """
+
+    bandwidth_hz: float = 20e6
+    activation_bits: int = 16
+    bs_layer_time_s: float = 0.0
+    scenario: Scenario | None = None
+    channel_samples: int = 8
+    seed: int = 0
+    pool: PoolMode = PoolMode.SHARED
+
+
+def snr_per_hz_for_rate(rate_bps: float, bandwidth_hz: float) -> float:
+    """The SNR per hertz s with shannon_rate_bps(B, s) = rate: s = B (2^(rate/B) - 1), in Hz."""
+    return float(bandwidth_hz * np.expm1(rate_bps / bandwidth_hz * np.log(2.0)))
+
+
+def _large_scale_db(rng: np.random.Generator, scenario: Scenario, d2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(d_3D, path loss + shadowing in dB) of devices at the given ground distances: radio.channel's own draws."""
+    ch = scenario.channel
+    d3d = distance_3d_m(d2d, ch.resolved_bs_height_m, ch.resolved_ut_height_m)
+    if ch.model == "log_distance":
+        pathloss = pathloss_log_distance_db(d3d, ch.pl0_db, ch.d0_m, ch.exponent)
+        std = np.full(d2d.shape, ch.log_distance_shadowing_std_db)
+    else:
+        los = draw_los(rng, ch.model, d2d, ch.los, ch.resolved_ut_height_m)
+        pathloss = pathloss_38901_db(
+            ch.model, d2d, ch.carrier_ghz, los, ch.resolved_bs_height_m, ch.resolved_ut_height_m
+        )
+        std = shadowing_std_db(ch.model, los)
+    shadowing = draw_shadowing_db(rng, std) if ch.shadowing else np.zeros(d2d.shape)
+    return d3d, pathloss + shadowing
+
+
+def channel_samples(statuses: Sequence[ResourceStatus], radio: RadioSettings) -> tuple[LinkState, ...]:
+    """The channel realizations of the devices, in `statuses` order (module docstring)."""
+    fixed = np.array([s.link_rate_bps is not None for s in statuses])
+    rate_snr = np.array(
+        [snr_per_hz_for_rate(s.link_rate_bps, radio.bandwidth_hz) if s.link_rate_bps else 0.0 for s in statuses]
+    )
+    ones = np.ones(len(statuses))
+    if fixed.all():
+        return (LinkState(np.zeros(len(statuses)), np.zeros(len(statuses)), ones, ones, rate_snr, rate_snr),)
+    scenario = radio.scenario
+    if scenario is None:
+        first = next(s.device for s in statuses if s.distance_m is not None)
+        raise ClusterError(
+            f"device {first!r} gives distance_m but the cluster has no [scenario] table to turn "
+            "distances into links; add one, or give link_rate_bps (bit/s) instead"
+        )
+    rng = np.random.default_rng(radio.seed)
+    d2d = np.array([s.distance_m if s.distance_m is not None else 10.0 for s in statuses])
+    out = []
+    for _ in range(radio.channel_samples):
+        try:
+            d3d, loss_db = _large_scale_db(rng, scenario, d2d)
+        except ValueError as exc:
+            raise ClusterError(f"device distance_m out of the channel model's range: {exc}") from None
+        fading = scenario.fading
+        gain_dl = draw_fading(rng, fading.model, len(statuses), fading.k_factor_db)
+        gain_ul = (
+            gain_dl.copy() if fading.reciprocal else draw_fading(rng, fading.model, len(statuses), fading.k_factor_db)
+        )
+        link = compose_links(d3d, loss_db, gain_dl, gain_ul, scenario)
+        out.append(
+            LinkState(
+                np.where(fixed, 0.0, link.distance_m),
+                np.where(fixed, 0.0, link.pathloss_db),
+                np.where(fixed, 1.0, gain_dl),
+                np.where(fixed, 1.0, gain_ul),
+                np.where(fixed, rate_snr, link.snr_dl_per_hz),
+                np.where(fixed, rate_snr, link.snr_ul_per_hz),
+            )
+        )
+    return tuple(out)
