@@ -158,6 +158,8 @@ def test_no_expert_fits(rule: object) -> None:
         ({"delay_budgets_s": np.array([1.0, -2.0])}, r"delay_budgets_s\[1\] = -2.0 s; a delay budget must be >= 0 s"),
         ({"top_k": 0}, r"top_k = 0 experts"),
         ({"aggregation_s": -0.1}, r"aggregation_s = -0.1 s"),
+        ({"energy_j": np.array([1.0, -1.0, 1.0])}, r"energy_j holds -1.0 J"),
+        ({"delay_s": np.full((3, 2), np.nan)}, r"delay_s holds nan s"),
     ],
 )
 def test_bad_budgets_name_the_field(kwargs: dict[str, object], message: str) -> None:

@@ -70,6 +70,9 @@ class SelectionProblem:
                 f"energy_j has shape {self.energy_j.shape} and delay_s {self.delay_s.shape}; give "
                 "(experts,) and (experts, categories)"
             )
+        for field, unit in (("energy_j", "J"), ("delay_s", "s")):
+            if not (getattr(self, field) >= 0.0).all():  # NaN fails too
+                raise ValueError(f"{field} holds {getattr(self, field).min()} {unit}; per-expert costs must be >= 0")
         if not self.energy_budget_j >= 0.0:
             raise ValueError(
                 f"energy_budget_j = {self.energy_budget_j} J; an energy budget must be >= 0 J (math.inf for none)"
