@@ -12,9 +12,14 @@ from wdmoe.cli.common import console, offline, print_json, user_errors
 
 def split(
     model_dir: Annotated[Path, typer.Argument(help="A Hugging Face model directory (save_pretrained).")],
-    devices: Annotated[int, typer.Option("--devices", "-n", help="Number of expert devices.")] = 8,
+    devices: Annotated[
+        int | None, typer.Option("--devices", "-n", help="Number of expert devices (default 8, or the plan's).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="The split directory to write.")] = Path("split"),
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+    plan: Annotated[
+        Path | None, typer.Option("--plan", help="A plan.toml from `wdmoe plan`: use its placement.")
+    ] = None,
 ) -> None:
     """Split MODEL_DIR into the BS part, one safetensors shard per device, and a manifest with sha256 sums."""
     offline()
@@ -22,9 +27,17 @@ def split(
         from wdmoe.model.split import load_hf_model, split_model
         from wdmoe.placement import Placement
 
+        planned: Placement | None = None
+        if plan is not None:
+            from wdmoe.plan.planfile import read_plan
+
+            planned = read_plan(plan).to_placement()
+            if devices is not None and devices != planned.num_devices:
+                raise ValueError(f"--devices = {devices}, but {plan} places experts on {planned.num_devices} devices")
+        devices = planned.num_devices if planned is not None else (8 if devices is None else devices)
         if devices < 1:
             raise ValueError(f"--devices = {devices}: need at least 1 device")
-        manifest = split_model(load_hf_model(model_dir), out, devices, source_dir=model_dir)
+        manifest = split_model(load_hf_model(model_dir), out, devices, planned, source_dir=model_dir)
     if json_out:
         print_json(manifest.to_json())
         return
