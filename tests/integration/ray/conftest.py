@@ -6,7 +6,9 @@ a small object store; the cluster stops at the end of the session.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +32,21 @@ from wdmoe.runtime.model import DistributedMoE  # noqa: E402
 
 NUM_DEVICES = 3
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
+
+
+def descendants(pid: int) -> list[int]:
+    """The pids of every live descendant of process `pid` (read from /proc; Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 class DeviceCluster:
@@ -59,7 +76,23 @@ class DeviceCluster:
         return node
 
     def kill_device_node(self, device: int) -> None:
-        self.cluster.remove_node(self.nodes.pop(device), allow_graceful=False)
+        """Device `device`'s machine loses power: its workers (the actor) and its Ray processes die at once.
+
+        `Cluster.remove_node` kills the node's Ray processes but not its worker processes, which outlive their
+        raylet for a while and keep answering the BS's direct calls: on a fast, quiet machine a whole generation
+        could finish before the orphaned actor exits. A real node failure takes the workers down too.
+        """
+        node = self.nodes.pop(device)
+        (raylet,) = node.all_processes["raylet"]
+        for pid in descendants(raylet.process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.cluster.remove_node(node, allow_graceful=False)
+
+    def ensure_device_node(self, device: int) -> None:
+        """Give device `device` a node again if a test left it without one (so one failure does not cascade)."""
+        if not any(n["Alive"] and device_resource(device) in n["Resources"] for n in ray.nodes()):
+            self.add_device_node(device)
 
     def node_id_of(self, device: int) -> str:
         """The id of the live node that offers device `device`'s resource (however it was started)."""
