@@ -56,7 +56,7 @@ def plan(
         config = PlannerConfig(SearchConfig(max_copies=max_copies))
         result = plan_deployment(requirement, loaded.statuses, radio, widths, config)
         write_plan(result, out)
-    report = _report(result, out, source)
+    report = _report(result, out, source, radio.bs_layer_time_s * len(result.moe_layers))
     if json_out:
         print_json(report)
         return
@@ -66,11 +66,12 @@ def plan(
         f"{report['kind']}-server plan for {report['model']} on {cluster}: expected latency per token "
         f"{report['expected_latency_s'] * 1e3:.3f} ms (planner) vs {rr * 1e3:.3f} ms (round-robin, expert e on "
         f"device e mod {len(report['devices'])}{'' if report['round_robin_fits'] else ', over memory'}): "
-        f"{rr / report['expected_latency_s']:.2f}x; popularity from {source}; wrote {out}"
+        f"{rr / report['expected_latency_s']:.2f}x (both include the BS's {report['bs_latency_s'] * 1e3:.3f} ms); "
+        f"popularity from {source}; wrote {out}"
     )
 
 
-def _report(result: Any, out: Path, source: str) -> dict[str, Any]:
+def _report(result: Any, out: Path, source: str, bs_s: float) -> dict[str, Any]:
     from wdmoe.plan.deployment import copies_memory_bytes, round_robin_copies
 
     used = result.memory_used_bytes()
@@ -102,6 +103,7 @@ def _report(result: Any, out: Path, source: str) -> dict[str, Any]:
         "popularity_source": source,
         "expected_latency_s": result.expected_latency_s,
         "round_robin_latency_s": result.round_robin_latency_s,
+        "bs_latency_s": bs_s,
         "round_robin_fits": bool(all(rr[k] <= s.free_memory_bytes for k, s in enumerate(result.devices))),
         "devices": devices,
         "tiers": [
