@@ -20,11 +20,15 @@ def split(
     plan: Annotated[
         Path | None, typer.Option("--plan", help="A plan.toml from `wdmoe plan`: use its placement.")
     ] = None,
+    bits: Annotated[int | None, typer.Option(help="Store every expert at 8 or 4 bits (weight-only quantized).")] = None,
+    bits_file: Annotated[
+        Path | None, typer.Option(help='Per-expert widths, TOML/JSON: default = 8, [experts] "0:3" = 4.')
+    ] = None,
 ) -> None:
     """Split MODEL_DIR into the BS part, one safetensors shard per device, and a manifest with sha256 sums."""
     offline()
     with user_errors():
-        from wdmoe.model.split import load_hf_model, split_model
+        from wdmoe.model.split import load_hf_model, read_bits_file, split_model
         from wdmoe.placement import Placement
 
         planned: Placement | None = None
@@ -37,7 +41,10 @@ def split(
         devices = planned.num_devices if planned is not None else (8 if devices is None else devices)
         if devices < 1:
             raise ValueError(f"--devices = {devices}: need at least 1 device")
-        manifest = split_model(load_hf_model(model_dir), out, devices, planned, source_dir=model_dir)
+        if bits is not None and bits_file is not None:
+            raise ValueError("give --bits or --bits-file, not both")
+        widths = read_bits_file(bits_file) if bits_file is not None else bits
+        manifest = split_model(load_hf_model(model_dir), out, devices, planned, source_dir=model_dir, bits=widths)
     if json_out:
         print_json(manifest.to_json())
         return

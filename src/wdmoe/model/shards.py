@@ -8,14 +8,16 @@ Layout of a split directory:
     bs/<tokenizer files>     copied when the source has them
     devices/device-K.safetensors   the experts device K holds: layers.{l}.experts.{e}.{gate_up_proj,down_proj}
 
-A file is used only after its sha256 matches the manifest.
+A quantized expert (`wdmoe.model.quantize`) is stored as `{name}.qweight` (int8, or uint8 with two int4 values per
+byte) and `{name}.scale` (float32) instead of `{name}`; the manifest's `quantization` lists its bit width
+(`Quantization`). A file is used only after its sha256 matches the manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,34 @@ def device_shard_name(device: int) -> str:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """How the routed experts are stored: `bits[(layer, expert)]` is 8 or 4 (quantized, see
+    `wdmoe.model.quantize`) or 16 (float16); an expert not listed is stored as the model has it (`dtype`).
+
+    Attributes:
+        bits: {(layer, expert): bit width} of the experts not stored as the model has them.
+        group_size: the int4 group size requested at split time (columns per scale).
+        dtype: the model's expert dtype ("float32", "bfloat16", ...): what a device computes in by default.
+    """
+
+    bits: dict[tuple[int, int], int] = field(default_factory=dict)
+    group_size: int = 0
+    dtype: str = "float32"
+
+    def to_json(self) -> dict[str, Any]:
+        bits = {f"{layer}:{expert}": b for (layer, expert), b in sorted(self.bits.items())}
+        return {"group_size": self.group_size, "dtype": self.dtype, "bits": bits}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Quantization:
+        bits = {}
+        for key, b in data["bits"].items():
+            layer, expert = key.split(":")
+            bits[(int(layer), int(expert))] = int(b)
+        return cls(bits, int(data["group_size"]), str(data["dtype"]))
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The manifest of a split directory."""
 
@@ -59,9 +89,10 @@ class Manifest:
     hidden_act: str
     placement: Placement
     files: dict[str, str]  # relative path -> sha256
+    quantization: Quantization | None = None  # None: every expert as the model has it
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": FORMAT,
             "family": self.family,
             "model_type": self.model_type,
@@ -70,6 +101,9 @@ class Manifest:
             "placement": self.placement.to_json(),
             "files": dict(sorted(self.files.items())),
         }
+        if self.quantization is not None:
+            data["quantization"] = self.quantization.to_json()
+        return data
 
     def write(self, root: Path) -> None:
         (root / MANIFEST).write_text(json.dumps(self.to_json(), indent=1) + "\n")
@@ -90,6 +124,7 @@ class Manifest:
                 hidden_act=data["hidden_act"],
                 placement=Placement.from_json(data["placement"]),
                 files=dict(data["files"]),
+                quantization=Quantization.from_json(data["quantization"]) if "quantization" in data else None,
             )
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ShardError(f"{path} is malformed: {exc!r}") from exc
@@ -109,6 +144,10 @@ class Manifest:
                 "the file is corrupt or from another split, refusing to load it"
             )
         return path
+
+    def expert_bits(self, layer: int, expert: int) -> int | None:
+        """The stored bit width of an expert (8, 4 or 16), or None when it is stored as the model has it."""
+        return None if self.quantization is None else self.quantization.bits.get((layer, expert))
 
     def device_shard(self, root: Path, device: int) -> Path | None:
         """The verified shard of `device`, or None if the placement gives it no expert."""

@@ -1,13 +1,17 @@
 """Split a Hugging Face MoE model into the BS part and one expert shard per device (`wdmoe split`).
 
 The whole output is written to a temporary sibling directory and renamed into place only when complete, so an
-error never leaves a partial split behind.
+error never leaves a partial split behind. Experts may be stored quantized (`bits`, `wdmoe.model.quantize`):
+8 or 4 bits (weight-only), or 16 (float16); the manifest records each expert's width.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +20,20 @@ from safetensors.torch import save_file
 
 from wdmoe.errors import PlacementError, UnsupportedModelError
 from wdmoe.model.families import Family, family_for
-from wdmoe.model.shards import MANIFEST, Manifest, config_sha256, device_shard_name, expert_key, sha256_file
+from wdmoe.model.quantize import DEFAULT_GROUP_SIZE, QUANTIZED_BITS, quantize
+from wdmoe.model.shards import (
+    MANIFEST,
+    Manifest,
+    Quantization,
+    config_sha256,
+    device_shard_name,
+    expert_key,
+    sha256_file,
+)
 from wdmoe.placement import Placement
+
+ExpertBits = int | Mapping[tuple[int, int], int] | None  # one width for all experts, per (layer, expert), or none
+STORED_BITS = (*QUANTIZED_BITS, 16, 32)  # 16: float16; 32: as the model has it (fp32 or bf16, never upcast)
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -64,6 +80,8 @@ def split_model(
     num_devices: int,
     placement: Placement | None = None,
     source_dir: Path | None = None,
+    bits: ExpertBits = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
 ) -> Manifest:
     """Write the split of an in-memory HF MoE model to `out` and return its manifest.
 
@@ -73,6 +91,9 @@ def split_model(
         num_devices: D >= 1.
         placement: (layer, expert) -> devices; default expert e on device e mod D.
         source_dir: where tokenizer files are copied from, if any.
+        bits: the stored width of the experts: 8 or 4 (quantized), 16 (float16) or 32 (as the model has it), for
+            all of them (an int) or per (layer, expert) (a mapping; experts not listed stay as the model has them).
+        group_size: input columns per scale of int4 experts.
     """
     family, blocks, num_experts = moe_layout(model)
     if placement is None:
@@ -80,13 +101,14 @@ def split_model(
     elif placement.num_devices != num_devices:
         raise PlacementError(f"placement is for {placement.num_devices} devices, but num_devices = {num_devices}")
     check_placement(placement, list(blocks), num_experts)
+    widths = expert_bits(bits, placement)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise FileExistsError(f"{out} exists and is not a split directory; choose an empty or new --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        manifest = _write_split(model, staging, family, blocks, placement, source_dir)
+        manifest = _write_split(model, staging, family, blocks, placement, source_dir, widths, group_size)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -96,8 +118,73 @@ def split_model(
     return manifest
 
 
+def expert_bits(bits: ExpertBits, placement: Placement) -> dict[tuple[int, int], int]:
+    """{(layer, expert): width} of every expert of `placement` given `bits` (split_model's argument), checked."""
+    pairs = [(layer, e) for layer in placement.moe_layers for e in range(placement.num_experts)]
+    table = {} if bits is None else dict.fromkeys(pairs, bits) if isinstance(bits, int) else dict(bits)
+    unknown = sorted(set(table) - set(pairs))
+    if unknown:
+        raise PlacementError(f"bit widths are given for {unknown[:3]}, which are not experts of this model")
+    default = getattr(bits, "default", None)  # read_bits_file's `default`
+    if default is not None:
+        table = {pair: table.get(pair, default) for pair in pairs}
+    bad = sorted({b for b in table.values() if b not in STORED_BITS})
+    if bad:
+        raise ValueError(f"expert bit width {bad[0]} is not supported; choose from {list(STORED_BITS)}")
+    return table
+
+
+def read_bits_file(path: Path) -> dict[tuple[int, int], int]:
+    """Per-expert widths from a TOML or JSON file: `{"default": 8, "experts": {"0:3": 4, ...}}`, both optional
+    (`default`: every expert not listed; without it they stay as the model has them). Layers are decoder indices."""
+    text = Path(path).read_text()
+    data = json.loads(text) if Path(path).suffix == ".json" else tomllib.loads(text)
+    table: dict[tuple[int, int], int] = {}
+    for key, width in data.get("experts", {}).items():
+        layer, _, expert = str(key).partition(":")
+        if not (layer.isdigit() and expert.isdigit()):
+            raise ValueError(f"{path}: expert key {key!r} is not 'layer:expert', e.g. \"0:3\"")
+        table[(int(layer), int(expert))] = int(width)
+    if "default" in data:
+        return _DefaultBits(int(data["default"]), table)
+    return table
+
+
+class _DefaultBits(dict[tuple[int, int], int]):
+    """A width table with a default for the experts it does not list (what `read_bits_file` returns then)."""
+
+    def __init__(self, default: int, table: dict[tuple[int, int], int]) -> None:
+        super().__init__(table)
+        self.default = default
+
+    def __missing__(self, key: tuple[int, int]) -> int:
+        return self.default
+
+
+def _expert_tensors(
+    layer: int, expert: int, gate_up: torch.Tensor, down: torch.Tensor, bits: int | None, group_size: int
+) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for name, weight in (("gate_up_proj", gate_up), ("down_proj", down)):
+        key = expert_key(layer, expert, name)
+        if bits in QUANTIZED_BITS:
+            out.update(quantize(weight, bits, group_size).tensors(key))
+        elif bits == 16 and weight.element_size() > 2:
+            out[key] = weight.detach().to(torch.float16)
+        else:
+            out[key] = weight.detach().clone()
+    return out
+
+
 def _write_split(
-    model: Any, root: Path, family: Family, blocks: dict[int, Any], placement: Placement, source_dir: Path | None
+    model: Any,
+    root: Path,
+    family: Family,
+    blocks: dict[int, Any],
+    placement: Placement,
+    source_dir: Path | None,
+    bits: dict[tuple[int, int], int],
+    group_size: int,
 ) -> Manifest:
     (root / "bs").mkdir()
     (root / "devices").mkdir()
@@ -115,9 +202,8 @@ def _write_split(
     for device in range(placement.num_devices):
         tensors: dict[str, torch.Tensor] = {}
         for layer, expert in placement.experts_on(device):
-            experts = blocks[layer].experts
-            tensors[expert_key(layer, expert, "gate_up_proj")] = experts.gate_up_proj[expert].detach().clone()
-            tensors[expert_key(layer, expert, "down_proj")] = experts.down_proj[expert].detach().clone()
+            gate_up, down = blocks[layer].experts.gate_up_proj[expert], blocks[layer].experts.down_proj[expert]
+            tensors.update(_expert_tensors(layer, expert, gate_up, down, bits.get((layer, expert)), group_size))
         if tensors:
             save_file(tensors, str(root / device_shard_name(device)), metadata={"format": "pt"})
     files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
@@ -128,6 +214,13 @@ def _write_split(
         hidden_act=str(getattr(model.config, "hidden_act", "silu")),
         placement=placement,
         files=files,
+        quantization=_quantization(bits, group_size, next(iter(blocks.values())).experts.gate_up_proj.dtype),
     )
     manifest.write(root)
     return manifest
+
+
+def _quantization(bits: dict[tuple[int, int], int], group_size: int, dtype: torch.dtype) -> Quantization | None:
+    """The manifest's record of the experts not stored as the model has them (None when there is none)."""
+    stored = {pair: b for pair, b in bits.items() if b in QUANTIZED_BITS or (b == 16 and dtype.itemsize > 2)}
+    return Quantization(stored, group_size, str(dtype).removeprefix("torch.")) if stored else None
