@@ -45,6 +45,8 @@ class Dispatcher:
         self.primary = {layer: placement.primary_table(layer) for layer in placement.moe_layers}
         self.base = {layer: table.copy() for layer, table in self.primary.items()}
         self.live = {layer: table.copy() for layer, table in self.primary.items()}  # -1: no live device
+        self.base_rows = {layer: table.tolist() for layer, table in self.base.items()}  # for the decode fast path
+        self.zero_rows = [torch.zeros(n, dtype=torch.long) for n in range(max(self.placement.num_experts, 8) + 1)]
 
     def set_dead(self, dead: frozenset[int]) -> None:
         """Route around `dead`. `primary` (shared with the radio decider) keeps a dead device where an expert has
@@ -71,9 +73,15 @@ class Dispatcher:
         start = time.perf_counter()
         bs_time_s = start - self.mark_s
         num_tokens, k = topk_index.shape
+        pre_events: list[FailoverEvent] = []
+        if num_tokens == 1 and self.decider is None and not self.dead:
+            fast = self._run_one_token(layer, hidden, topk_index, topk_weight, logits, bs_time_s)
+            if isinstance(fast, torch.Tensor):
+                return fast
+            pre_events = fast  # a device failed: route around it below, in the general path
         router_index, weight_np, logits_np = _to_host(topk_index, topk_weight, logits)
         router_weight = weight_np
-        events: list[FailoverEvent] = self._rejoin() if self.dead else []
+        events: list[FailoverEvent] = pre_events or (self._rejoin() if self.dead else [])
         index, usable, rerouted = router_index, np.ones_like(router_index, dtype=bool), False
         moved = np.zeros(3, dtype=np.int64)  # assignments moved to a replica, to a substitute expert, dropped
         if self.dead:
@@ -151,6 +159,73 @@ class Dispatcher:
                 routed_index=None if index is router_index else index,
                 failover=tuple(events),
                 rerouted=(int(moved[0]), int(moved[1]), int(moved[2])),
+            )
+        )
+        self.mark_s = time.perf_counter()
+        return combined
+
+    def _run_one_token(
+        self,
+        layer: int,
+        hidden: torch.Tensor,  # (1, H)
+        topk_index: torch.Tensor,  # (1, k)
+        topk_weight: torch.Tensor,  # (1, k)
+        logits: torch.Tensor | None,  # (1, E)
+        bs_time_s: float,
+    ) -> torch.Tensor | list[FailoverEvent]:
+        """`run` for one token with the model's own routing and every device live (the decode hot path).
+
+        The same batches, the same combine (so the same output, bit for bit) and the same record as `run`, with
+        Python lists in place of numpy planning and no scatter into a zeroed buffer. A device failure marks the
+        failed devices dead and returns the events: `run` then re-routes the step in its general path.
+        """
+        router_index, weight_np, logits_np = _to_host(topk_index, topk_weight, logits)
+        experts = router_index[0].tolist()
+        table = self.base_rows[layer]
+        groups: dict[int, list[int]] = {}
+        for j, expert in enumerate(experts):
+            groups.setdefault(table[expert], []).append(j)
+        devices = sorted(groups)
+        batches = [
+            DeviceBatch(d, layer, hidden, self.zero_rows[len(groups[d])], torch.tensor([experts[j] for j in groups[d]]))
+            for d in devices
+        ]
+        dispatch_start = time.perf_counter()
+        try:
+            results = self.pool.dispatch(batches)
+        except DeviceFailure as failure:
+            self.set_dead(self.dead | frozenset(failure.failed))
+            return [FailoverEvent("failed", d, why, failure.detect_s) for d, why in sorted(failure.failed.items())]
+        dispatch_s = time.perf_counter() - dispatch_start
+        order = [j for d in devices for j in groups[d]]
+        stacked = results[0].output if len(results) == 1 else torch.cat([r.output for r in results])
+        if order != sorted(order):
+            stacked = stacked[torch.tensor(np.argsort(order))]
+        combined = (stacked.unsqueeze(0) * topk_weight.unsqueeze(-1)).sum(dim=1).to(hidden.dtype)
+        num_devices = self.placement.num_devices
+        counts = np.zeros(num_devices, dtype=np.int64)
+        device_time_s = np.zeros(num_devices)
+        for d, result in zip(devices, results, strict=True):
+            counts[d] = len(groups[d])
+            device_time_s[d] += result.compute_s
+        tokens_down = (counts > 0).astype(np.int64)
+        bits = hidden.element_size() * 8 * hidden.shape[-1]
+        keep = np.ones((1, len(experts)), dtype=bool)
+        self.telemetry.add(
+            LayerRecord(
+                layer=layer,
+                topk_index=router_index,
+                topk_weight=weight_np,
+                keep=keep,
+                weight=weight_np,
+                logits=logits_np,
+                tokens_down=tokens_down,
+                assignments=counts,
+                bits_down=tokens_down * bits,
+                bits_up=counts * bits,
+                bs_time_s=bs_time_s,
+                device_time_s=device_time_s,
+                dispatch_time_s=dispatch_s,
             )
         )
         self.mark_s = time.perf_counter()
@@ -238,11 +313,17 @@ def _to_host(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """The router's outputs as numpy, with one stream synchronization on a GPU instead of one per tensor."""
     gpu = index.is_cuda
+    if not gpu:
+        return index.detach().numpy(), weight.detach().float().numpy(), _host_logits(logits)
     host = [t.detach().to("cpu", non_blocking=gpu) for t in (index, weight.float())]
     logits_host = None if logits is None else logits.detach().float().to("cpu", non_blocking=gpu)
     if gpu:
         torch.cuda.current_stream(index.device).synchronize()
     return host[0].numpy(), host[1].numpy(), None if logits_host is None else logits_host.numpy()
+
+
+def _host_logits(logits: torch.Tensor | None) -> np.ndarray | None:
+    return None if logits is None else logits.detach().float().numpy()
 
 
 def _on(like: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
