@@ -93,7 +93,40 @@ def tiny_config(**overrides: Any) -> TrainConfig:
     return replace(base, **overrides)
 
 
-PRESETS = {"shipped": shipped_config, "tiny": tiny_config}
+EXPERT_VOCAB_SIZE = 1024  # the MoE² experts share one tokenizer, so their next-token distributions can be mixed
+
+
+def _expert(dims: ModelDims, overrides: dict[str, Any]) -> TrainConfig:
+    base = TrainConfig(model=dims, steps=600, batch_size=16, block_size=128, lr=3e-3, warmup_steps=50,
+                       eval_every=50, eval_batches=8, log_every=10)
+    return replace(base, **overrides)
+
+
+def expert_small_config(**overrides: Any) -> TrainConfig:
+    """A MoE² edge expert, dense (one FFN expert): hidden 64, 2 layers, FFN 256, vocab 1024; 0.26M parameters."""
+    dims = ModelDims(vocab_size=EXPERT_VOCAB_SIZE, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                     num_experts=1, top_k=1, intermediate_size=256, max_positions=256)
+    return _expert(dims, overrides)
+
+
+def expert_dense_config(**overrides: Any) -> TrainConfig:
+    """A MoE² edge expert, dense: hidden 128, 3 layers, FFN 288, vocab 1024; 0.74M parameters (2.96 MB fp32)."""
+    dims = ModelDims(vocab_size=EXPERT_VOCAB_SIZE, hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2,
+                     num_experts=1, top_k=1, intermediate_size=288, max_positions=256)
+    return _expert(dims, overrides)
+
+
+def expert_moe_config(**overrides: Any) -> TrainConfig:
+    """A MoE² edge expert, a tiny Mixtral: hidden 96, 2 layers, 4 experts (top-2) of 192; 0.70M parameters."""
+    dims = ModelDims(vocab_size=EXPERT_VOCAB_SIZE, hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2,
+                     num_experts=4, top_k=2, intermediate_size=192, max_positions=256)
+    return _expert(dims, overrides)
+
+
+PRESETS = {
+    "shipped": shipped_config, "tiny": tiny_config, "expert-small": expert_small_config,
+    "expert-dense": expert_dense_config, "expert-moe": expert_moe_config,
+}
 
 
 def build_model(dims: ModelDims, seed: int) -> MixtralForCausalLM:

@@ -132,13 +132,24 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def train(cfg: TrainConfig, corpus_dir: Path, out_dir: Path, progress: bool = True) -> TrainResult:
-    """Train the tokenizer and the model of `cfg` on `corpus_dir`; write the model and the log into `out_dir`."""
+def train(
+    cfg: TrainConfig, corpus_dir: Path, out_dir: Path, progress: bool = True,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+) -> TrainResult:
+    """Train the tokenizer and the model of `cfg` on `corpus_dir`; write the model and the log into `out_dir`.
+
+    A given `tokenizer` (of `cfg.model.vocab_size` entries) is used instead of training one: the MoE² experts share
+    one, so that their next-token distributions live on the same vocabulary.
+    """
     started = time.perf_counter()
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device = 'cuda' but torch sees no CUDA device: use --device cpu or a CUDA build of torch")
     train_docs, heldout_docs = read_documents(corpus_dir / "train.txt"), read_documents(corpus_dir / "heldout.txt")
-    tokenizer = train_tokenizer(train_docs, cfg.model.vocab_size)
+    if tokenizer is None:
+        tokenizer = train_tokenizer(train_docs, cfg.model.vocab_size)
+    elif len(tokenizer) != cfg.model.vocab_size:
+        raise ValueError(f"the given tokenizer has {len(tokenizer)} entries; the model's vocab_size is "
+                         f"{cfg.model.vocab_size}: train the tokenizer with that many")
     ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     assert ids == (BOS_ID, EOS_ID, PAD_ID), f"special token ids {ids} differ from the model config's"
     device = torch.device(cfg.device)
