@@ -18,6 +18,7 @@ from torch import nn
 
 from wdmoe.backends.base import DeviceBatch, DeviceFailure, DevicePool, RejoiningPool
 from wdmoe.placement import Placement
+from wdmoe.runtime.air import AirCompression
 from wdmoe.runtime.failover import FailoverEvent, Reroute, reroute
 from wdmoe.runtime.telemetry import LayerRecord, Telemetry
 
@@ -40,6 +41,8 @@ class Dispatcher:
         self.telemetry = telemetry
         self.decider: Decider | None = None
         self.record_logits = True
+        self.air: AirCompression | None = None  # activation dtype on the air, token fusion (wdmoe.runtime.air)
+        self.fused_tokens = 0  # tokens fusion spared in the current layer step
         self.mark_s = time.perf_counter()
         self.dead: frozenset[int] = frozenset()
         self.primary = {layer: placement.primary_table(layer) for layer in placement.moe_layers}
@@ -74,13 +77,14 @@ class Dispatcher:
         bs_time_s = start - self.mark_s
         num_tokens, k = topk_index.shape
         pre_events: list[FailoverEvent] = []
-        if num_tokens == 1 and self.decider is None and not self.dead:
+        if num_tokens == 1 and self.decider is None and not self.dead and self.air is None:
             fast = self._run_one_token(layer, hidden, topk_index, topk_weight, logits, bs_time_s)
             if isinstance(fast, torch.Tensor):
                 return fast
             pre_events = fast  # a device failed: route around it below, in the general path
         router_index, weight_np, logits_np = _to_host(topk_index, topk_weight, logits)
         router_weight = weight_np
+        self.fused_tokens, air = 0, self.air
         events: list[FailoverEvent] = pre_events or (self._rejoin() if self.dead else [])
         index, usable, rerouted = router_index, np.ones_like(router_index, dtype=bool), False
         moved = np.zeros(3, dtype=np.int64)  # assignments moved to a replica, to a substitute expert, dropped
@@ -115,7 +119,7 @@ class Dispatcher:
             done = {r.device for r in results}
             answered = [pos for b, pos in pending if b.device in done]
             for pos, result in zip(answered, results, strict=True):
-                out[_on(out, pos)] = result.output
+                out[_on(out, pos)] = result.output if air is None else air.wire(result.output)
                 device_time_s[result.device] += result.compute_s
             if failure is None:
                 break
@@ -140,6 +144,8 @@ class Dispatcher:
             weight_t = topk_weight  # the model's own weights, bit for bit
         combined = (out.view(num_tokens, k, -1) * weight_t.unsqueeze(-1)).sum(dim=1).to(hidden.dtype)
         bits = hidden.element_size() * 8 * hidden.shape[-1]
+        if air is not None:
+            bits = air.bits_per_token(hidden.shape[-1], hidden.element_size() * 8)
         self.telemetry.add(
             LayerRecord(
                 layer=layer,
@@ -159,6 +165,7 @@ class Dispatcher:
                 routed_index=None if index is router_index else index,
                 failover=tuple(events),
                 rerouted=(int(moved[0]), int(moved[1]), int(moved[2])),
+                fused_tokens=self.fused_tokens,
             )
         )
         self.mark_s = time.perf_counter()
@@ -201,14 +208,16 @@ class Dispatcher:
         stacked = results[0].output if len(results) == 1 else torch.cat([r.output for r in results])
         if order != sorted(order):
             stacked = stacked[torch.tensor(np.argsort(order))]
-        combined = (stacked.unsqueeze(0) * topk_weight.unsqueeze(-1)).sum(dim=1).to(hidden.dtype)
+        combined = (stacked * topk_weight.T).sum(dim=0, keepdim=True)  # = run's sum over k, in k order
+        if combined.dtype != hidden.dtype:
+            combined = combined.to(hidden.dtype)
         num_devices = self.placement.num_devices
         counts = np.zeros(num_devices, dtype=np.int64)
+        tokens_down = np.zeros(num_devices, dtype=np.int64)
         device_time_s = np.zeros(num_devices)
         for d, result in zip(devices, results, strict=True):
-            counts[d] = len(groups[d])
+            counts[d], tokens_down[d] = len(groups[d]), 1
             device_time_s[d] += result.compute_s
-        tokens_down = (counts > 0).astype(np.int64)
         bits = hidden.element_size() * 8 * hidden.shape[-1]
         keep = np.ones((1, len(experts)), dtype=bool)
         self.telemetry.add(
@@ -259,13 +268,17 @@ class Dispatcher:
                 distinct, rows = tokens, np.zeros(1, dtype=np.int64)
             else:
                 distinct, rows = np.unique(tokens, return_inverse=True)
-            tokens_down[device] = distinct.shape[0]
+            sent, token_index = hidden[_on(hidden, distinct)], torch.from_numpy(rows)
+            if self.air is not None:
+                sent, token_index, saved = self.air.down(sent, token_index)
+                self.fused_tokens += saved
+            tokens_down[device] = sent.shape[0]
             batches.append(
                 DeviceBatch(
                     device,
                     layer,
-                    hidden[_on(hidden, distinct)],
-                    torch.from_numpy(rows),
+                    sent,
+                    token_index,
                     torch.from_numpy(flat_expert[pos]),
                     float(dl_s[device]),
                     float(ul_s[device]),
@@ -290,6 +303,8 @@ class Dispatcher:
         batches, positions = [], []
         experts = index.ravel()
         devices = device_of.tolist()
+        if self.air is not None:
+            hidden = self.air.wire(hidden)
         for device in sorted({d for d in devices if d >= 0}):
             pos = np.array([i for i, d in enumerate(devices) if d == device], dtype=np.int64)
             counts[device], tokens_down[device] = pos.shape[0], 1
