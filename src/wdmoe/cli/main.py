@@ -9,6 +9,7 @@ from wdmoe.cli import (
     device_cmd,
     eval_cmd,
     experiment_cmd,
+    plan_cmd,
     run_cmd,
     serve_cmd,
     sim_cmd,
@@ -33,6 +34,7 @@ app.command("simulate")(sim_cmd.simulate)
 app.command("experiment")(experiment_cmd.experiment)
 app.command("serve")(serve_cmd.serve)
 app.command("bench")(serve_cmd.bench)
+app.command("plan")(plan_cmd.plan)
 
 trace_app = typer.Typer(
     help="Router traces: record from a model, synthesize with a given expert popularity.", no_args_is_help=True
