@@ -12,11 +12,13 @@ from wdmoe.ensemble.aggregate import ensemble_accuracy, mix_next_token_logprobs,
 
 def test_option_mixture_matches_hand_computation() -> None:
     # 3 experts, 2 items, 2 choices
-    option_probs = np.array([
-        [[0.9, 0.1], [0.2, 0.8]],
-        [[0.3, 0.7], [0.6, 0.4]],
-        [[0.5, 0.5], [1.0, 0.0]],
-    ])
+    option_probs = np.array(
+        [
+            [[0.9, 0.1], [0.2, 0.8]],
+            [[0.3, 0.7], [0.6, 0.4]],
+            [[0.5, 0.5], [1.0, 0.0]],
+        ]
+    )
     index = np.array([[0, 1], [2, 0]])
     weight = np.array([[0.75, 0.25], [0.5, 0.5]])
 

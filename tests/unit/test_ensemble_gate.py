@@ -39,9 +39,9 @@ def test_restriction_renormalizes_the_full_gate() -> None:
 
 def test_an_empty_or_out_of_range_subset_is_refused() -> None:
     x = np.zeros((1, 8), dtype=np.float32)
-    with pytest.raises(WdmoeError, match="nonempty subset of 0..3"):
+    with pytest.raises(WdmoeError, match=r"nonempty subset of 0\.\.3"):
         small_gate().probs(x, allowed=[])
-    with pytest.raises(WdmoeError, match="nonempty subset of 0..3"):
+    with pytest.raises(WdmoeError, match=r"nonempty subset of 0\.\.3"):
         small_gate().probs(x, allowed=[4])
 
 

@@ -1,0 +1,139 @@
+"""MoE² end to end on the local task (papers.md §5.8 steps 4-5): the selection problem, the utility oracle, MoE² and
+the baselines, each evaluated on the test split.
+
+Contract: `EnsembleSystem.load()` gathers the shipped parts (precomputed scores, the trained gate, the modeled
+costs). `utility(S)` is the validation accuracy of the gated top-k ensemble restricted to S (U(∅) = 0), the
+oracle of the coarse selection. `run_policy(policy, E_max, T_max)` picks a subset under the budgets with that
+policy's rule and returns its test accuracy and the mean energy the chosen experts spent per test request:
+
+    moe2              polyblock search (selection.coarse_select), gate top-k within S*, energy held at top-k
+    moe2-exhaustive   the same by exhaustive search (the check)
+    best-single       baselines.best_single
+    uniform-feasible  baselines.most_experts with every member answering, equal weights, energy held at Σ_S
+    random-feasible   baselines.random_feasible, gate top-k; the mean over RANDOM_DRAWS seeds
+    greedy-per-joule  baselines.greedy_per_joule, gate top-k
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import numpy as np
+
+from wdmoe.ensemble import baselines
+from wdmoe.ensemble import gate as gate_mod
+from wdmoe.ensemble import scores as scores_mod
+from wdmoe.ensemble.aggregate import ensemble_accuracy, mix_option_probs
+from wdmoe.ensemble.costs import RequestCosts
+from wdmoe.ensemble.profiles import AGGREGATION_S, modeled_costs
+from wdmoe.ensemble.selection import (
+    InfeasibleSelectionError,
+    SearchMethod,
+    SelectionProblem,
+    coarse_select,
+    fine_select,
+)
+
+TOP_K = 2  # experts per prompt at the fine level (papers.md §5.4: k is [U], 2 is ours [R])
+RANDOM_DRAWS = 20
+POLICIES = ("moe2", "moe2-exhaustive", "best-single", "uniform-feasible", "random-feasible", "greedy-per-joule")
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    policy: str
+    subset: tuple[str, ...]  # the chosen experts (of the last draw for random-feasible)
+    test_accuracy: float  # NaN when no expert fits the budgets
+    mean_energy_j: float  # per test request, the experts actually asked
+    evaluated_fraction: float  # subsets whose utility the rule evaluated, over 2^N
+
+
+class EnsembleSystem:
+    def __init__(
+        self, scores: scores_mod.TaskScores, gate: gate_mod.Gate, costs: RequestCosts, top_k: int = TOP_K
+    ) -> None:
+        self.scores, self.gate, self.costs, self.top_k = scores, gate, costs, top_k
+        self.val, self.test = scores.take("val"), scores.take("test")
+        self.temperatures = scores_mod.fit_temperatures(scores.take("train"))  # (N,), on the gate's training split
+        self.val_probs = scores_mod.option_probs(self.val.logprobs, self.temperatures)  # (N, I, C)
+        self.test_probs = scores_mod.option_probs(self.test.logprobs, self.temperatures)
+        self.val_gate = gate.probs(self.val.embeddings)  # (I, N), the full-set gate
+        self.test_gate = gate.probs(self.test.embeddings)
+        self.names = scores.expert_names
+
+    @classmethod
+    def load(cls, categories_costs: RequestCosts | None = None) -> EnsembleSystem:
+        from wdmoe.ensemble.experts import EXPERT_NAMES
+        from wdmoe.ensemble.profiles import deployment, task_categories
+
+        scores = scores_mod.load()
+        if categories_costs is None:
+            meta = scores_mod.load_meta()
+            dep = deployment(EXPERT_NAMES, meta["num_parameters"])
+            categories_costs = modeled_costs(dep, task_categories(np.array(meta["prompt_tokens"]), scores.categories))
+        return cls(scores, gate_mod.load_gate(), categories_costs)
+
+    def utility(self, subset: Collection[int]) -> float:
+        if not subset:
+            return 0.0
+        routing = fine_select(self.val_gate, subset, self.top_k)
+        return ensemble_accuracy(self.val_probs, self.val.answers, routing.index, routing.weight)
+
+    def problem(self, energy_budget_j: float, delay_budget_s: float, top_k: int | None) -> SelectionProblem:
+        budgets = np.full(len(self.costs.category_names), delay_budget_s)
+        return SelectionProblem.from_costs(self.costs, energy_budget_j, budgets, top_k, AGGREGATION_S)
+
+    def _test(self, subset: Collection[int], uniform: bool) -> tuple[float, float]:
+        """Test accuracy and mean energy per request of answering with `subset`."""
+        if uniform:
+            routing = fine_select(np.ones_like(self.test_gate), subset, len(subset))
+        else:
+            routing = fine_select(self.test_gate, subset, self.top_k)
+        accuracy = ensemble_accuracy(self.test_probs, self.test.answers, routing.index, routing.weight)
+        energy = np.asarray(self.costs.energy_j)[routing.index, self.test.categories[:, None]]  # (I, k)
+        return accuracy, float(energy.sum(axis=1).mean())
+
+    def run_policy(self, policy: str, energy_budget_j: float, delay_budget_s: float) -> PolicyResult:
+        uniform = policy == "uniform-feasible"
+        problem = self.problem(energy_budget_j, delay_budget_s, None if uniform else self.top_k)
+        try:
+            if policy == "random-feasible":
+                return self._random(problem)
+            rules = {
+                "moe2": lambda: coarse_select(problem, self.utility, SearchMethod.POLYBLOCK),
+                "moe2-exhaustive": lambda: coarse_select(problem, self.utility, SearchMethod.EXHAUSTIVE),
+                "best-single": lambda: baselines.best_single(problem, self.utility),
+                "uniform-feasible": lambda: baselines.most_experts(problem, self.utility),
+                "greedy-per-joule": lambda: baselines.greedy_per_joule(problem, self.utility),
+            }
+            selection = rules[policy]()
+        except InfeasibleSelectionError:
+            return PolicyResult(policy, (), math.nan, math.nan, 0.0)
+        accuracy, energy = self._test(selection.subset, uniform)
+        return PolicyResult(
+            policy,
+            tuple(self.names[n] for n in sorted(selection.subset)),
+            accuracy,
+            energy,
+            selection.evaluated_fraction,
+        )
+
+    def _random(self, problem: SelectionProblem) -> PolicyResult:
+        results = []
+        for seed in range(RANDOM_DRAWS):
+            selection = baselines.random_feasible(problem, self.utility, np.random.default_rng(seed))
+            results.append((selection, *self._test(selection.subset, uniform=False)))
+        last = results[-1][0]
+        return PolicyResult(
+            "random-feasible",
+            tuple(self.names[n] for n in sorted(last.subset)),
+            float(np.mean([r[1] for r in results])),
+            float(np.mean([r[2] for r in results])),
+            float(np.mean([r[0].evaluated_fraction for r in results])),
+        )
+
+    def mixed_test_probs(self, subset: Collection[int]) -> np.ndarray:
+        routing = fine_select(self.test_gate, subset, self.top_k)
+        return mix_option_probs(self.test_probs, routing.index, routing.weight)

@@ -1,0 +1,51 @@
+"""`wdmoe ensemble` on the shipped experts, through typer's CliRunner (the sub-app alone)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from wdmoe.cli.ensemble_cmd import app
+from wdmoe.ensemble.experts import EXPERT_NAMES
+
+runner = CliRunner()
+
+
+def test_select_keeps_the_worst_case_within_the_budgets() -> None:
+    result = runner.invoke(app, ["select", "--energy-budget", "0.02", "--delay-budget", "0.001", "--json"])
+
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["subset"] and set(out["subset"]) <= set(EXPERT_NAMES)
+    assert out["worst_case_energy_j"] <= 0.02
+    assert max(out["worst_case_delay_s"].values()) <= 0.001
+    assert out["val_accuracy"] <= out["exhaustive_val_accuracy"]  # polyblock is exact only for a monotone utility
+
+
+def test_select_without_budgets_may_take_every_expert_and_an_impossible_budget_is_an_error() -> None:
+    free = json.loads(runner.invoke(app, ["select", "--json"]).output)
+    impossible = runner.invoke(app, ["select", "--energy-budget", "0", "--json"])
+
+    assert free["worst_case_energy_j"] > 0.0
+    assert impossible.exit_code == 2
+    assert "no expert fits the budgets alone" in impossible.output
+
+
+def test_eval_reports_every_policy_and_moe2_evaluates_fewer_subsets_than_exhaustive() -> None:
+    result = runner.invoke(app, ["eval", "--energy-budget", "0.02", "--json"])
+
+    assert result.exit_code == 0, result.output
+    policies = {p["policy"]: p for p in json.loads(result.output)["policies"]}
+    assert set(policies) >= {"moe2", "best-single", "uniform-feasible", "random-feasible", "greedy-per-joule"}
+    assert policies["moe2"]["evaluated_fraction"] < policies["moe2-exhaustive"]["evaluated_fraction"]
+    assert all(0.0 <= p["test_accuracy"] <= 1.0 for p in policies.values())
+
+
+def test_run_generates_with_the_gate_chosen_experts() -> None:
+    result = runner.invoke(app, ["run", ":hacker: n.", "--max-new-tokens", "3", "--json"])
+
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert 1 <= len(out["experts"]) <= 2 and abs(sum(out["experts"].values()) - 1.0) < 1e-6
+    assert set(out["compute_s"]) == set(out["experts"]) and out["tokens"] >= 1
