@@ -120,6 +120,26 @@ class DistributedMoE:
             scenario, policy or TopK(), self.model_costs(), self.dispatcher.primary, self.num_devices
         )
         self.dispatcher.decider = self.wireless
+        self._air_bits_to_radio()
+
+    def set_compression(self, air_dtype: str | None = None, fusion_tau: float | None = None) -> None:
+        """Compress the air (`wdmoe.runtime.air`): activations sent as "fp32", "fp16" or "int8" (per token), and
+        token fusion of near-duplicate hidden states (cosine >= fusion_tau); (None, None) turns both off. The
+        telemetry and the radio model then count the air dtype's bits."""
+        from wdmoe.runtime.air import AirCompression
+
+        air = AirCompression(air_dtype, fusion_tau)
+        self.dispatcher.air = None if air == AirCompression() else air
+        self._air_bits_to_radio()
+
+    def _air_bits_to_radio(self) -> None:
+        if self.wireless is None:
+            return
+        air, hidden = self.dispatcher.air, int(self.config.hidden_size)
+        if air is None or air.dtype is None:
+            self.wireless.bits_per_token = float(hidden * self.wireless.scenario.activation_bits)
+        else:
+            self.wireless.bits_per_token = float(air.bits_per_token(hidden, 32))
 
     def model_costs(self) -> ModelCosts:
         from wdmoe.model.families import family_for

@@ -35,6 +35,8 @@ class LayerRecord:
         routed_index: (T, k) the experts actually used when failover re-routed some (None: `topk_index`).
         failover: device failures noticed and devices that rejoined during this step (`FailoverEvent`s).
         rerouted: assignments moved off dead devices in this step: (to a replica, to a substitute expert, dropped).
+        fused_tokens: tokens not sent down because token fusion merged them with a near-duplicate
+            (`wdmoe.runtime.air`); `tokens_down` and `bits_down` count what was sent.
     """
 
     layer: int
@@ -54,6 +56,7 @@ class LayerRecord:
     routed_index: np.ndarray | None = None
     failover: tuple[FailoverEvent, ...] = ()
     rerouted: tuple[int, int, int] = (0, 0, 0)
+    fused_tokens: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -144,6 +147,9 @@ def summarize(steps: list[StepRecord], num_devices: int) -> dict[str, Any]:
     moved = np.array([r.rerouted for s in steps for r in s.layers], dtype=np.int64).reshape(-1, 3).sum(axis=0)
     if moved.any():
         summary["rerouted"] = dict(zip(("replica", "substitute", "dropped"), moved.tolist(), strict=True))
+    fused = sum(r.fused_tokens for s in steps for r in s.layers)
+    if fused:
+        summary["fused_tokens"] = fused
     modeled = modeled_summary(steps)
     if modeled is not None:
         summary.update(modeled)

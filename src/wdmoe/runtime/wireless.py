@@ -70,6 +70,8 @@ class WirelessDecider:
         self.pool = PoolMode.SHARED if scenario.bandwidth_pool == "shared" else PoolMode.SEPARATE
         self.bs_tx_power_w = 10 ** (scenario.bs_tx_power_dbm / 10) / 1e3
         self.last_state: LayerState | None = None
+        # one token's payload in one direction; the runtime sets the air dtype's (DistributedMoE.set_compression)
+        self.bits_per_token = float(costs.hidden_size * scenario.activation_bits)
 
     def start_request(self) -> None:
         if self.scenario.coherence == "request":
@@ -110,7 +112,7 @@ class WirelessDecider:
             profiles=self.profiles,
             expert_flops_per_token=self.costs.expert_flops_per_token,
             expert_weight_bytes=self.costs.expert_weight_bytes,
-            bits_per_token=float(self.costs.hidden_size * self.scenario.activation_bits),
+            bits_per_token=self.bits_per_token,
             bandwidth_hz=self.scenario.bandwidth_hz,
             bs_time_s=self.bs_time_s(layer, index.shape[0]),
             logits=logits,
