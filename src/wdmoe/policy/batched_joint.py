@@ -14,19 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wdmoe.policy.bandwidth import time_and_inverse_slope
+from wdmoe.policy.bandwidth import LOG_LN2, LOG_SERIES, PRESOLVE_ITER, PRESOLVE_LAST, SQRT_TWO, time_and_inverse_slope
 from wdmoe.policy.batched import BatchDecision, OneTokenSteps
 from wdmoe.policy.joint import JointSelectionBandwidth
 
 _LN2 = float(np.log(2.0))  # policy.joint's constant
-
-
-def _seq_sum(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """(n,) left-to-right sums over axis 1 (Python's `sum` order), of the masked entries when a mask is given."""
-    total = np.zeros(values.shape[0])
-    for j in range(values.shape[1]):
-        total = total + (values[:, j] if mask is None else np.where(mask[:, j], values[:, j], 0.0))
-    return total
 
 
 def scalar_time(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray,
@@ -52,6 +44,64 @@ class PairSplit:
     inv1: np.ndarray
 
 
+def approx_log(x: np.ndarray) -> np.ndarray:
+    """policy.bandwidth.approx_log on an array, operation for operation."""
+    m, e = np.frexp(x)
+    v = m * SQRT_TWO
+    z = (v - 1.0) / (v + 1.0)
+    z2 = z * z
+    c = LOG_SERIES
+    s = (((((c[6] * z2 + c[5]) * z2 + c[4]) * z2 + c[3]) * z2 + c[2]) * z2 + c[1]) * z2 + c[0]
+    return (e - 0.5) * LOG_LN2 + 2.0 * z * s
+
+
+def approx_time(b: np.ndarray, need: np.ndarray, base: np.ndarray, snr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """policy.bandwidth.approx_time on arrays: b (2, m) shares, need and snr (2, 2, m) with the DL row first, base
+    (2, m); both directions go through each operation at once (elementwise, the reference's operations)."""
+    y = snr / b
+    o = 1.0 + y
+    log_term = approx_log(o)
+    transfer = need / (b * log_term)
+    part = transfer * (log_term - y / o) / log_term
+    return transfer[0] + transfer[1] + base, (part[0] + part[1]) / b
+
+
+def pair_model_step(b: np.ndarray, e: np.ndarray, t0: np.ndarray, slope0: np.ndarray, t1: np.ndarray,
+                    slope1: np.ndarray, budget: np.ndarray) -> np.ndarray:
+    """policy.bandwidth.pair_model_step on arrays (inf or nan where it has -1: outside (0, B) all the same)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        g0, g1 = b * b * slope0, e * e * slope1
+        delta = (t1 - e * slope1) - (t0 - b * slope0)
+        p = delta * budget + g0 + g1
+        q = p + np.copysign(np.sqrt(np.maximum(p * p - 4.0 * delta * g0 * budget, 0.0)), p)
+        right = p >= 0.0
+        return np.where(right, 2.0 * g0 * budget, q) / np.where(right, q, 2.0 * delta)
+
+
+def _pair_start(b: np.ndarray, budget: np.ndarray, need: np.ndarray, base: np.ndarray,
+                snr: np.ndarray) -> np.ndarray:
+    """policy.bandwidth._pair_start from the start b (m,): problems leave once they stop (after the step that
+    follows a gap below PRESOLVE_LAST, or at a step undefined or outside (0, B)), keeping their last b."""
+    out = b.copy()
+    items: np.ndarray = np.arange(b.shape[0])
+    for _ in range(PRESOLVE_ITER):
+        e = budget - b
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            t, slope = approx_time(np.stack([b, e]), need, base, snr)
+            near = np.abs(t[0] - t[1]) <= PRESOLVE_LAST * np.maximum(t[0], t[1])
+        step = pair_model_step(b, e, t[0], slope[0], t[1], slope[1], budget)
+        ok = (step > 0.0) & (step < budget)
+        b = np.where(ok, step, b)
+        out[items] = b
+        more = np.flatnonzero(ok & ~near)
+        if more.size < items.size:
+            if more.size == 0:
+                break
+            items, budget, b = items.take(more), budget.take(more), b.take(more)
+            need, base, snr = need.take(more, axis=-1), base.take(more, axis=-1), snr.take(more, axis=-1)
+    return out
+
+
 def pair_split(a0: np.ndarray, a1: np.ndarray, c0: np.ndarray, c1: np.ndarray, base0: np.ndarray,
                base1: np.ndarray, d0: np.ndarray, d1: np.ndarray, u0: np.ndarray, u1: np.ndarray,
                budget: np.ndarray, *, rtol: float = 1e-10, max_iter: int = 60) -> PairSplit:
@@ -65,9 +115,10 @@ def pair_split(a0: np.ndarray, a1: np.ndarray, c0: np.ndarray, c1: np.ndarray, b
     load0, load1 = a0 + c0, a1 + c1
     with np.errstate(divide="ignore", invalid="ignore"):
         b = np.where(load0 + load1 > 0.0, budget * load0 / (load0 + load1), 0.5 * budget)
+    params = [np.stack(pair) for pair in ((a0, a1), (c0, c1), (base0, base1), (d0, d1), (u0, u1))]  # (2, m) each
+    b = _pair_start(b, budget, np.stack(params[:2]), params[2], np.stack(params[3:]))
     lo: np.ndarray = np.zeros(n)
     hi: np.ndarray = budget.copy()
-    params = [np.stack(pair) for pair in ((a0, a1), (c0, c1), (base0, base1), (d0, d1), (u0, u1))]  # (2, m) each
     for _ in range(max_iter):
         shares = np.stack([b, budget - b])  # (2, m)
         t, w = scalar_time(shares, *params)
@@ -83,13 +134,13 @@ def pair_split(a0: np.ndarray, a1: np.ndarray, c0: np.ndarray, c1: np.ndarray, b
             break
         if finished.size:
             items, b, lo, hi, f, budget = (x.take(more) for x in (items, b, lo, hi, f, budget))
-            w = w.take(more, axis=1)
+            t, w = t.take(more, axis=1), w.take(more, axis=1)
             params = [x.take(more, axis=1) for x in params]
         up = f > 0.0
         lo = np.where(up, b, lo)
         hi = np.where(up, hi, b)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            step = b + f / (1.0 / w[0] + 1.0 / w[1])
+        with np.errstate(divide="ignore"):
+            step = pair_model_step(b, budget - b, t[0], 1.0 / w[0], t[1], 1.0 / w[1], budget)
         b = np.where((lo < step) & (step < hi), step, 0.5 * (lo + hi))
     return PairSplit(out[0], out[1], out[2], out[4], out[3], out[5])
 
@@ -103,10 +154,72 @@ def _unique_pair_split(key: np.ndarray, *args: np.ndarray) -> PairSplit:
     return PairSplit(*(getattr(split, f).take(back) for f in split.__dataclass_fields__))
 
 
-def _column(values: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """(n,) values[i, cols[i]] through a flat take (numpy's 2-D fancy indexing is far slower)."""
-    n, k = values.shape
-    return values.ravel().take(np.arange(n) * k + cols)
+def _columns(values: np.ndarray) -> list[np.ndarray]:
+    """The k columns of an (n, k) array as contiguous (n,) arrays: numpy reduces along a short last axis and
+    selects (where) on (n, k) arrays far slower than it runs k elementwise operations on (n,) arrays."""
+    return [np.ascontiguousarray(values[:, j]) for j in range(values.shape[1])]
+
+
+def _seq_sum_cols(cols: list[np.ndarray], mask: list[np.ndarray] | None = None) -> np.ndarray:
+    """(n,) left-to-right sums over the columns (Python's `sum` order), of the masked entries when a mask is given."""
+    total = np.zeros(cols[0].shape[0])
+    for j, col in enumerate(cols):
+        total = total + (col if mask is None else np.where(mask[j], col, 0.0))
+    return total
+
+
+def _count(mask: list[np.ndarray]) -> np.ndarray:
+    """(n,) int64 number of True entries per row of a mask given by columns."""
+    total = mask[0].astype(np.int64)
+    for col in mask[1:]:
+        total += col
+    return total
+
+
+def _first_argmin(cols: list[np.ndarray]) -> np.ndarray:
+    """np.argmin(axis=1) of the stacked columns: the first minimum, or the first nan where a row has one."""
+    if any(np.isnan(col).any() for col in cols):
+        return np.argmin(np.stack(cols, axis=1), axis=1)
+    best, index = cols[0], np.zeros(cols[0].shape[0], dtype=np.int64)
+    for j, col in enumerate(cols[1:], start=1):
+        lower = col < best
+        best, index = np.where(lower, col, best), np.where(lower, j, index)
+    return index
+
+
+@dataclass(frozen=True)
+class _Steps:
+    """The per-step inputs of the rounds, by column (k contiguous (n,) arrays), and the two devices of each step:
+    A, the device of slot 0, and B, the device of the first slot not on A (A where every slot is)."""
+
+    weight: list[np.ndarray]
+    roof: list[np.ndarray]
+    device: list[np.ndarray]
+    on_a: list[np.ndarray]
+    dev_a: np.ndarray
+    dev_b: np.ndarray
+    dl_a: np.ndarray
+    dl_b: np.ndarray
+    ul_a: np.ndarray
+    ul_b: np.ndarray
+
+
+def _on_a_and_b(device: list[np.ndarray], *values: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """on_a per slot, and for device and each of `values` the entry of B (the first slot off A; slot 0 if none)."""
+    on_a = [col == device[0] for col in device]
+    firsts = [cols[0] for cols in (device, *values)]
+    for j in range(len(device) - 1, 0, -1):
+        off = ~on_a[j]
+        firsts = [np.where(off, cols[j], first) for cols, first in zip((device, *values), firsts, strict=True)]
+    return on_a, firsts
+
+
+def _steps(steps: OneTokenSteps) -> _Steps:
+    device = _columns(steps.slot_device)
+    dl, ul = _columns(steps.snr_dl_per_hz), _columns(steps.snr_ul_per_hz)
+    on_a, (dev_b, dl_b, ul_b) = _on_a_and_b(device, dl, ul)
+    return _Steps(_columns(steps.weight), _columns(steps.roof_s), device, on_a, device[0], dev_b, dl[0], dl_b, ul[0],
+                  ul_b)
 
 
 @dataclass(frozen=True)
@@ -128,37 +241,41 @@ class _Eval:
         """This evaluation where `mask`, `other` elsewhere."""
         return _Eval(*(np.where(mask, getattr(self, f), getattr(other, f)) for f in self.__dataclass_fields__))
 
-    def slot_values(self, device: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """(n, k) `first` on the slots of dev0, `second` on the others."""
-        return np.where(device == self.dev0[:, None], first[:, None], second[:, None])
+    def slot_values(self, device: list[np.ndarray], first: np.ndarray, second: np.ndarray) -> list[np.ndarray]:
+        """Per slot column, `first` on the slots of dev0, `second` on the others."""
+        return [np.where(col == self.dev0, first, second) for col in device]
 
 
-def _evaluate(policy: JointSelectionBandwidth, steps: OneTokenSteps, keep: np.ndarray, on_a: np.ndarray,
-              b_slot: np.ndarray, need: np.ndarray) -> _Eval:
-    """joint._evaluate_one_token for each step (kept slots on at most two devices: A, the device of slot 0, and B,
-    the device of slot `b_slot`). The device of the first kept slot comes first, as in the reference's dict."""
-    kept_weight = _seq_sum(steps.weight, keep)
-    in_a, in_b = keep & on_a, keep & ~on_a
-    pairs_a, pairs_b = in_a.sum(axis=1).astype(float), in_b.sum(axis=1).astype(float)
-    compute_a, compute_b = _seq_sum(steps.roof_s, in_a), _seq_sum(steps.roof_s, in_b)
-    a_first = _column(on_a, np.argmax(keep, axis=1))
+def _evaluate(policy: JointSelectionBandwidth, steps: OneTokenSteps, cols: _Steps, keep: list[np.ndarray],
+              need: np.ndarray) -> _Eval:
+    """joint._evaluate_one_token for each step (kept slots on at most two devices: A, the device of slot 0, and B).
+    The device of the first kept slot comes first, as in the reference's dict."""
+    kept_weight = _seq_sum_cols(cols.weight, keep)
+    in_a = [kept & on_a for kept, on_a in zip(keep, cols.on_a, strict=True)]
+    in_b = [kept & ~on_a for kept, on_a in zip(keep, cols.on_a, strict=True)]
+    pairs_a, pairs_b = _count(in_a).astype(float), _count(in_b).astype(float)
+    compute_a, compute_b = _seq_sum_cols(cols.roof, in_a), _seq_sum_cols(cols.roof, in_b)
+    a_first = cols.on_a[0]  # on A at the first kept slot (np.argmax's slot 0 when none is kept)
+    for j in range(len(keep) - 1, 0, -1):
+        a_first = np.where(keep[j], cols.on_a[j], a_first)
+    a_first = np.where(keep[0], cols.on_a[0], a_first)
 
     def order(x_a: np.ndarray, x_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.where(a_first, x_a, x_b), np.where(a_first, x_b, x_a)
 
     p0, p1 = order(pairs_a, pairs_b)
     comp0, comp1 = order(compute_a, compute_b)
-    dl0, dl1 = order(steps.snr_dl_per_hz[:, 0], _column(steps.snr_dl_per_hz, b_slot))
-    ul0, ul1 = order(steps.snr_ul_per_hz[:, 0], _column(steps.snr_ul_per_hz, b_slot))
-    dev0, dev1 = order(steps.slot_device[:, 0], _column(steps.slot_device, b_slot))
+    dl0, dl1 = order(cols.dl_a, cols.dl_b)
+    ul0, ul1 = order(cols.ul_a, cols.ul_b)
+    dev0, dev1 = order(cols.dev_a, cols.dev_b)
     two = p1 > 0.0
-    n = keep.shape[0]
+    n = kept_weight.shape[0]
     share0, share1 = steps.bandwidth_hz.copy(), np.zeros(n)
     t0, inv0, t1, inv1 = np.empty(n), np.empty(n), np.full(n, -np.inf), np.zeros(n)
     failed = np.zeros(n, dtype=bool)
     i = np.flatnonzero(two)
     if i.size:
-        width = steps.slot_device.shape[1] + 1
+        width = len(keep) + 1
         counts = p0.take(i).astype(np.int64) * width + p1.take(i).astype(np.int64)
         key = ((steps.channel_key.take(i) * steps.num_devices + dev0.take(i)) * steps.num_devices
                + dev1.take(i)) * width * width + counts
@@ -168,9 +285,14 @@ def _evaluate(policy: JointSelectionBandwidth, steps: OneTokenSteps, keep: np.nd
         share0[i], share1[i], t0[i], inv0[i], t1[i], inv1[i] = (split.b0, split.b1, split.t0, split.inv0, split.t1,
                                                                 split.inv1)
         failed[i] = np.isnan(split.b0)
-    one = np.flatnonzero(~two)
-    t0[one], inv0[one] = scalar_time(share0.take(one), need.take(one), need.take(one) * p0.take(one),
-                                     comp0.take(one), dl0.take(one), ul0.take(one))
+    if i.size == n:
+        pass
+    elif i.size == 0:
+        t0, inv0 = scalar_time(share0, need, need * p0, comp0, dl0, ul0)
+    else:
+        one = np.flatnonzero(~two)
+        t0[one], inv0[one] = scalar_time(share0.take(one), need.take(one), need.take(one) * p0.take(one),
+                                         comp0.take(one), dl0.take(one), ul0.take(one))
     total_inverse = np.where(two, inv0 + inv1, inv0)
     with np.errstate(divide="ignore", invalid="ignore"):
         cost0 = inv0 / total_inverse * t0 / p0
@@ -187,56 +309,66 @@ def _evaluate(policy: JointSelectionBandwidth, steps: OneTokenSteps, keep: np.nd
 def decide_joint(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchDecision:
     """`JointSelectionBandwidth.decide` on n one-token steps (module docstring)."""
     n, k = steps.slot_device.shape
-    device = steps.slot_device
-    on_a = device == device[:, :1]
-    b_slot = np.argmax(~on_a, axis=1)  # 0 when every slot is on device A (then unused)
-    third = (~on_a & (device != _column(device, b_slot)[:, None])).any(axis=1)
+    device = _columns(steps.slot_device)
+    on_a, (dev_b,) = _on_a_and_b(device)
+    third = np.zeros(n, dtype=bool)
+    for col, here in zip(device, on_a, strict=True):
+        third |= ~here & (col != dev_b)
     fallback = third | (steps.bits_per_token == 0.0)
     if not fallback.any():
-        return _decide(steps, policy, on_a, b_slot)
+        return _decide(steps, policy)
     ok = np.flatnonzero(~fallback)  # solved alone: a fallback step must not share a memoised split with them
-    part = _decide(steps.subset(ok), policy, on_a.take(ok, axis=0), b_slot.take(ok))
+    part = _decide(steps.subset(ok), policy)
     keep, weight, share = np.ones((n, k), dtype=bool), steps.weight.copy(), np.zeros((n, k))
     keep[ok], weight[ok], share[ok] = part.keep, part.weight, part.slot_share_hz
     fallback[ok] = part.fallback
-    return BatchDecision(keep, weight, share, fallback, device, steps.num_devices)
+    return BatchDecision(keep, weight, share, fallback, steps.slot_device, steps.num_devices)
 
 
-def _decide(steps: OneTokenSteps, policy: JointSelectionBandwidth, on_a: np.ndarray,
-            b_slot: np.ndarray) -> BatchDecision:
+def _decide(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchDecision:
     """`decide_joint` for steps whose slots lie on at most two devices: every round evaluates a trial for all
-    steps and keeps it where the step is still running and the metric rose (no row gathers, which are slow)."""
+    steps and keeps it where the step is still running and the metric rose (no row gathers, which are slow).
+    Works on columns (`_Steps`); (n, k) arrays only at the end."""
     n, k = steps.slot_device.shape
+    cols = _steps(steps)
+    weight = cols.weight
     need = steps.bits_per_token * _LN2
-    keep = np.ones((n, k), dtype=bool)
-    point = _evaluate(policy, steps, keep, on_a, b_slot, need)
+    keep = [np.ones(n, dtype=bool) for _ in range(k)]
+    point = _evaluate(policy, steps, cols, keep, need)
     fallback = point.failed.copy()
-    guard = policy.rho * _seq_sum(steps.weight)
+    guard = policy.rho * _seq_sum_cols(weight)
     running = np.ones(n, dtype=bool)
-    columns = np.arange(k)
     for _ in range(policy.max_iter):
-        kept_weight = _seq_sum(steps.weight, keep)
-        offers = keep & (kept_weight[:, None] - steps.weight >= guard[:, None])
-        running &= (keep.sum(axis=1) >= 2) & offers.any(axis=1)
+        kept_weight = _seq_sum_cols(weight, keep)
+        offers = [kept & (kept_weight - w >= guard) for kept, w in zip(keep, weight, strict=True)]
+        any_offer = offers[0].copy()
+        for offer in offers[1:]:
+            any_offer |= offer
+        running &= (_count(keep) >= 2) & any_offer
         if not running.any():
             break
-        slot_cost = point.slot_values(steps.slot_device, point.cost0, point.cost1)
+        slot_cost = point.slot_values(cols.device, point.cost0, point.cost1)
         with np.errstate(divide="ignore"):
-            score = np.where(offers, steps.weight / np.maximum(slot_cost, 1e-300), np.inf)
-        drop = np.argmin(score, axis=1)
-        trial_keep = keep & ~(running[:, None] & (columns == drop[:, None]))
-        trial = _evaluate(policy, steps, trial_keep, on_a, b_slot, need)
+            score = [np.where(offer, w / np.maximum(cost, 1e-300), np.inf)
+                     for offer, w, cost in zip(offers, weight, slot_cost, strict=True)]
+        drop = _first_argmin(score)
+        trial_keep = [kept & ~(running & (drop == j)) for j, kept in enumerate(keep)]
+        trial = _evaluate(policy, steps, cols, trial_keep, need)
         fallback |= running & trial.failed  # the reference would have bisected; let it decide these
         accept = running & (trial.metric > point.metric)
         gain = trial.metric - point.metric
         running = accept & ~(gain <= policy.tol * np.abs(point.metric))
-        keep = np.where(accept[:, None], trial_keep, keep)
+        keep = [(accept & tried) | (~accept & kept) for tried, kept in zip(trial_keep, keep, strict=True)]
         point = trial.where(accept, point)
-    kept_weight = _seq_sum(steps.weight, keep)
-    total = _seq_sum(steps.weight)[:, None]
+    kept_weight = _seq_sum_cols(weight, keep)
+    total = _seq_sum_cols(weight)
+    count = _count(keep)
+    shares = point.slot_values(cols.device, point.share0, point.share1)
+    out_weight, out_share = np.empty((n, k)), np.empty((n, k))
     with np.errstate(divide="ignore", invalid="ignore"):
-        scaled = np.where(kept_weight[:, None] > 0.0, steps.weight * total / kept_weight[:, None],
-                          total / keep.sum(axis=1, keepdims=True))
-    weight = np.where(keep, scaled, 0.0)
-    share = np.where(keep, point.slot_values(steps.slot_device, point.share0, point.share1), 0.0)
-    return BatchDecision(keep, weight, share, fallback, steps.slot_device, steps.num_devices)
+        for j in range(k):
+            scaled = np.where(kept_weight > 0.0, weight[j] * total / kept_weight, total / count)
+            out_weight[:, j] = np.where(keep[j], scaled, 0.0)
+            out_share[:, j] = np.where(keep[j], shares[j], 0.0)
+    return BatchDecision(np.stack(keep, axis=1), out_weight, out_share, fallback, steps.slot_device,
+                         steps.num_devices)

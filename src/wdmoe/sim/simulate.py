@@ -149,7 +149,10 @@ def replay_batched(trace: Trace, decider: WirelessDecider, chunk: int = CHUNK) -
         at = s * trace.num_layers + p
         flat["layer_s"][at], flat["energy_j"][at] = lat.layer_s, lat.energy_j
         flat["bits_dl"][at], flat["bits_ul"][at] = lat.bits_dl, lat.bits_ul
-        flat["kept"][at] = decision.keep.sum(axis=1)
+        kept = decision.keep[:, 0].astype(np.int64)  # column adds: numpy's sum over a short last axis is slow
+        for j in range(1, decision.keep.shape[1]):
+            kept += decision.keep[:, j]
+        flat["kept"][at] = kept
         for i in np.flatnonzero(decision.fallback).tolist():
             per_state(int(s[i]), int(p[i]))
     return sink.replay(decider.policy.name, decider.scenario.seed)

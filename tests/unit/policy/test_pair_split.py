@@ -1,0 +1,92 @@
+"""The two-device split: its approximate-log start, the scalar and array forms bit for bit, and scipy's root."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import brentq
+
+from wdmoe.policy import batched_joint
+from wdmoe.policy.bandwidth import approx_log, pair_model_step, pair_split, scalar_time
+
+
+def _instances(seed: int, n: int) -> list[np.ndarray]:
+    """n random two-device problems (a0, a1, c0, c1, base0, base1, d0, d1, u0, u1, B): payloads over three decades,
+    compute from none to dominant, SNRs per Hz over five decades, bands from 1 MHz to 100 MHz."""
+    rng = np.random.default_rng(seed)
+    bits = 10.0 ** rng.uniform(3.0, 6.0, (4, n)) * math.log(2.0)
+    base = np.where(rng.random((2, n)) < 0.2, 0.0, 10.0 ** rng.uniform(-5.0, -1.5, (2, n)))
+    snr = 10.0 ** rng.uniform(6.0, 11.0, (4, n))
+    budget = 10.0 ** rng.uniform(6.0, 8.0, n)
+    return [bits[0], bits[1], bits[2], bits[3], base[0], base[1], snr[0], snr[1], snr[2], snr[3], budget]
+
+
+def test_approx_log_is_accurate_and_the_array_form_is_bit_identical() -> None:
+    x = 1.0 + 10.0 ** np.random.default_rng(0).uniform(-9.0, 12.0, 20000)
+    ours = batched_joint.approx_log(x)
+
+    np.testing.assert_array_equal(ours, [approx_log(float(v)) for v in x])
+    np.testing.assert_allclose(ours, np.log1p(x - 1.0), rtol=0.0, atol=1e-12)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_array_pair_split_equals_the_scalar_one_bit_for_bit(seed: int) -> None:
+    args = _instances(seed, 400)
+    split = batched_joint.pair_split(*args)
+
+    for i in range(args[0].shape[0]):
+        x = [float(a[i]) for a in args]
+        reference = pair_split(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8], x[9], x[10])
+        assert reference is not None
+        assert (split.b0[i], split.b1[i]) == reference
+        assert (split.t0[i], split.inv0[i]) == scalar_time(reference[0], x[0], x[2], x[4], x[6], x[8])
+        assert (split.t1[i], split.inv1[i]) == scalar_time(reference[1], x[1], x[3], x[5], x[7], x[9])
+
+
+def test_pair_split_finds_scipys_root() -> None:
+    args = _instances(7, 200)
+    for i in range(args[0].shape[0]):
+        a0, a1, c0, c1, base0, base1, d0, d1, u0, u1, budget = (float(a[i]) for a in args)
+        split = pair_split(a0, a1, c0, c1, base0, base1, d0, d1, u0, u1, budget)
+
+        def gap(
+            b: float,
+            a0: float = a0,
+            a1: float = a1,
+            c0: float = c0,
+            c1: float = c1,
+            base0: float = base0,
+            base1: float = base1,
+            d0: float = d0,
+            d1: float = d1,
+            u0: float = u0,
+            u1: float = u1,
+            budget: float = budget,
+        ) -> float:
+            return scalar_time(b, a0, c0, base0, d0, u0)[0] - scalar_time(budget - b, a1, c1, base1, d1, u1)[0]
+
+        root = brentq(gap, budget * 1e-12, budget * (1.0 - 1e-12), xtol=1e-300, rtol=1e-15)
+        assert split is not None
+        assert split[0] + split[1] == budget or abs(split[0] + split[1] - budget) <= 1e-15 * budget
+        assert abs(split[0] - root) <= 1e-8 * budget
+
+
+def test_model_step_rejects_degenerate_tangents_in_both_forms() -> None:
+    cases = [
+        (1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 2.0),  # no slope at all: no model
+        (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0),  # balanced: stays at the middle
+        (1.0, 1.0, math.nan, 1.0, 1.0, 1.0, 2.0),
+        (1.0, 1.0, math.inf, 1.0, 1.0, 1.0, 2.0),
+    ]
+    for case in cases:
+        scalar = pair_model_step(*case)
+        array = float(batched_joint.pair_model_step(*(np.array([v]) for v in case))[0])
+        inside = 0.0 < scalar < case[-1]
+        assert inside == (0.0 < array < case[-1])
+        if inside:
+            assert scalar == array
+    assert pair_model_step(*cases[1]) == 1.0
