@@ -119,8 +119,12 @@ def run(
     """Generate with the ensemble: S* under the budgets, the gate's top-k of S* for this prompt, mixed next tokens."""
     offline()
     with user_errors():
+        from transformers.utils import logging as hf_logging
+
         from wdmoe.ensemble.embed import SentenceEncoder
         from wdmoe.ensemble.experts import load_workers
+
+        hf_logging.disable_progress_bar()  # keep --json output one JSON object
         from wdmoe.ensemble.generate import ensemble_generate
         from wdmoe.ensemble.selection import coarse_select, fine_select
         from wdmoe.ensemble.system import EnsembleSystem
