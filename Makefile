@@ -16,7 +16,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[model,serve,ray,dev,serve-test,sionna,bench]"
+	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[model,serve,ray,dev,serve-test,sionna,bench,ensemble]"
 	touch $@
 
 demo: setup

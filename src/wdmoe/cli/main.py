@@ -7,6 +7,7 @@ import typer
 from wdmoe.cli import (
     demo_cmd,
     device_cmd,
+    ensemble_cmd,
     eval_cmd,
     experiment_cmd,
     plan_cmd,
@@ -43,6 +44,7 @@ trace_app.command("record")(sim_cmd.record)
 trace_app.command("synthesize")(sim_cmd.synthesize)
 app.add_typer(trace_app, name="trace")
 app.add_typer(device_cmd.app, name="device")
+app.add_typer(ensemble_cmd.app, name="ensemble")
 
 
 def main() -> None:

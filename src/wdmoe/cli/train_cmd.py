@@ -20,6 +20,9 @@ class Device(StrEnum):
 class Preset(StrEnum):
     shipped = "shipped"
     tiny = "tiny"
+    expert_small = "expert-small"
+    expert_dense = "expert-dense"
+    expert_moe = "expert-moe"
 
 
 def train(
@@ -33,9 +36,14 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: the preset's).")] = None,
     device: Annotated[Device, typer.Option(help="cpu (fp32) or cuda (bf16 autocast).")] = Device.cpu,
     seed: Annotated[int, typer.Option(help="Seed of the initialization and of the batch sampling.")] = 0,
-    config: Annotated[Preset, typer.Option(help="Model and run preset: shipped (6.1M parameters) or tiny.")] = (
-        Preset.shipped
-    ),
+    config: Annotated[
+        Preset,
+        typer.Option(help="Model and run preset: shipped (6.1M parameters), tiny, or an MoE² expert's (expert-*)."),
+    ] = Preset.shipped,
+    domain: Annotated[
+        str | None,
+        typer.Option(help="Train on one text domain only (MoE² experts; see `wdmoe.train.domains`), e.g. jargon."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train the Mixtral-family MoE that wdmoe ships, on offline text (Debian fortunes and the Jargon File)."""
@@ -52,6 +60,13 @@ def train(
             settings["warmup_steps"] = min(100, settings["steps"] // 10)
             settings["eval_every"] = max(1, min(100, settings["steps"] // 10))
         cfg = PRESETS[config.value](device=device.value, seed=seed, **settings)
+        if corpus is None and domain is not None:
+            from wdmoe.train.domains import prepare_domain_corpus
+
+            corpus = out / "corpus"
+            counts = prepare_domain_corpus(domain, corpus)
+            if not json_out:
+                console.print(f"domain {domain!r} corpus in {corpus}: {counts} documents")
         if corpus is None:
             corpus = out / "corpus"
             info = prepare_corpus(corpus)
