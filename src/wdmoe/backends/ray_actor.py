@@ -34,6 +34,7 @@ class ActorInfo:
     pid: int
     experts_held: int
     split_dir: str
+    weight_bytes: int = 0  # bytes of expert weights loaded (wdmoe.plan.reports reads it)
 
 
 class DeviceActor:
@@ -58,7 +59,7 @@ class DeviceActor:
         self.worker = ExpertWorker(self.root, self.manifest, self.device)
         return ActorInfo(
             self.device, ray.get_runtime_context().get_node_id(), socket.gethostname(), os.getpid(),
-            self.worker.num_experts_held, str(self.root),
+            self.worker.num_experts_held, str(self.root), self.worker.weight_bytes,
         )
 
     def run(self, payload: bytes | None) -> bytes | None:

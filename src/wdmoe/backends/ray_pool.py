@@ -229,6 +229,11 @@ class RayDevicePool:
                 raw[device] = out
         return raw, lost
 
+    def held(self) -> dict[int, tuple[int, int]]:
+        """{device: (experts held, bytes of expert weights)} of every live device, as each reported at load (no
+        call: an actor inside a compiled graph answers nothing else)."""
+        return {d: (self.info[d].experts_held, self.info[d].weight_bytes) for d in self.actors if d in self.info}
+
     def node_of(self) -> dict[int, str]:
         """{device: Ray node id} of every live device."""
         return {d: self.info[d].node_id for d in self.actors}
