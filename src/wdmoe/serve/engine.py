@@ -8,6 +8,8 @@ request, so a long-running server holds no history beyond what the sinks aggrega
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -122,6 +124,7 @@ class Engine:
         self.max_queue = max_queue
         self.sinks: list[Callable[[StepRecord], None]] = []
         self.failure_sinks: list[Callable[[int], None]] = []
+        self.between_requests: list[Callable[[], None]] = []  # run on the worker thread after each call
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wdmoe-engine")
         self._pending = 0
         self._pending_lock = threading.Lock()
@@ -176,6 +179,18 @@ class Engine:
     def _done(self, _future: Future[Any]) -> None:
         with self._pending_lock:
             self._pending -= 1
+        if self.between_requests:  # queued behind the requests already waiting, after this one has answered
+            with contextlib.suppress(RuntimeError):  # raised once the engine shuts down
+                self._executor.submit(self._run_hooks)
+
+    def _run_hooks(self) -> None:
+        """The between-requests hooks (e.g. applying a new plan), on the worker thread, so no request runs during
+        them; a failing hook is logged and the server goes on."""
+        for hook in self.between_requests:
+            try:
+                hook()
+            except Exception:
+                logging.getLogger(__name__).exception("between-requests hook %r failed", hook)
 
     def record_device_failure(self, device: int) -> None:
         """A backend reports that `device` failed; the sinks (the failure counter) hear of it."""
