@@ -194,3 +194,26 @@ def test_apply_placement_changes_the_live_placement(tmp_path: Path, running: Any
     assert model.dispatcher.placement == placement and model.placement == placement
     assert Manifest.read(model.root).placement == placement
     assert torch.equal(generate(model), expected)
+
+
+def test_serve_with_plan_cluster_replans_between_requests(tmp_path: Path, tiny_models: dict[str, Any]) -> None:
+    from wdmoe.cli.serve_cmd import Backend, load_engine
+    from wdmoe.serve.engine import Sampling
+
+    tiny_models["mixtral"].save_pretrained(tmp_path / "hf")
+    devices = "".join(
+        f'[[devices]]\nname = "d{k}"\npreset = "jetson-orin-nx"\nfree_memory_bytes = 300_000\nlink_rate_bps = 5e7\n'
+        for k in range(3)
+    )
+    (tmp_path / "cluster.toml").write_text(devices)
+    engine = load_engine(tmp_path / "hf", None, "topk", 0.5, None, Backend.local, tmp_path / "cluster.toml")
+    controller = engine.between_requests[0].args[1]  # type: ignore[attr-defined]  # functools.partial
+    try:
+        engine.submit(engine.generate, [1, 2, 3], Sampling(max_tokens=3)).result()
+        engine.submit(lambda: None).result()  # the hook of the first request ran before this
+
+        assert engine.model.placement == controller.plan.to_placement()
+        assert len(controller.updates) >= 1 and not controller.updates[0].switched
+    finally:
+        engine.close()
+        engine.model.close()

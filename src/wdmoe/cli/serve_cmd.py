@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -29,10 +30,14 @@ ThetaOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold (
 ScenarioOpt = Annotated[Path | None, typer.Option(help="Radio scenario TOML (default: built-in, one per device).")]
 BackendOpt = Annotated[Backend, typer.Option(help="Device pool: local (in-process) or ray.")]
 ApiKeyOpt = Annotated[Path | None, typer.Option(help="File holding the API key that /v1 routes require.")]
+PlanClusterOpt = Annotated[
+    Path | None,
+    typer.Option(help="Cluster TOML: place the experts by the planner and re-plan between requests (local only)."),
+]
 
 
 def load_engine(model_dir: Path | None, devices: int | None, policy: str, theta: float, scenario: Path | None,
-                backend: Backend, **ray_opts: Any) -> Engine:
+                backend: Backend, plan_cluster: Path | None = None, **ray_opts: Any) -> Engine:
     """The model behind a server: split (or load) it, set the policy over the radio scenario, wrap it."""
     from wdmoe.backends.factory import make_pool, split_dir_for
     from wdmoe.config import Scenario, load_scenario
@@ -46,6 +51,8 @@ def load_engine(model_dir: Path | None, devices: int | None, policy: str, theta:
     radio = load_scenario(scenario) if scenario else None
     if radio is not None and devices is None and not (model_dir / "manifest.json").is_file():
         devices = radio.num_devices
+    if plan_cluster is not None:
+        return _planned_engine(model_dir, plan_cluster, policy, theta, radio, backend)
     root, _tmp = split_dir_for(model_dir, devices)  # a split made on the fly lives as long as the server
     opts = {k: v for k, v in ray_opts.items() if v is not None} if backend is Backend.ray else {}
     model = DistributedMoE.from_pretrained(
@@ -56,6 +63,31 @@ def load_engine(model_dir: Path | None, devices: int | None, policy: str, theta:
     engine = Engine(model, name=model_dir.name or "wdmoe")
     model.telemetry.listeners.append(lambda step: _report_failures(engine, step))
     return engine
+
+
+def _planned_engine(model_dir: Path, cluster: Path, policy: str, theta: float, radio: Any, backend: Backend) -> Engine:
+    """`--plan-cluster`: the planner's placement, and a new plan applied between requests (wdmoe.plan.serving)."""
+    from wdmoe.config import Scenario
+    from wdmoe.plan.serving import planned_model
+    from wdmoe.policy.factory import make_policy
+    from wdmoe.serve.engine import Engine
+
+    if backend is not Backend.local:
+        raise ValueError("--plan-cluster re-splits the model between requests: it needs --backend local")
+    model, controller = planned_model(model_dir, cluster)
+    model.set_policy(make_policy(policy, theta=theta), radio or Scenario.default(num_devices=model.num_devices))
+    engine = Engine(model, name=model_dir.name or "wdmoe")
+    engine.between_requests.append(functools.partial(_update_plan, engine, controller))
+    model.telemetry.listeners.append(lambda step: _report_failures(engine, step))
+    return engine
+
+
+def _update_plan(engine: Engine, controller: Any) -> None:
+    update = controller.between_requests(engine.model)
+    if update.switched:
+        engine._wrap_policy()  # the radio decider was rebuilt with the new device count
+        console.print(f"new plan: {len(controller.plan.devices)} devices, {update.migrated_bytes:,} bytes moved "
+                      f"({update.migration_s * 1e3:.2f} ms over the radio)")
 
 
 def _report_failures(engine: Engine, step: Any) -> None:
@@ -90,6 +122,7 @@ def serve(
     max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait; beyond it 429.")] = 64,
     ray_address: Annotated[str | None, typer.Option(help="Ray head HOST:PORT (default: a local cluster).")] = None,
     token_file: Annotated[Path | None, typer.Option(help="Ray cluster token file, mode 0600.")] = None,
+    plan_cluster: PlanClusterOpt = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API, with a live dashboard at / and metrics at /metrics."""
     offline()
@@ -98,7 +131,7 @@ def serve(
         from wdmoe.serve.server import StoppingServer, uvicorn_config
 
         key = read_api_key(api_key_file)
-        engine = load_engine(model_dir, devices, policy, theta, scenario, backend, address=ray_address,
+        engine = load_engine(model_dir, devices, policy, theta, scenario, backend, plan_cluster, address=ray_address,
                              token_file=token_file)
         app = create_app(engine, api_key=key, limits=Limits(max_prompt_tokens, max_tokens, max_queue=max_queue))
     console.print(f"serving [bold]{engine.name}[/bold] on {engine.model.num_devices} devices ({policy}): "
