@@ -75,7 +75,7 @@ def test_fusion_below_one_merges_near_duplicates() -> None:
 def test_air_options_are_checked() -> None:
     with pytest.raises(ValueError, match="air_dtype = 'int4'"):
         AirCompression("int4")
-    with pytest.raises(ValueError, match="fusion tau = 0.0"):
+    with pytest.raises(ValueError, match=r"fusion tau = 0\.0"):
         AirCompression(fusion_tau=0.0)
 
 
