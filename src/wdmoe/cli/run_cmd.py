@@ -72,8 +72,8 @@ def run(
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 1.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed (and the random policy's).")] = 0,
-    policy: Annotated[str, typer.Option(help="Expert selection: topk, wlr, joint, fastest or random.")] = "topk",
-    theta: Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold (wlr only).")] = 0.5,
+    policy: Annotated[str, typer.Option(help="Expert selection: topk, wlr, joint, fastest, random or prune.")] = "topk",
+    theta: Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold; prune: the pruned gate share.")] = 0.5,
     scenario: Annotated[
         Path | None, typer.Option(help="Radio scenario TOML (default: built-in default, one per device).")
     ] = None,

@@ -25,8 +25,8 @@ ModelOpt = Annotated[
     Path | None, typer.Option("--model", "-m", help="A split or HF model directory (default: the shipped model).")
 ]
 DevicesOpt = Annotated[int | None, typer.Option(min=1, help="Devices, when splitting a HF directory on the fly.")]
-PolicyOpt = Annotated[str, typer.Option(help="Expert selection: topk, wlr, joint, fastest or random.")]
-ThetaOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold (wlr only).")]
+PolicyOpt = Annotated[str, typer.Option(help="Expert selection: topk, wlr, joint, fastest, random or prune.")]
+ThetaOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold; prune: the pruned gate share.")]
 ScenarioOpt = Annotated[Path | None, typer.Option(help="Radio scenario TOML (default: built-in, one per device).")]
 BackendOpt = Annotated[Backend, typer.Option(help="Device pool: local (in-process) or ray.")]
 ApiKeyOpt = Annotated[Path | None, typer.Option(help="File holding the API key that /v1 routes require.")]

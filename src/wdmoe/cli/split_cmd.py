@@ -32,10 +32,19 @@ def split(
         from wdmoe.placement import Placement
 
         planned: Placement | None = None
+        plan_bits: dict[tuple[int, int], int] | None = None
         if plan is not None:
             from wdmoe.plan.planfile import read_plan
 
-            planned = read_plan(plan).to_placement()
+            the_plan = read_plan(plan)
+            planned = the_plan.to_placement()
+            plan_bits = {
+                (layer, expert): int(the_plan.bits[pos, expert])
+                for pos, layer in enumerate(the_plan.moe_layers)
+                for expert in range(the_plan.num_experts)
+            }
+            if all(b == 32 for b in plan_bits.values()):
+                plan_bits = None  # planned at the stored width: nothing to quantize
             if devices is not None and devices != planned.num_devices:
                 raise ValueError(f"--devices = {devices}, but {plan} places experts on {planned.num_devices} devices")
         devices = planned.num_devices if planned is not None else (8 if devices is None else devices)
@@ -44,6 +53,8 @@ def split(
         if bits is not None and bits_file is not None:
             raise ValueError("give --bits or --bits-file, not both")
         widths = read_bits_file(bits_file) if bits_file is not None else bits
+        if widths is None:
+            widths = plan_bits  # the plan's per-expert widths, unless --bits/--bits-file overrides them
         manifest = split_model(load_hf_model(model_dir), out, devices, planned, source_dir=model_dir, bits=widths)
     if json_out:
         print_json(manifest.to_json())

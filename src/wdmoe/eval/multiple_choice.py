@@ -59,6 +59,9 @@ class TaskScores:
     loglikelihoods: tuple[tuple[float, ...], ...] = ()  # per item, per choice: log p(continuation | context)
 
 
+# Bumped whenever scores change for the same model and task (cached results carry it: experiments/inputs.py).
+SCORER_VERSION = "lm-eval-pairs/1"
+
 def load_task(path: Path) -> list[Item]:
     """Items of a JSONL task file; a bad line is refused with its line number and what is expected."""
     items = []

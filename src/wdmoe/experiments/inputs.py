@@ -82,9 +82,11 @@ def record(setup: Setup, progress: Progress) -> Trace:
 
 def accuracy_key(setup: Setup, spec: PolicySpec) -> str:
     """Everything an accuracy depends on: the policy, the model, the data sizes, the scenario (with its seed)."""
+    from wdmoe.eval.multiple_choice import SCORER_VERSION  # torch: imported only when accuracies are needed
+
     scenario = hashlib.sha256(setup.scenario.model_dump_json().encode()).hexdigest()[:12]
     return (f"{spec.label}|model={setup.model_dir}|text={setup.text}|task={setup.task}|tokens={setup.max_tokens}"
-            f"|items={setup.task_items}|block={setup.block_size}|scenario={scenario}")
+            f"|items={setup.task_items}|block={setup.block_size}|scenario={scenario}|scorer={SCORER_VERSION}")
 
 
 def accuracies(setup: Setup, specs: Sequence[PolicySpec], progress: Progress) -> dict[str, dict[str, float]]:

@@ -1,4 +1,4 @@
-"""Policies by name, for the CLI and config files: topk | wlr | joint | fastest | random."""
+"""Policies by name, for the CLI and config files: topk | wlr | joint | fastest | random | prune."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from wdmoe.policy.bandwidth import MinMaxBandwidth
 from wdmoe.policy.base import Policy
 from wdmoe.policy.baselines import FastestDevices, RandomDrop
 from wdmoe.policy.joint import JointSelectionBandwidth
+from wdmoe.policy.prune import GateThreshold
 from wdmoe.policy.topk import TopK
 from wdmoe.policy.wlr import WLRThreshold
 
-POLICY_NAMES = ("topk", "wlr", "joint", "fastest", "random")
+POLICY_NAMES = ("topk", "wlr", "joint", "fastest", "random", "prune")
 
 
 def make_policy(name: str, theta: float = 0.5, drop_p: float = 0.3, seed: int = 0) -> Policy:
@@ -18,7 +19,7 @@ def make_policy(name: str, theta: float = 0.5, drop_p: float = 0.3, seed: int = 
 
     Args:
         name: one of POLICY_NAMES.
-        theta: WLR threshold in [0, 1] (wlr only).
+        theta: WLR threshold in [0, 1] (wlr), or the gate-weight share below which an expert is pruned (prune).
         drop_p: drop probability in [0, 1] (random only).
         seed: random generator seed (random only).
     """
@@ -32,6 +33,8 @@ def make_policy(name: str, theta: float = 0.5, drop_p: float = 0.3, seed: int = 
         return FastestDevices()
     if name == "random":
         return RandomDrop(p=drop_p, seed=seed)
+    if name == "prune":
+        return GateThreshold(threshold=theta)
     raise WdmoeError(f"policy {name!r} is unknown; choose one of {', '.join(POLICY_NAMES)}")
 
 
