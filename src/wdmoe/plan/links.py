@@ -17,16 +17,7 @@ import numpy as np
 from wdmoe.config import Scenario
 from wdmoe.plan.errors import ClusterError
 from wdmoe.plan.status import ResourceStatus
-from wdmoe.radio.channel import (
-    compose_links,
-    distance_3d_m,
-    draw_fading,
-    draw_los,
-    draw_shadowing_db,
-    pathloss_38901_db,
-    pathloss_log_distance_db,
-    shadowing_std_db,
-)
+from wdmoe.radio.channel import compose_links, draw_fading, large_scale_at
 from wdmoe.radio.link import LinkState
 from wdmoe.radio.rate import PoolMode
 
@@ -59,23 +50,6 @@ def snr_per_hz_for_rate(rate_bps: float, bandwidth_hz: float) -> float:
     return float(bandwidth_hz * np.expm1(rate_bps / bandwidth_hz * np.log(2.0)))
 
 
-def _large_scale_db(rng: np.random.Generator, scenario: Scenario, d2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(d_3D, path loss + shadowing in dB) of devices at the given ground distances: radio.channel's own draws."""
-    ch = scenario.channel
-    d3d = distance_3d_m(d2d, ch.resolved_bs_height_m, ch.resolved_ut_height_m)
-    if ch.model == "log_distance":
-        pathloss = pathloss_log_distance_db(d3d, ch.pl0_db, ch.d0_m, ch.exponent)
-        std = np.full(d2d.shape, ch.log_distance_shadowing_std_db)
-    else:
-        los = draw_los(rng, ch.model, d2d, ch.los, ch.resolved_ut_height_m)
-        pathloss = pathloss_38901_db(
-            ch.model, d2d, ch.carrier_ghz, los, ch.resolved_bs_height_m, ch.resolved_ut_height_m
-        )
-        std = shadowing_std_db(ch.model, los)
-    shadowing = draw_shadowing_db(rng, std) if ch.shadowing else np.zeros(d2d.shape)
-    return d3d, pathloss + shadowing
-
-
 def channel_samples(statuses: Sequence[ResourceStatus], radio: RadioSettings) -> tuple[LinkState, ...]:
     """The channel realizations of the devices, in `statuses` order (module docstring)."""
     fixed = np.array([s.link_rate_bps is not None for s in statuses])
@@ -97,7 +71,8 @@ def channel_samples(statuses: Sequence[ResourceStatus], radio: RadioSettings) ->
     out = []
     for _ in range(radio.channel_samples):
         try:
-            d3d, loss_db = _large_scale_db(rng, scenario, d2d)
+            large = large_scale_at(rng, scenario, d2d)
+            d3d, loss_db = large.distance_3d_m, large.pathloss_db + large.shadowing_db
         except ValueError as exc:
             raise ClusterError(f"device distance_m out of the channel model's range: {exc}") from None
         fading = scenario.fading

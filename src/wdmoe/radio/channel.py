@@ -271,8 +271,13 @@ def snr_per_hz(
 
 def sample_large_scale(rng: np.random.Generator, scenario: Scenario) -> LargeScale:
     """Drop the devices and draw their LoS state and shadowing (the slow part of a link), shapes (D,)."""
-    ch = scenario.channel
     d2d = draw_distances_2d_m(rng, scenario.num_devices, scenario.distance_min_m, scenario.distance_max_m)
+    return large_scale_at(rng, scenario, d2d)
+
+
+def large_scale_at(rng: np.random.Generator, scenario: Scenario, d2d: np.ndarray) -> LargeScale:
+    """LoS state and shadowing of devices at the given ground distances `d2d` (metres), drawn from `rng`."""
+    ch = scenario.channel
     d3d = distance_3d_m(d2d, ch.resolved_bs_height_m, ch.resolved_ut_height_m)
     if ch.model == "log_distance":
         los = np.ones(d2d.shape, dtype=bool)
