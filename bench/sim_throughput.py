@@ -13,6 +13,7 @@ machine: the CPU-time rate is what an idle core sees); the loop runs on fewer re
 not depend on the count). `decisions_per_s` (wall) and `cpu_decisions_per_s` are the decode workload.
 
     python bench/sim_throughput.py [--json] [--repeats 3]
+    python bench/sim_throughput.py --profile joint [--profile topk ...]   # cProfile of the batched decode replay
 """
 
 from __future__ import annotations
@@ -52,11 +53,32 @@ def rate(trace: Trace, policy: str, batched: bool, repeats: int) -> tuple[float,
     return trace.num_decisions / wall, trace.num_decisions / cpu
 
 
+def profile(policy: str, top: int = 25) -> None:
+    """cProfile of one batched replay of the decode workload (after a warm-up replay), by own time."""
+    import cProfile
+    import pstats
+
+    trace, scenario = workload(64, 1), Scenario.default(DEVICES)
+    replay(trace, scenario, make_policy(policy, theta=0.5), seed=0)
+    profiler = cProfile.Profile()
+    start = time.process_time()
+    profiler.runcall(replay, trace, scenario, make_policy(policy, theta=0.5), seed=0)
+    cpu = time.process_time() - start
+    print(f"{policy}: {trace.num_decisions} decisions, {cpu:.3f} s CPU under the profiler")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="append", choices=POLICIES, default=[],
+                        help="profile the batched decode replay of this policy instead of timing (repeatable)")
     args = parser.parse_args()
+    if args.profile:
+        for policy in args.profile:
+            profile(policy)
+        return
     decode, decode_small = workload(64, 1), workload(4, 1)
     mixed, mixed_small = workload(16, 32), workload(2, 32)
     keys = ("decisions_per_s", "loop_decisions_per_s", "speedup", "cpu_decisions_per_s", "cpu_loop_decisions_per_s",

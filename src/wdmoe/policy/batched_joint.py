@@ -249,16 +249,14 @@ class _Eval:
 def _evaluate(policy: JointSelectionBandwidth, steps: OneTokenSteps, cols: _Steps, keep: list[np.ndarray],
               need: np.ndarray) -> _Eval:
     """joint._evaluate_one_token for each step (kept slots on at most two devices: A, the device of slot 0, and B).
-    The device of the first kept slot comes first, as in the reference's dict."""
+    With two active devices the lower device id comes first, as in the reference's pair split (so the same split
+    problem has one key whatever the slot order); with one, the active device."""
     kept_weight = _seq_sum_cols(cols.weight, keep)
     in_a = [kept & on_a for kept, on_a in zip(keep, cols.on_a, strict=True)]
     in_b = [kept & ~on_a for kept, on_a in zip(keep, cols.on_a, strict=True)]
     pairs_a, pairs_b = _count(in_a).astype(float), _count(in_b).astype(float)
     compute_a, compute_b = _seq_sum_cols(cols.roof, in_a), _seq_sum_cols(cols.roof, in_b)
-    a_first = cols.on_a[0]  # on A at the first kept slot (np.argmax's slot 0 when none is kept)
-    for j in range(len(keep) - 1, 0, -1):
-        a_first = np.where(keep[j], cols.on_a[j], a_first)
-    a_first = np.where(keep[0], cols.on_a[0], a_first)
+    a_first = (pairs_b == 0.0) | ((pairs_a > 0.0) & (cols.dev_a < cols.dev_b))  # A when B is idle
 
     def order(x_a: np.ndarray, x_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.where(a_first, x_a, x_b), np.where(a_first, x_b, x_a)

@@ -118,7 +118,8 @@ def replay_batched(trace: Trace, decider: WirelessDecider, chunk: int = CHUNK) -
     for step in np.flatnonzero(~one).tolist():
         for pos in range(trace.num_layers):
             per_state(step, pos)
-    steps_1, pos_1 = np.nonzero(np.repeat(one[:, None], trace.num_layers, axis=1))  # (n,) step-major
+    ones = np.flatnonzero(one)  # (n,) step-major (step, layer) pairs, without numpy's slow 2-D nonzero
+    steps_1, pos_1 = np.repeat(ones, trace.num_layers), np.tile(np.arange(trace.num_layers), ones.shape[0])
     if not supports(decider.policy):
         for step, pos in zip(steps_1.tolist(), pos_1.tolist(), strict=True):
             per_state(step, pos)
@@ -134,10 +135,12 @@ def replay_batched(trace: Trace, decider: WirelessDecider, chunk: int = CHUNK) -
     for start in range(0, steps_1.shape[0], chunk):
         part = slice(start, start + chunk)  # flat takes below: numpy's 2-D fancy indexing is far slower
         s, p, rows = steps_1[part], pos_1[part], rows_1[part]
-        device = table.take(p[:, None] * experts + trace.topk_index.take(rows, axis=0))  # (n, k)
-        block = schedule.ravel().take(s * trace.num_layers + p)
-        slot = block[:, None] * devices + device
-        n = s.shape[0]
+        n, k = s.shape[0], trace.top_k
+        at = s * trace.num_layers + p
+        # (n, k) index arithmetic on flat arrays: numpy broadcasts an (n, 1) operand over a short last axis slowly
+        device = table.take(np.repeat(p * experts, k) + trace.topk_index.take(rows, axis=0).ravel()).reshape(n, k)
+        block = schedule.ravel().take(at)
+        slot = (np.repeat(block * devices, k) + device.ravel()).reshape(n, k)
         batch = OneTokenSteps(device, trace.topk_weight.take(rows, axis=0).astype(float), roof.take(device),
                               blocks.snr_dl_per_hz.ravel().take(slot), blocks.snr_ul_per_hz.ravel().take(slot),
                               np.full(n, probe.bits_per_token), np.full(n, probe.bandwidth_hz), bs_1.take(p), block,
@@ -146,7 +149,6 @@ def replay_batched(trace: Trace, decider: WirelessDecider, chunk: int = CHUNK) -
         assert decision is not None
         lat = one_token_latency(batch, decision, profiles.tx_power_w, profiles.compute_power_w,
                                 decider.bs_tx_power_w, decider.pool)
-        at = s * trace.num_layers + p
         flat["layer_s"][at], flat["energy_j"][at] = lat.layer_s, lat.energy_j
         flat["bits_dl"][at], flat["bits_ul"][at] = lat.bits_dl, lat.bits_ul
         kept = decision.keep[:, 0].astype(np.int64)  # column adds: numpy's sum over a short last axis is slow
