@@ -43,15 +43,10 @@ def train_gate(
         data = scores.load()
         train, val = data.take("train"), data.take("val")
 
-        from wdmoe.ensemble.experiment import answer_probs
+        from wdmoe.ensemble.experiment import routing_probs
 
-        temperatures = scores.fit_temperatures(train)
         fitted, fit = gate.train_gate(
-            data.expert_names,
-            train.embeddings,
-            answer_probs(train, temperatures),
-            val.embeddings,
-            answer_probs(val, temperatures),
+            data.expert_names, train.embeddings, routing_probs(train), val.embeddings, routing_probs(val)
         )
         gate.save_gate(fitted, fit=fit)
         result = {**asdict(fit), "saved": str(gate.GATE_DIR)}
@@ -84,6 +79,7 @@ def select(
         members = sorted(found.subset)
         result: dict[str, Any] = {
             "subset": [system.names[n] for n in members],
+            "active": [system.names[n] for n in sorted(system.active_subset(found.subset))],
             "val_accuracy": found.value,
             "exhaustive_val_accuracy": check.value,
             "evaluated_fraction": found.evaluated_fraction,
@@ -101,7 +97,8 @@ def select(
         print_json(result)
         return
     console.print(
-        f"S* = {{{', '.join(result['subset'])}}}: validation accuracy {found.value:.3f} (exhaustive "
+        f"S* = {{{', '.join(result['subset'])}}}, routed among {{{', '.join(result['active'])}}}: validation "
+        f"accuracy {found.value:.3f} (exhaustive "
         f"{check.value:.3f}); {found.evaluated_fraction:.0%} of the subsets evaluated; worst case "
         f"{result['worst_case_energy_j'] * 1e3:.3f} mJ and "
         f"{max(result['worst_case_delay_s'].values()) * 1e3:.3f} ms per request (top-{system.top_k})"
@@ -130,7 +127,8 @@ def run(
         from wdmoe.ensemble.system import EnsembleSystem
 
         system = EnsembleSystem.load()
-        subset = coarse_select(system.problem(energy_budget, delay_budget, system.top_k), system.utility).subset
+        picked = coarse_select(system.problem(energy_budget, delay_budget, system.top_k), system.utility).subset
+        subset = system.active_subset(picked)  # the T ⊆ S* of best validation accuracy (the monotone utility)
         probs = system.gate.probs(SentenceEncoder().encode([prompt]))  # (1, N)
         routing = fine_select(probs, subset, system.top_k)
         index, weight = routing.index[0].tolist(), routing.weight[0].tolist()

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from wdmoe.ensemble import gate as gate_mod
 from wdmoe.ensemble import scores as scores_mod
 from wdmoe.ensemble.aggregate import ensemble_accuracy
 from wdmoe.ensemble.gate import mixture_nll, train_gate
@@ -28,7 +29,12 @@ SWEEP_POINTS = 9
 
 def answer_probs(split: scores_mod.TaskScores, temperatures: np.ndarray) -> np.ndarray:
     """(I, N): p_n(right choice | x_i), calibrated by the per-expert temperatures."""
-    return scores_mod.option_probs(split.logprobs, temperatures)[:, np.arange(split.num_items), split.answers].T
+    return scores_mod.option_probs(split.mean_logprobs, temperatures)[:, np.arange(split.num_items), split.answers].T
+
+
+def routing_probs(split: scores_mod.TaskScores) -> np.ndarray:
+    """(I, N): p_n(right choice | x_i) at the gate's shared training temperature (gate.ROUTE_TEMPERATURE)."""
+    return answer_probs(split, np.full(len(split.expert_names), gate_mod.ROUTE_TEMPERATURE))
 
 
 def sweep(system: EnsembleSystem, budgets: np.ndarray, energy: bool) -> list[dict[str, Any]]:
@@ -54,12 +60,7 @@ def optimality_check(system: EnsembleSystem) -> list[dict[str, Any]]:
     """For every subset S of 2+ experts: θ* restricted to S against θ_S retrained on S alone (same recipe)."""
     data = system.scores
     train, val, test = data.take("train"), system.val, system.test
-    tx, tp, vx, vp = (
-        train.embeddings,
-        answer_probs(train, system.temperatures),
-        val.embeddings,
-        answer_probs(val, system.temperatures),
-    )
+    tx, tp, vx, vp = train.embeddings, routing_probs(train), val.embeddings, routing_probs(val)
     import torch
 
     rows = []
@@ -88,7 +89,8 @@ def optimality_check(system: EnsembleSystem) -> list[dict[str, Any]]:
 
 
 def monotonicity(system: EnsembleSystem) -> dict[str, float]:
-    """Share of pairs S ⊂ S + {n} (S nonempty) with U(S + {n}) >= U(S), U = validation accuracy (top-k)."""
+    """Over every pair S ⊂ S + {n} (S nonempty, all subsets): the share with f(S + {n}) >= f(S), for f = A (the
+    gated top-k accuracy on validation) and f = U (its monotone hull, the coarse selection's oracle)."""
     n = len(system.names)
     pairs = [
         (s, s | {m})
@@ -97,8 +99,19 @@ def monotonicity(system: EnsembleSystem) -> dict[str, float]:
         for m in range(n)
         if m not in s
     ]
-    holds = [system.utility(big) >= system.utility(small) for small, big in pairs]
-    return {"pairs": len(pairs), "monotone_fraction": float(np.mean(holds))}
+    raw = [system.accuracy(big) >= system.accuracy(small) for small, big in pairs]
+    hull = [system.utility(big) >= system.utility(small) for small, big in pairs]
+    return {
+        "pairs": len(pairs),
+        "accuracy_monotone_fraction": float(np.mean(raw)),
+        "utility_monotone_fraction": float(np.mean(hull)),
+    }
+
+
+def polyblock_matches(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Budgets where polyblock and exhaustive search reach the same utility and the same routed experts."""
+    same = [r for r in rows if r["moe2"]["subset"] == r["moe2-exhaustive"]["subset"]]
+    return {"budgets": len(rows), "same_routed_experts": len(same)}
 
 
 def expert_table(system: EnsembleSystem) -> dict[str, Any]:
@@ -110,9 +123,16 @@ def expert_table(system: EnsembleSystem) -> dict[str, Any]:
     }
     top1 = system.test_gate.argmax(-1)
     full = fine_select(system.test_gate, range(len(system.names)), system.top_k)
+    right = answer_probs(test, system.temperatures)  # (I, N)
     return {
         "expert_test_accuracy": per,
+        "expert_test_accuracy_all": {name: float(hits[k].mean()) for k, name in enumerate(system.names)},
         "gate_top1_is_category_specialist": float(np.mean(top1 == test.categories)),
+        "gate_top1_is_item_best_expert": float(np.mean(top1 == right.argmax(-1))),
+        "gate_top1_per_category": {
+            c: {name: float(np.mean(top1[test.categories == i] == k)) for k, name in enumerate(system.names)}
+            for i, c in enumerate(CATEGORIES)
+        },
         "gate_top1_share": {name: float(np.mean(top1 == k)) for k, name in enumerate(system.names)},
         "full_set_top_k_test_accuracy": ensemble_accuracy(system.test_probs, test.answers, full.index, full.weight),
         "oracle_best_expert_per_item": float(hits.any(axis=0).mean()),
@@ -161,7 +181,12 @@ def run_experiment(out_dir: Path) -> dict[str, Any]:
         "energy_sweep": sweep(system, energy_budgets, energy=True),
         "delay_sweep": sweep(system, delay_budgets, energy=False),
         "monotonicity": monotonicity(system),
+        "gate_fit": json.loads((gate_mod.GATE_DIR / "gate.json").read_text(encoding="utf-8"))["fit"],
         "optimality_preserving": optimality_check(system),
+    }
+    result["polyblock_vs_exhaustive"] = {
+        "energy": polyblock_matches(result["energy_sweep"]),
+        "delay": polyblock_matches(result["delay_sweep"]),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     plot(

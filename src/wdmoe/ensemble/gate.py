@@ -3,7 +3,10 @@
 Contract: `Gate.probs(embeddings, allowed)` returns g(x, θ; S), shape (I, N): for n in S,
 g_n = exp(z_n) / Σ_{m∈S} exp(z_m) with z = MLP(φ(x)); g_n = 0 for n ∉ S (S = all experts when `allowed` is None).
 `train_gate` fits θ by minimizing the mixture's cross-entropy −(1/|D|) Σ log Σ_{n∈S} g_n(x; S) p_n(y | x) with Adam
-(lr 1e-3, batch 64, weight decay), keeping the epoch of lowest validation loss (early stopping). Trained once on the
+(lr 3e-3, batch 64, weight decay), keeping the epoch of lowest validation loss (early stopping). The p_n(y | x) it is
+trained on are the experts' per-token option log-likelihoods at one shared, sharp ROUTE_TEMPERATURE (`routing_probs`),
+not the calibrated, nearly flat ones the ensemble mixes: with those (τ_n ≈ 2-4) the mixture loss barely depends on
+the routing and the gate collapsed onto the sharpest expert [R]. Trained once on the
 full set, θ* is then restricted to any S (the optimality-preserving property, §5.6: an assumption we check, see
 docs/ensemble.md). `save_gate` / `load_gate` round-trip through `gate.safetensors` + `gate.json`.
 """
@@ -23,6 +26,7 @@ from torch import nn
 from wdmoe.errors import WdmoeError
 
 GATE_DIR = Path(__file__).resolve().parent.parent / "data" / "ensemble" / "gate"
+ROUTE_TEMPERATURE = 0.15  # τ of the gate's training targets (0.05 / 0.15 / 0.4 tried on train+val; 0.15 kept)
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class GateConfig:
     input_dim: int = 384  # φ(x) size
     hidden: int = 64  # units of the MLP's hidden layer
     num_experts: int = 5
-    lr: float = 1e-3
+    lr: float = 3e-3
     batch_size: int = 64
     weight_decay: float = 1e-2
     max_epochs: int = 400

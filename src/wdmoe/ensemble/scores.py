@@ -3,10 +3,11 @@ prompts' embeddings, and the measured compute time of every request, stored once
 selection oracle never run an LLM again.
 
 Contract: `precompute(workers, items, encoder)` returns `TaskScores` with logprobs (N, I, C) = log p_n(choice c |
-context of item i), compute_s (N, I) = seconds worker n spent on item i (on this machine), embeddings (I, 384),
-answers (I,), categories (I,) and splits (I,); `save` / `load` round-trip it through one .npz file.
-`option_probs(logprobs)` is p_n(y | x): the softmax over the choices of the summed log-likelihoods (papers.md §5.8
-step 2 [R]).
+context of item i), choice_tokens (I, C) = the tokens each choice is scored on (the shared tokenizer), compute_s
+(N, I) = seconds worker n spent on item i (on this machine), embeddings (I, 384), answers (I,), categories (I,) and
+splits (I,); `save` / `load` round-trip it through one .npz file. `option_probs(split.mean_logprobs, τ)` is
+p_n(y | x): the softmax over the choices of the per-token log-likelihoods / τ_n (papers.md §5.8 step 2 [R]; per
+token, because summed log-likelihoods favour the choices of fewer tokens whatever the expert knows).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from wdmoe.ensemble.embed import SentenceEncoder
-from wdmoe.ensemble.experts import ExpertWorker
+from wdmoe.ensemble.experts import BOS, ExpertWorker
 from wdmoe.ensemble.task import CATEGORIES, CategorizedItem
+from wdmoe.eval.multiple_choice import encode_pair
 
 SCORES_FILE = Path(__file__).resolve().parent.parent / "data" / "ensemble" / "scores.npz"
 
@@ -29,6 +31,7 @@ SCORES_FILE = Path(__file__).resolve().parent.parent / "data" / "ensemble" / "sc
 class TaskScores:
     expert_names: tuple[str, ...]
     logprobs: np.ndarray  # (N, I, C) log p_n(choice | context), summed over the choice's tokens
+    choice_tokens: np.ndarray  # (I, C) int, tokens of each choice (the shared tokenizer, as scored)
     compute_s: np.ndarray  # (N, I) measured seconds per request (all C choices)
     embeddings: np.ndarray  # (I, 384) the gate's input φ(x)
     answers: np.ndarray  # (I,) int
@@ -40,6 +43,7 @@ class TaskScores:
         return TaskScores(
             self.expert_names,
             self.logprobs[:, keep],
+            self.choice_tokens[keep],
             self.compute_s[:, keep],
             self.embeddings[keep],
             self.answers[keep],
@@ -48,19 +52,24 @@ class TaskScores:
         )
 
     @property
+    def mean_logprobs(self) -> np.ndarray:
+        """(N, I, C) log p_n(choice | context) per token of the choice: what p_n(y | x) is made of."""
+        return self.logprobs / np.maximum(self.choice_tokens, 1)[None]
+
+    @property
     def num_items(self) -> int:
         return int(self.answers.shape[0])
 
 
-TEMPERATURES = np.geomspace(0.5, 64.0, 43)  # the grid fit_temperatures searches
+TEMPERATURES = np.geomspace(0.02, 64.0, 71)  # the grid fit_temperatures searches
 
 
 def option_probs(logprobs: np.ndarray, temperatures: np.ndarray | None = None) -> np.ndarray:
     """Softmax over the last axis (the choices) of logprobs / τ_n: p_n(y | x) from summed log-likelihoods.
 
-    logprobs (N, I, C); temperatures (N,) or None for τ = 1. A temperature keeps each expert's argmax (its
-    accuracy) and only softens its confidence, so that mixtures and the mixture loss are not ruled by a few
-    confidently wrong experts: summed log-likelihoods of 6-word spans differ by nats [R].
+    logprobs (N, I, C) (`TaskScores.mean_logprobs`); temperatures (N,) or None for τ = 1. A temperature keeps each
+    expert's argmax (its accuracy) and only sets its confidence, so that mixtures and the mixture loss are neither
+    ruled by a few confidently wrong experts nor flattened to uniform [R].
     """
     if temperatures is not None:
         logprobs = logprobs / np.asarray(temperatures, dtype=float)[:, None, None]
@@ -75,7 +84,7 @@ def fit_temperatures(split: TaskScores) -> np.ndarray:
     best = []
     for n in range(len(split.expert_names)):
         nll = [
-            -np.log(option_probs(split.logprobs[n : n + 1] / t)[0, items, split.answers] + 1e-300).mean()
+            -np.log(option_probs(split.mean_logprobs[n : n + 1] / t)[0, items, split.answers] + 1e-300).mean()
             for t in TEMPERATURES
         ]
         best.append(TEMPERATURES[int(np.argmin(nll))])
@@ -87,6 +96,8 @@ def precompute(
 ) -> TaskScores:
     logprobs = np.zeros((len(workers), len(items), len(items[0].item.choices)))
     compute_s = np.zeros((len(workers), len(items)))
+    tokenizer = workers[0].tokenizer  # shared by every expert
+    tokens = [[len(encode_pair(tokenizer, c.item.context, ch, BOS)[1]) for ch in c.item.choices] for c in items]
     for n, worker in enumerate(workers):
         for i, c in enumerate(items):
             timed = worker.option_logprobs(c.item)
@@ -94,6 +105,7 @@ def precompute(
     return TaskScores(
         tuple(w.name for w in workers),
         logprobs,
+        np.array(tokens),
         compute_s,
         encoder.encode([c.item.context for c in items]),
         np.array([c.item.answer for c in items]),
@@ -107,6 +119,7 @@ def save(scores: TaskScores, path: Path = SCORES_FILE) -> None:
         path,
         expert_names=np.array(scores.expert_names),
         logprobs=scores.logprobs.astype(np.float32),
+        choice_tokens=scores.choice_tokens.astype(np.int16),
         compute_s=scores.compute_s.astype(np.float32),
         embeddings=scores.embeddings.astype(np.float16),
         answers=scores.answers,
@@ -120,6 +133,7 @@ def load(path: Path = SCORES_FILE) -> TaskScores:
         return TaskScores(
             tuple(str(n) for n in data["expert_names"]),
             data["logprobs"].astype(np.float64),
+            data["choice_tokens"].astype(np.int64) if "choice_tokens" in data else np.ones(data["logprobs"].shape[1:]),
             data["compute_s"].astype(np.float64),
             data["embeddings"].astype(np.float32),
             data["answers"],

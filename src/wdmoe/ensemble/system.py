@@ -2,12 +2,20 @@
 the baselines, each evaluated on the test split.
 
 Contract: `EnsembleSystem.load()` gathers the shipped parts (precomputed scores, the trained gate, the modeled
-costs). `utility(S)` is the validation accuracy of the gated top-k ensemble restricted to S (U(∅) = 0), the
-oracle of the coarse selection. `run_policy(policy, E_max, T_max)` picks a subset under the budgets with that
-policy's rule and returns its test accuracy and the mean energy the chosen experts spent per test request:
+costs). `accuracy(S)` is A(S), the validation accuracy of the gated top-k ensemble restricted to S (A(∅) = 0).
+`utility(S)` is the coarse selection's oracle U(S) = max over nonempty T ⊆ S of A(T) (U(∅) = 0), and
+`active_subset(S)` is that maximizing T (ties: fewer experts, then the smaller bitmask): the experts the fine level
+actually routes among once S is chosen. U is monotone by construction (a larger S offers every T of a smaller one),
+so the polyblock search is exact on it; A alone is not monotone (the gate trained on N, restricted to S, can route
+worse with one expert more). This monotone hull is our reconstruction [R] of the paper's "objective's
+monotonicity" (papers.md §5.7): the paper's argument (a re-optimized gate can always give a new expert weight 0)
+is what T ⊆ S does here, with the one trained gate. `run_policy(policy, E_max, T_max)` picks a subset under the
+budgets with that policy's rule and returns its test accuracy and the mean energy the chosen experts spent per test
+request:
 
-    moe2              polyblock search (selection.coarse_select), gate top-k within S*, energy held at top-k
+    moe2              polyblock search on U (selection.coarse_select), gate top-k within active_subset(S*)
     moe2-exhaustive   the same by exhaustive search (the check)
+    (the baselines below choose with A, as before, and route the gate's top-k within their own S)
     best-single       baselines.best_single
     uniform-feasible  baselines.most_experts with every member answering, equal weights, energy held at Σ_S
     random-feasible   baselines.random_feasible, gate top-k; the mean over RANDOM_DRAWS seeds
@@ -34,6 +42,7 @@ from wdmoe.ensemble.selection import (
     SelectionProblem,
     coarse_select,
     fine_select,
+    members,
 )
 
 TOP_K = 2  # experts per prompt at the fine level (papers.md §5.4: k is [U], 2 is ours [R])
@@ -44,7 +53,7 @@ POLICIES = ("moe2", "moe2-exhaustive", "best-single", "uniform-feasible", "rando
 @dataclass(frozen=True)
 class PolicyResult:
     policy: str
-    subset: tuple[str, ...]  # the chosen experts (of the last draw for random-feasible)
+    subset: tuple[str, ...]  # the experts routed among (MoE²: active_subset(S*); random-feasible: the last draw)
     test_accuracy: float  # NaN when no expert fits the budgets
     mean_energy_j: float  # per test request, the experts actually asked
     evaluated_fraction: float  # subsets whose utility the rule evaluated, over 2^N
@@ -57,11 +66,13 @@ class EnsembleSystem:
         self.scores, self.gate, self.costs, self.top_k = scores, gate, costs, top_k
         self.val, self.test = scores.take("val"), scores.take("test")
         self.temperatures = scores_mod.fit_temperatures(scores.take("train"))  # (N,), on the gate's training split
-        self.val_probs = scores_mod.option_probs(self.val.logprobs, self.temperatures)  # (N, I, C)
-        self.test_probs = scores_mod.option_probs(self.test.logprobs, self.temperatures)
+        self.val_probs = scores_mod.option_probs(self.val.mean_logprobs, self.temperatures)  # (N, I, C)
+        self.test_probs = scores_mod.option_probs(self.test.mean_logprobs, self.temperatures)
         self.val_gate = gate.probs(self.val.embeddings)  # (I, N), the full-set gate
         self.test_gate = gate.probs(self.test.embeddings)
         self.names = scores.expert_names
+        self._accuracy: dict[int, float] = {}  # A by bitmask
+        self._active: dict[int, int] = {}  # active_subset by bitmask
 
     @classmethod
     def load(cls, categories_costs: RequestCosts | None = None) -> EnsembleSystem:
@@ -75,11 +86,29 @@ class EnsembleSystem:
             categories_costs = modeled_costs(dep, task_categories(np.array(meta["prompt_tokens"]), scores.categories))
         return cls(scores, gate_mod.load_gate(), categories_costs)
 
+    def accuracy(self, subset: Collection[int]) -> float:
+        """A(S): validation accuracy of the gate's top-k within S (cached by bitmask)."""
+        mask = sum(1 << n for n in set(subset))
+        if mask not in self._accuracy:
+            if not mask:
+                self._accuracy[mask] = 0.0
+            else:
+                routing = fine_select(self.val_gate, subset, self.top_k)
+                value = ensemble_accuracy(self.val_probs, self.val.answers, routing.index, routing.weight)
+                self._accuracy[mask] = value
+        return self._accuracy[mask]
+
+    def active_subset(self, subset: Collection[int]) -> frozenset[int]:
+        """The nonempty T ⊆ S of largest A(T) (ties: fewer experts, then the smaller bitmask); ∅ for S = ∅."""
+        mask = sum(1 << n for n in set(subset))
+        if mask not in self._active:
+            subs = [t for t in range(1, mask + 1) if t & mask == t]
+            self._active[mask] = min(subs, key=lambda t: (-self.accuracy(members(t)), t.bit_count(), t), default=0)
+        return members(self._active[mask])
+
     def utility(self, subset: Collection[int]) -> float:
-        if not subset:
-            return 0.0
-        routing = fine_select(self.val_gate, subset, self.top_k)
-        return ensemble_accuracy(self.val_probs, self.val.answers, routing.index, routing.weight)
+        """U(S) = max over nonempty T ⊆ S of A(T): monotone non-decreasing by construction [R]."""
+        return self.accuracy(self.active_subset(subset))
 
     def problem(self, energy_budget_j: float, delay_budget_s: float, top_k: int | None) -> SelectionProblem:
         budgets = np.full(len(self.costs.category_names), delay_budget_s)
@@ -104,17 +133,18 @@ class EnsembleSystem:
             rules = {
                 "moe2": lambda: coarse_select(problem, self.utility, SearchMethod.POLYBLOCK),
                 "moe2-exhaustive": lambda: coarse_select(problem, self.utility, SearchMethod.EXHAUSTIVE),
-                "best-single": lambda: baselines.best_single(problem, self.utility),
-                "uniform-feasible": lambda: baselines.most_experts(problem, self.utility),
-                "greedy-per-joule": lambda: baselines.greedy_per_joule(problem, self.utility),
+                "best-single": lambda: baselines.best_single(problem, self.accuracy),
+                "uniform-feasible": lambda: baselines.most_experts(problem, self.accuracy),
+                "greedy-per-joule": lambda: baselines.greedy_per_joule(problem, self.accuracy),
             }
             selection = rules[policy]()
         except InfeasibleSelectionError:
             return PolicyResult(policy, (), math.nan, math.nan, 0.0)
-        accuracy, energy = self._test(selection.subset, uniform)
+        routed = self.active_subset(selection.subset) if policy.startswith("moe2") else selection.subset
+        accuracy, energy = self._test(routed, uniform)
         return PolicyResult(
             policy,
-            tuple(self.names[n] for n in sorted(selection.subset)),
+            tuple(self.names[n] for n in sorted(routed)),
             accuracy,
             energy,
             selection.evaluated_fraction,
@@ -123,7 +153,7 @@ class EnsembleSystem:
     def _random(self, problem: SelectionProblem) -> PolicyResult:
         results = []
         for seed in range(RANDOM_DRAWS):
-            selection = baselines.random_feasible(problem, self.utility, np.random.default_rng(seed))
+            selection = baselines.random_feasible(problem, self.accuracy, np.random.default_rng(seed))
             results.append((selection, *self._test(selection.subset, uniform=False)))
         last = results[-1][0]
         return PolicyResult(
