@@ -207,7 +207,7 @@ class Dispatcher:
         order = [j for d in devices for j in groups[d]]
         stacked = results[0].output if len(results) == 1 else torch.cat([r.output for r in results])
         if order != sorted(order):
-            stacked = stacked[torch.tensor(np.argsort(order))]
+            stacked = stacked[_on(stacked, np.argsort(order))]  # no blocking upload: the GPU is not waited for
         combined = (stacked * topk_weight.T).sum(dim=0, keepdim=True)  # = run's sum over k, in k order
         if combined.dtype != hidden.dtype:
             combined = combined.to(hidden.dtype)
