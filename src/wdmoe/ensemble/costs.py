@@ -165,9 +165,9 @@ def subset_energy_j(energy_j: np.ndarray, subset: Iterable[int], top_k: int | No
     level, which activates any k members of S per prompt: the sum of the k largest energies in S (papers.md §5.3
     [R]). Both are monotone non-decreasing in S (energies are >= 0); E(∅) = 0.
     """
-    members = np.asarray(energy_j, dtype=float)[sorted(set(subset))]
+    members = np.sort(np.asarray(energy_j, dtype=float)[sorted(set(subset))])  # ascending: monotone to the ulp
     if top_k is not None and members.size > top_k:
-        members = np.sort(members)[members.size - top_k :]
+        members = members[members.size - top_k :]
     return float(members.sum())
 
 
