@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from wdmoe.ensemble import gate as gate_mod
 from wdmoe.ensemble import scores as scores_mod
 from wdmoe.ensemble.aggregate import ensemble_accuracy
+from wdmoe.ensemble.crossfit import answer_probs, routing_probs
 from wdmoe.ensemble.gate import mixture_nll, train_gate
 from wdmoe.ensemble.profiles import deployment, measured_costs, task_categories
 from wdmoe.ensemble.selection import fine_select
@@ -27,22 +29,28 @@ from wdmoe.ensemble.task import CATEGORIES
 SWEEP_POINTS = 9
 
 
-def answer_probs(split: scores_mod.TaskScores, temperatures: np.ndarray) -> np.ndarray:
-    """(I, N): p_n(right choice | x_i), calibrated by the per-expert temperatures."""
-    return scores_mod.option_probs(split.mean_logprobs, temperatures)[:, np.arange(split.num_items), split.answers].T
-
-
-def routing_probs(split: scores_mod.TaskScores) -> np.ndarray:
-    """(I, N): p_n(right choice | x_i) at the gate's shared training temperature (gate.ROUTE_TEMPERATURE)."""
-    return answer_probs(split, np.full(len(split.expert_names), gate_mod.ROUTE_TEMPERATURE))
-
-
 def sweep(system: EnsembleSystem, budgets: np.ndarray, energy: bool) -> list[dict[str, Any]]:
     rows = []
     for budget in budgets.tolist():
         e, t = (budget, math.inf) if energy else (math.inf, budget)
         rows.append({"budget": budget, **{p: asdict(system.run_policy(p, e, t)) for p in POLICIES}})
     return rows
+
+
+def estimator_check(system: EnsembleSystem, other: EnsembleSystem) -> dict[str, Any]:
+    """How well each estimator's A(T) ranks the 31 nonempty subsets by their test accuracy (a diagnostic: reading
+    the test split here chooses nothing). Spearman rank correlation and mean absolute error, per estimator."""
+    n = len(system.names)
+    subsets = [frozenset(c) for size in range(1, n + 1) for c in itertools.combinations(range(n), size)]
+    test = np.array([system._test(s, uniform=False)[0] for s in subsets])
+    out: dict[str, Any] = {"subsets": len(subsets)}
+    for sys_ in (system, other):
+        est = np.array([sys_.accuracy(s) for s in subsets])
+        out[sys_.estimator] = {
+            "spearman": float(spearmanr(est, test).statistic),
+            "mean_abs_error": float(np.abs(est - test).mean()),
+        }
+    return out
 
 
 def budgets(system: EnsembleSystem) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +171,8 @@ def plot(rows: list[dict[str, Any]], xlabel: str, scale: float, path: Path) -> N
 
 
 def run_experiment(out_dir: Path) -> dict[str, Any]:
-    system = EnsembleSystem.load()
+    system = EnsembleSystem.load()  # the cross-fitted estimator
+    val_system = EnsembleSystem.load(estimator="val")  # the first version's, for comparison
     energy_budgets, delay_budgets = budgets(system)
     meta = scores_mod.load_meta()
     categories = task_categories(np.array(meta["prompt_tokens"]), system.scores.categories)
@@ -180,6 +189,9 @@ def run_experiment(out_dir: Path) -> dict[str, Any]:
         "expert_names": list(system.names),
         "energy_sweep": sweep(system, energy_budgets, energy=True),
         "delay_sweep": sweep(system, delay_budgets, energy=False),
+        "val_estimator_energy_sweep": sweep(val_system, energy_budgets, energy=True),
+        "val_estimator_delay_sweep": sweep(val_system, delay_budgets, energy=False),
+        "estimator_check": estimator_check(system, val_system),
         "monotonicity": monotonicity(system),
         "gate_fit": json.loads((gate_mod.GATE_DIR / "gate.json").read_text(encoding="utf-8"))["fit"],
         "optimality_preserving": optimality_check(system),

@@ -1,21 +1,24 @@
 """MoE² end to end on the local task (papers.md §5.8 steps 4-5): the selection problem, the utility oracle, MoE² and
 the baselines, each evaluated on the test split.
 
-Contract: `EnsembleSystem.load()` gathers the shipped parts (precomputed scores, the trained gate, the modeled
-costs). `accuracy(S)` is A(S), the validation accuracy of the gated top-k ensemble restricted to S (A(∅) = 0).
-`utility(S)` is the coarse selection's oracle U(S) = max over nonempty T ⊆ S of A(T) (U(∅) = 0), and
-`active_subset(S)` is that maximizing T (ties: fewer experts, then the smaller bitmask): the experts the fine level
-actually routes among once S is chosen. U is monotone by construction (a larger S offers every T of a smaller one),
-so the polyblock search is exact on it; A alone is not monotone (the gate trained on N, restricted to S, can route
-worse with one expert more). This monotone hull is our reconstruction [R] of the paper's "objective's
-monotonicity" (papers.md §5.7): the paper's argument (a re-optimized gate can always give a new expert weight 0)
-is what T ⊆ S does here, with the one trained gate. `run_policy(policy, E_max, T_max)` picks a subset under the
-budgets with that policy's rule and returns its test accuracy and the mean energy the chosen experts spent per test
-request:
+Contract: `EnsembleSystem.load()` gathers the shipped parts (precomputed scores, the trained gate, the cross-fitted
+score tables, the modeled costs). The coarse oracle is a `utility.SubsetOracle`: `accuracy(T)` is A(T), the
+accuracy of the gated top-k ensemble restricted to T (A(∅) = 0), `utility(S)` its monotone hull U(S) = max over
+nonempty T ⊆ S of A(T), and `active_subset(S)` the maximizing T (ties: larger mean probability of the right choice,
+fewer experts, smaller bitmask): the experts the fine level actually routes among once S is chosen. U is monotone by
+construction, so the polyblock search is exact on it; A alone is not (papers.md §5.7; our reconstruction [R]).
+`estimator` says which items A is measured on (never the test split):
+
+    "crossfit"    (default) the 480 train + val items, each scored out of fold by a gate retrained without its fold
+                  and temperatures fit without it (`crossfit.py`), mean over the repeats [R]
+    "val"         the 160 validation items with the shipped gate (the first version; noisy, kept for comparison)
+
+`run_policy(policy, E_max, T_max)` picks a subset under the budgets with that policy's rule and returns its test
+accuracy (the shipped gate) and the mean energy the chosen experts spent per test request:
 
     moe2              polyblock search on U (selection.coarse_select), gate top-k within active_subset(S*)
     moe2-exhaustive   the same by exhaustive search (the check)
-    (the baselines below choose with A, as before, and route the gate's top-k within their own S)
+    (the baselines below choose with the same A, and route the gate's top-k within their own S)
     best-single       baselines.best_single
     uniform-feasible  baselines.most_experts with every member answering, equal weights, energy held at Σ_S
     random-feasible   baselines.random_feasible, gate top-k; the mean over RANDOM_DRAWS seeds
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wdmoe.ensemble import baselines
+from wdmoe.ensemble import crossfit as crossfit_mod
 from wdmoe.ensemble import gate as gate_mod
 from wdmoe.ensemble import scores as scores_mod
 from wdmoe.ensemble.aggregate import ensemble_accuracy, mix_option_probs
@@ -42,11 +46,12 @@ from wdmoe.ensemble.selection import (
     SelectionProblem,
     coarse_select,
     fine_select,
-    members,
 )
+from wdmoe.ensemble.utility import SubsetOracle
 
 TOP_K = 2  # experts per prompt at the fine level (papers.md §5.4: k is [U], 2 is ours [R])
 RANDOM_DRAWS = 20
+ESTIMATORS = ("crossfit", "val")
 POLICIES = ("moe2", "moe2-exhaustive", "best-single", "uniform-feasible", "random-feasible", "greedy-per-joule")
 
 
@@ -61,8 +66,14 @@ class PolicyResult:
 
 class EnsembleSystem:
     def __init__(
-        self, scores: scores_mod.TaskScores, gate: gate_mod.Gate, costs: RequestCosts, top_k: int = TOP_K
+        self,
+        scores: scores_mod.TaskScores,
+        gate: gate_mod.Gate,
+        costs: RequestCosts,
+        top_k: int = TOP_K,
+        fitted: crossfit_mod.CrossFit | None = None,
     ) -> None:
+        """`fitted` given: A is cross-fitted on it (estimator "crossfit"); None: A is on the validation split."""
         self.scores, self.gate, self.costs, self.top_k = scores, gate, costs, top_k
         self.val, self.test = scores.take("val"), scores.take("test")
         self.temperatures = scores_mod.fit_temperatures(scores.take("train"))  # (N,), on the gate's training split
@@ -71,11 +82,14 @@ class EnsembleSystem:
         self.val_gate = gate.probs(self.val.embeddings)  # (I, N), the full-set gate
         self.test_gate = gate.probs(self.test.embeddings)
         self.names = scores.expert_names
-        self._accuracy: dict[int, float] = {}  # A by bitmask
-        self._active: dict[int, int] = {}  # active_subset by bitmask
+        self.estimator = "val" if fitted is None else "crossfit"
+        if fitted is None:
+            self.oracle = SubsetOracle(self.val_gate[None], self.val_probs[None], self.val.answers, top_k)
+        else:
+            self.oracle = SubsetOracle(fitted.gate_probs, fitted.option_probs, fitted.answers, top_k)
 
     @classmethod
-    def load(cls, categories_costs: RequestCosts | None = None) -> EnsembleSystem:
+    def load(cls, categories_costs: RequestCosts | None = None, estimator: str = "crossfit") -> EnsembleSystem:
         from wdmoe.ensemble.experts import EXPERT_NAMES
         from wdmoe.ensemble.profiles import deployment, task_categories
 
@@ -84,31 +98,22 @@ class EnsembleSystem:
             meta = scores_mod.load_meta()
             dep = deployment(EXPERT_NAMES, meta["num_parameters"])
             categories_costs = modeled_costs(dep, task_categories(np.array(meta["prompt_tokens"]), scores.categories))
-        return cls(scores, gate_mod.load_gate(), categories_costs)
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator {estimator!r}: expected one of {ESTIMATORS}")
+        fitted = crossfit_mod.load() if estimator == "crossfit" else None
+        return cls(scores, gate_mod.load_gate(), categories_costs, fitted=fitted)
 
     def accuracy(self, subset: Collection[int]) -> float:
-        """A(S): validation accuracy of the gate's top-k within S (cached by bitmask)."""
-        mask = sum(1 << n for n in set(subset))
-        if mask not in self._accuracy:
-            if not mask:
-                self._accuracy[mask] = 0.0
-            else:
-                routing = fine_select(self.val_gate, subset, self.top_k)
-                value = ensemble_accuracy(self.val_probs, self.val.answers, routing.index, routing.weight)
-                self._accuracy[mask] = value
-        return self._accuracy[mask]
+        """A(T) of the chosen estimator (cached)."""
+        return self.oracle.accuracy(subset)
 
     def active_subset(self, subset: Collection[int]) -> frozenset[int]:
-        """The nonempty T ⊆ S of largest A(T) (ties: fewer experts, then the smaller bitmask); ∅ for S = ∅."""
-        mask = sum(1 << n for n in set(subset))
-        if mask not in self._active:
-            subs = [t for t in range(1, mask + 1) if t & mask == t]
-            self._active[mask] = min(subs, key=lambda t: (-self.accuracy(members(t)), t.bit_count(), t), default=0)
-        return members(self._active[mask])
+        """The nonempty T ⊆ S of largest A(T) (`SubsetOracle.active_subset`); ∅ for S = ∅."""
+        return self.oracle.active_subset(subset)
 
     def utility(self, subset: Collection[int]) -> float:
         """U(S) = max over nonempty T ⊆ S of A(T): monotone non-decreasing by construction [R]."""
-        return self.accuracy(self.active_subset(subset))
+        return self.oracle.utility(subset)
 
     def problem(self, energy_budget_j: float, delay_budget_s: float, top_k: int | None) -> SelectionProblem:
         budgets = np.full(len(self.costs.category_names), delay_budget_s)
