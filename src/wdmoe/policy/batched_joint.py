@@ -45,37 +45,76 @@ class PairSplit:
 
 
 def approx_log(x: np.ndarray) -> np.ndarray:
-    """policy.bandwidth.approx_log on an array, operation for operation."""
+    """policy.bandwidth.approx_log on an array, operation for operation (in place on a few buffers: arrays this
+    size cost more in allocation than in arithmetic)."""
     m, e = np.frexp(x)
-    v = m * SQRT_TWO
-    z = (v - 1.0) / (v + 1.0)
-    z2 = z * z
+    v = np.multiply(m, SQRT_TWO, out=m)
+    z = np.subtract(v, 1.0)
+    np.add(v, 1.0, out=v)
+    np.divide(z, v, out=z)
+    z2 = np.multiply(z, z, out=v)
     c = LOG_SERIES
-    s = (((((c[6] * z2 + c[5]) * z2 + c[4]) * z2 + c[3]) * z2 + c[2]) * z2 + c[1]) * z2 + c[0]
-    return (e - 0.5) * LOG_LN2 + 2.0 * z * s
+    s = np.multiply(z2, c[6])
+    for coefficient in (c[5], c[4], c[3], c[2], c[1]):
+        s += coefficient
+        s *= z2
+    s += c[0]
+    np.multiply(z, 2.0, out=z)
+    np.multiply(z, s, out=z)
+    out = np.subtract(e, 0.5, out=s)  # int32 - 0.5 in float64, as (e - 0.5)
+    out *= LOG_LN2
+    out += z
+    return out
 
 
 def approx_time(b: np.ndarray, need: np.ndarray, base: np.ndarray, snr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """policy.bandwidth.approx_time on arrays: b (2, m) shares, need and snr (2, 2, m) with the DL row first, base
     (2, m); both directions go through each operation at once (elementwise, the reference's operations)."""
-    y = snr / b
-    o = 1.0 + y
+    y = np.divide(snr, b)
+    o = np.add(y, 1.0)
     log_term = approx_log(o)
-    transfer = need / (b * log_term)
-    part = transfer * (log_term - y / o) / log_term
-    return transfer[0] + transfer[1] + base, (part[0] + part[1]) / b
+    transfer = np.multiply(log_term, b)
+    np.divide(need, transfer, out=transfer)
+    part = np.divide(y, o, out=y)  # transfer * (log_term - y / o) / log_term
+    np.subtract(log_term, part, out=part)
+    part *= transfer
+    part /= log_term
+    t = np.add(transfer[0], transfer[1])
+    t += base
+    slope = np.add(part[0], part[1])
+    slope /= b
+    return t, slope
 
 
 def pair_model_step(b: np.ndarray, e: np.ndarray, t0: np.ndarray, slope0: np.ndarray, t1: np.ndarray,
                     slope1: np.ndarray, budget: np.ndarray) -> np.ndarray:
     """policy.bandwidth.pair_model_step on arrays (inf or nan where it has -1: outside (0, B) all the same)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        g0, g1 = b * b * slope0, e * e * slope1
-        delta = (t1 - e * slope1) - (t0 - b * slope0)
-        p = delta * budget + g0 + g1
-        q = p + np.copysign(np.sqrt(np.maximum(p * p - 4.0 * delta * g0 * budget, 0.0)), p)
+        g0 = np.multiply(b, b)
+        g0 *= slope0
+        g1 = np.multiply(e, e)
+        g1 *= slope1
+        delta = np.multiply(e, slope1)  # (t1 - e slope1) - (t0 - b slope0)
+        np.subtract(t1, delta, out=delta)
+        p = np.multiply(b, slope0)
+        np.subtract(t0, p, out=p)
+        delta -= p
+        np.multiply(delta, budget, out=p)  # p = delta B + g0 + g1
+        p += g0
+        p += g1
+        q = np.multiply(delta, 4.0, out=g1)  # q = p + sign(p) sqrt(max(p p - 4 delta g0 B, 0))
+        q *= g0
+        q *= budget
+        np.subtract(np.multiply(p, p), q, out=q)
+        np.maximum(q, 0.0, out=q)
+        np.sqrt(q, out=q)
+        np.copysign(q, p, out=q)
+        q += p
         right = p >= 0.0
-        return np.where(right, 2.0 * g0 * budget, q) / np.where(right, q, 2.0 * delta)
+        g0 *= 2.0
+        g0 *= budget
+        delta *= 2.0
+        return np.where(right, g0, q) / np.where(right, q, delta)
 
 
 def _pair_start(b: np.ndarray, budget: np.ndarray, need: np.ndarray, base: np.ndarray,
@@ -85,9 +124,11 @@ def _pair_start(b: np.ndarray, budget: np.ndarray, need: np.ndarray, base: np.nd
     out = b.copy()
     items: np.ndarray = np.arange(b.shape[0])
     for _ in range(PRESOLVE_ITER):
-        e = budget - b
+        shares = np.empty((2, b.shape[0]))
+        shares[0] = b
+        e = np.subtract(budget, b, out=shares[1])
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            t, slope = approx_time(np.stack([b, e]), need, base, snr)
+            t, slope = approx_time(shares, need, base, snr)
             near = np.abs(t[0] - t[1]) <= PRESOLVE_LAST * np.maximum(t[0], t[1])
         step = pair_model_step(b, e, t[0], slope[0], t[1], slope[1], budget)
         ok = (step > 0.0) & (step < budget)
@@ -102,47 +143,71 @@ def _pair_start(b: np.ndarray, budget: np.ndarray, need: np.ndarray, base: np.nd
     return out
 
 
+_BLOCK = 1 << 20  # problems per block; 2048 or 4096 measured no faster (per-call overhead), so one in practice
+
+
 def pair_split(a0: np.ndarray, a1: np.ndarray, c0: np.ndarray, c1: np.ndarray, base0: np.ndarray,
                base1: np.ndarray, d0: np.ndarray, d1: np.ndarray, u0: np.ndarray, u1: np.ndarray,
                budget: np.ndarray, *, rtol: float = 1e-10, max_iter: int = 60) -> PairSplit:
     """policy.bandwidth.pair_split on arrays of n problems, iterate for iterate; converged problems leave.
 
     Both devices are evaluated in one call on (2, m) arrays (row 0: device 0 at b, row 1: device 1 at B - b):
-    elementwise, the same operations as two calls."""
+    elementwise, the same operations as two calls. Problems are independent, so they are solved in blocks of
+    about _BLOCK (elementwise work on arrays that fit in cache)."""
     n = a0.shape[0]
-    out = np.full((6, n), np.nan)  # b0, b1, t0, t1, inv0, inv1
-    items: np.ndarray = np.arange(n)
-    load0, load1 = a0 + c0, a1 + c1
+    out = [np.full(n, np.nan) for _ in range(6)]  # b0, b1, t0, t1, inv0, inv1
+    blocks = max(-(-n // _BLOCK), 1)
+    size = -(-n // blocks)
+    for start in range(0, n, size):
+        part = slice(start, min(start + size, n))
+        params = np.empty((5, 2, part.stop - part.start))  # need DL, need UL, base, SNR DL, SNR UL by device
+        for row, pair in enumerate(((a0, a1), (c0, c1), (base0, base1), (d0, d1), (u0, u1))):
+            params[row, 0], params[row, 1] = pair[0][part], pair[1][part]
+        _pair_split_block([x[part] for x in out], params, budget[part], rtol, max_iter)
+    return PairSplit(out[0], out[1], out[2], out[4], out[3], out[5])
+
+
+def _pair_split_block(out: list[np.ndarray], params: np.ndarray, budget: np.ndarray, rtol: float,
+                      max_iter: int) -> None:
+    """`pair_split` of one block into the views `out` (b0, b1, t0, t1, inv0, inv1); params (5, 2, m)."""
+    m = budget.shape[0]
+    items: np.ndarray = np.arange(m)
+    load = params[0] + params[1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        b = np.where(load0 + load1 > 0.0, budget * load0 / (load0 + load1), 0.5 * budget)
-    params = [np.stack(pair) for pair in ((a0, a1), (c0, c1), (base0, base1), (d0, d1), (u0, u1))]  # (2, m) each
-    b = _pair_start(b, budget, np.stack(params[:2]), params[2], np.stack(params[3:]))
-    lo: np.ndarray = np.zeros(n)
+        b = np.where(load[0] + load[1] > 0.0, budget * load[0] / (load[0] + load[1]), 0.5 * budget)
+    b = _pair_start(b, budget, params[:2], params[2], params[3:])
+    lo: np.ndarray = np.zeros(m)
     hi: np.ndarray = budget.copy()
     for _ in range(max_iter):
-        shares = np.stack([b, budget - b])  # (2, m)
+        shares = np.empty((2, b.shape[0]))
+        shares[0] = b
+        np.subtract(budget, b, out=shares[1])
         t, w = scalar_time(shares, *params)
         f = t[0] - t[1]
         done = np.abs(f) <= rtol * np.maximum(t[0], t[1])
+        if done.all():
+            if items.shape[0] == m:
+                for target, value in zip(out, (shares[0], shares[1], t[0], t[1], w[0], w[1]), strict=True):
+                    target[...] = value
+            else:
+                for target, value in zip(out, (shares[0], shares[1], t[0], t[1], w[0], w[1]), strict=True):
+                    target[items] = value
+            return
         finished = np.flatnonzero(done)
         if finished.size:  # 1-D takes and puts: numpy's 2-D fancy indexing is far slower
             at = items.take(finished)
-            for row, value in enumerate((shares[0], shares[1], t[0], t[1], w[0], w[1])):
-                out[row][at] = value.take(finished)
-        more = np.flatnonzero(~done)
-        if more.size == 0:
-            break
-        if finished.size:
+            for target, value in zip(out, (shares[0], shares[1], t[0], t[1], w[0], w[1]), strict=True):
+                target[at] = value.take(finished)
+            more = np.flatnonzero(~done)
             items, b, lo, hi, f, budget = (x.take(more) for x in (items, b, lo, hi, f, budget))
             t, w = t.take(more, axis=1), w.take(more, axis=1)
-            params = [x.take(more, axis=1) for x in params]
+            params = params.take(more, axis=2)
         up = f > 0.0
         lo = np.where(up, b, lo)
         hi = np.where(up, hi, b)
         with np.errstate(divide="ignore"):
             step = pair_model_step(b, budget - b, t[0], 1.0 / w[0], t[1], 1.0 / w[1], budget)
         b = np.where((lo < step) & (step < hi), step, 0.5 * (lo + hi))
-    return PairSplit(out[0], out[1], out[2], out[4], out[3], out[5])
 
 
 def _unique_pair_split(key: np.ndarray, *args: np.ndarray) -> PairSplit:

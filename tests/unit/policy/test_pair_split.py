@@ -90,3 +90,13 @@ def test_model_step_rejects_degenerate_tangents_in_both_forms() -> None:
         if inside:
             assert scalar == array
     assert pair_model_step(*cases[1]) == 1.0
+
+
+def test_array_pair_split_is_the_same_in_blocks(monkeypatch: object) -> None:
+    args = _instances(11, 1000)
+    whole = batched_joint.pair_split(*args)
+    monkeypatch.setattr(batched_joint, "_BLOCK", 64)  # type: ignore[attr-defined]
+    blocked = batched_joint.pair_split(*args)
+
+    for field in ("b0", "b1", "t0", "inv0", "t1", "inv1"):
+        np.testing.assert_array_equal(getattr(blocked, field), getattr(whole, field))
