@@ -389,6 +389,16 @@ def decide_joint(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> Batch
 
 
 def _decide(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchDecision:
+    """`decide_joint` for steps whose slots lie on at most two devices: top-2 by `batched_joint2.decide_top2`
+    (the same decisions bit for bit, by direct column arithmetic), any other k by the generic rounds."""
+    if steps.slot_device.shape[1] == 2:
+        from wdmoe.policy.batched_joint2 import decide_top2  # imports this module
+
+        return decide_top2(steps, policy)
+    return _decide_rounds(steps, policy)
+
+
+def _decide_rounds(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchDecision:
     """`decide_joint` for steps whose slots lie on at most two devices: every round evaluates a trial for all
     steps and keeps it where the step is still running and the metric rose (no row gathers, which are slow).
     Works on columns (`_Steps`); (n, k) arrays only at the end."""
