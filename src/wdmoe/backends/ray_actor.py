@@ -62,7 +62,14 @@ class DeviceActor:
             self.worker.num_experts_held, str(self.root), self.worker.weight_bytes,
         )
 
-    def run(self, payload: bytes | None) -> bytes | None:
+    def run_in_round(self, frame: bytes, index: int) -> bytes | None:
+        """This device's batch of a compiled-graph round: part `index` of the round's one buffer (`wire.round_part`;
+        an empty part, None out: the device is idle in this round)."""
+        from wdmoe.backends.wire import round_part
+
+        return self.run(round_part(frame, index))
+
+    def run(self, payload: bytes | memoryview | None) -> bytes | None:
         """One batch in, one result out (None in, None out: this device is idle in a compiled-graph round)."""
         if payload is None:
             return None

@@ -1,8 +1,10 @@
 """One Ray Compiled Graph round per MoE layer: every live device actor reads its batch from a shared-memory channel.
 
-The graph is `InputNode -> actor_k.run(input[k]) for every live device k -> MultiOutputNode`, compiled once for a
-set of live devices. Each layer step writes one payload per device (None for an idle device) and reads all the
-results: one round, no task submission, no object-store round trip. A compiled graph has a fixed membership, so
+The graph is `InputNode -> actor_k.run_in_round(input, k) for every live device k -> MultiOutputNode`, compiled
+once for a set of live devices. Each layer step writes one buffer, the round frame of `wire.encode_round` (one
+part per device, empty for an idle device), and reads all the results: one round, no task submission, no
+object-store round trip. One `bytes` input is written to the channel as is; one argument per device would be
+pickled together at every round, and unpickled by every actor. A compiled graph has a fixed membership, so
 the pool tears it down on any device failure (Ray closes every channel of a graph when one actor dies) and
 compiles a new one over the devices that are live at the next step.
 """
@@ -13,6 +15,8 @@ import contextlib
 import time
 from typing import Any
 
+from wdmoe.backends.wire import encode_round
+
 
 class CompiledRound:
     """A compiled graph over `actors` ({device: actor handle}); `run` does one round."""
@@ -22,7 +26,7 @@ class CompiledRound:
 
         self.devices = sorted(actors)
         with InputNode() as inp:
-            dag = MultiOutputNode([actors[d].run.bind(inp[i]) for i, d in enumerate(self.devices)])
+            dag = MultiOutputNode([actors[d].run_in_round.bind(inp, i) for i, d in enumerate(self.devices)])
         start = time.perf_counter()
         self.graph = dag.experimental_compile()
         self.compile_s = time.perf_counter() - start
@@ -31,7 +35,7 @@ class CompiledRound:
         """{device: result bytes} for the devices in `payloads`; raises a Ray error if any device fails."""
         import ray
 
-        refs = self.graph.execute(*(payloads.get(d) for d in self.devices))
+        refs = self.graph.execute(encode_round([payloads.get(d) for d in self.devices]))
         outputs = ray.get(refs, timeout=timeout_s)
         return {d: out for d, out in zip(self.devices, outputs, strict=True) if out is not None}
 

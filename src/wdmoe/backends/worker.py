@@ -1,7 +1,9 @@
 """The device side: an expert worker that holds only its own verified shard and runs its experts' FFNs.
 
 A quantized expert (int8 / int4, `wdmoe.model.quantize`) stays quantized in the worker's memory and is dequantized
-to the compute dtype each time it runs; a float16-stored one is cast to the compute dtype at load.
+to the compute dtype each time it runs; a float16-stored one is cast to the compute dtype at load. A batch whose
+hidden states are in another dtype than the weights (a pool that loads its shards as stored, a BS cast to another
+dtype) is computed in the weights' dtype and answered in the batch's.
 
 On CUDA the worker's `compute_s` is the host time to launch its kernels (they run asynchronously), not their
 GPU time; the GPU time of an expert is what `bench/gpu/expert_ffn.py` measures.
@@ -76,14 +78,16 @@ class ExpertWorker:
         token_index, expert = batch.token_index, batch.expert  # (m,) each, on the CPU
         if expert.numel() == 1 or bool((expert == expert[0]).all()):
             gate_up, down = self._expert(batch.layer, int(expert[0]))
-            output = expert_ffn(_gather(batch.hidden, token_index), gate_up, down, self.act)
+            x = _gather(batch.hidden, token_index).to(gate_up.dtype)
+            output = expert_ffn(x, gate_up, down, self.act).to(batch.hidden.dtype)
         else:
             output = batch.hidden.new_empty((expert.numel(), batch.hidden.shape[-1]))
             for e in torch.unique(expert).tolist():
                 rows = (expert == e).nonzero().squeeze(1)
                 gate_up, down = self._expert(batch.layer, e)
-                result = expert_ffn(_gather(batch.hidden, token_index[rows]), gate_up, down, self.act)
-                output[rows.to(output.device, non_blocking=True)] = result
+                x = _gather(batch.hidden, token_index[rows]).to(gate_up.dtype)
+                result = expert_ffn(x, gate_up, down, self.act)
+                output[rows.to(output.device, non_blocking=True)] = result.to(output.dtype)
         return DeviceResult(batch.device, output, time.perf_counter() - start)
 
 
