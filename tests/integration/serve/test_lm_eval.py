@@ -148,10 +148,7 @@ def test_lm_eval_local_completions_matches_our_scorer(
 @pytest.fixture(scope="module")
 def shipped_engine() -> Iterator[Engine]:
     from wdmoe.cli.serve_cmd import Backend, load_engine
-    from wdmoe.model import shipped
 
-    if not shipped.has_shipped_model():
-        pytest.skip("no shipped model in this checkout")
     engine = load_engine(None, None, "topk", 0.5, None, Backend.local)  # what `wdmoe serve` runs by default
     yield engine
     engine.close()
