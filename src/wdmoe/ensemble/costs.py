@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wdmoe.radio.compute import DeviceProfile, roofline_time_s
-from wdmoe.radio.latency import DEFAULT_BS_TX_POWER_W
+from wdmoe.radio.latency import DEFAULT_BS_TX_POWER_W, energy_parts_j
 from wdmoe.radio.link import LinkState
 from wdmoe.radio.rate import share_time_s
 
@@ -154,7 +154,9 @@ def request_costs(
         dl_s = share_time_s(prompt * bits_per_token, share_hz[n], link.snr_dl_per_hz[n])
         ul_s = share_time_s(answer * bits_per_token, share_hz[n], link.snr_ul_per_hz[n])
         delay[n] = dl_s + compute_s + ul_s
-        energy[n] = bs_tx_power_w * dl_s + s.compute_power_w * compute_s + s.tx_power_w * ul_s
+        bs_tx, device_compute, device_tx = energy_parts_j(dl_s, compute_s, ul_s, s.compute_power_w, s.tx_power_w,
+                                                          bs_tx_power_w)
+        energy[n] = bs_tx + device_compute + device_tx
     return RequestCosts(tuple(e.name for e in experts), tuple(c.name for c in categories), delay, energy)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -140,13 +141,20 @@ def layer_breakdown(topk_index: np.ndarray, keep: np.ndarray, expert_device: np.
     token_finish = np.where(keep, total_s[expert_device[topk_index]], 0.0).max(axis=1, initial=0.0)  # (T,)
     with np.errstate(invalid="ignore"):  # inf - inf when the slowest device never finishes
         waiting_s = np.where(token_finish == slowest, 0.0, slowest - token_finish)
+    bs_tx, device_compute, device_tx = energy_parts_j(dl_s, compute_s, ul_s, profiles.compute_power_w,
+                                                      profiles.tx_power_w, bs_tx_power_w)
     return LatencyBreakdown(
         dl_s=dl_s, compute_s=compute_s, ul_s=ul_s, total_s=total_s, bs_s=float(bs_time_s),
         layer_s=float(bs_time_s) + slowest, waiting_s=waiting_s, bits_dl=bits_dl, bits_ul=bits_ul,
-        energy_device_tx_j=profiles.tx_power_w * ul_s,
-        energy_device_compute_j=profiles.compute_power_w * compute_s,
-        energy_bs_tx_j=bs_tx_power_w * dl_s,
+        energy_device_tx_j=device_tx, energy_device_compute_j=device_compute, energy_bs_tx_j=bs_tx,
     )
+
+
+def energy_parts_j(dl_s: Any, compute_s: Any, ul_s: Any, compute_power_w: Any, tx_power_w: Any,
+                   bs_tx_power_w: float) -> tuple[Any, Any, Any]:
+    """(BS transmission, device compute, device transmission) joules: the BS sends the downlink, the device
+    computes and sends the uplink. Scalars or arrays that broadcast."""
+    return bs_tx_power_w * dl_s, compute_power_w * compute_s, tx_power_w * ul_s
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wdmoe.policy.batched import BatchDecision, OneTokenSteps
+from wdmoe.radio.latency import energy_parts_j
 from wdmoe.radio.rate import PoolMode, pool_shares, share_time_s
 
 _COMPACT = 0.75  # compute a column's transfer times on its active slots alone below this active fraction
@@ -62,9 +63,11 @@ def one_token_latency(steps: OneTokenSteps, decision: BatchDecision, tx_power_w:
         slowest = np.maximum(slowest, np.where(first, dl_s + compute_s + ul_s, 0.0))
         bits_dl.append(dl_bits)
         bits_ul.append(ul_bits)
-        tx_j.append(_per_slot(tx_power_w, device[j]) * ul_s)
-        compute_j.append(_per_slot(compute_power_w, device[j]) * compute_s)
-        bs_j.append(bs_tx_power_w * dl_s)
+        bs, comp, tx = energy_parts_j(dl_s, compute_s, ul_s, _per_slot(compute_power_w, device[j]),
+                                      _per_slot(tx_power_w, device[j]), bs_tx_power_w)
+        tx_j.append(tx)
+        compute_j.append(comp)
+        bs_j.append(bs)
     energy = _row_sum(tx_j) + _row_sum(compute_j) + _row_sum(bs_j)
     return OneTokenLatency(steps.bs_time_s + slowest, _row_sum(bits_dl), _row_sum(bits_ul), energy)
 
