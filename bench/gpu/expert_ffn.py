@@ -1,8 +1,9 @@
 """Bench (a): one routed expert's FFN at Mixtral sizes against its roofline, both ceilings measured in this run.
 
 For n = 1, 2, 4, ..., 512 tokens one expert (hidden H = 4096, intermediate I = 14336, bf16) runs as
-    eager      wdmoe.model.expert.expert_ffn, what every device runs: one fused gate_up GEMM (2I x H), act * up, down
-    separate   gate and up as two GEMMs (Mixtral's original w1 / w3 layout), act * up, down
+    eager      wdmoe.model.expert.expert_ffn, what every device runs: one fused gate_up GEMM (2I x H), act * up, down;
+               on CUDA from 128 tokens (SPLIT_GATE_UP_FROM_ROWS) gate and up as two GEMMs on the halves of gate_up
+    separate   gate and up as two GEMMs (Mixtral's original w1 / w3 layout) at every size, act * up, down
     compiled   torch.compile(expert_ffn, dynamic=True): act * up fused into one kernel, the GEMMs as before
 and is timed with CUDA events (warm-up, then the median of repeats of back-to-back calls). Its roofline is
 

@@ -8,6 +8,10 @@ in-process devices that all compute on the same GPU (TopK, the model's own routi
     prefill  one forward over a 512-token prompt: prompt tokens / wall seconds
 
 alternately, --repeats times each; reported are the medians and the ratio split / unsplit (target: decode >= 0.9).
+On CUDA the devices replay each expert's one-row FFN as a CUDA graph at decode (`ExpertWorker(cuda_graphs=...)`);
+the split model's decode is also timed with graphs off, in the same interleaved repeats (`decode_ratio_no_graphs`),
+and every captured graph's output is compared bit for bit with the eager FFN on a random row
+(`cuda_graphs_bit_identical`). --no-cuda-graphs turns graphs off for the whole run.
 Tokens are checked for identity (bf16 kernels of different batch shapes may round differently, so a late
 divergence is reported, not hidden), and on CUDA the host synchronizations per decode step of each model are
 counted with torch.cuda.set_sync_debug_mode.
@@ -35,6 +39,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from transformers import AutoModelForCausalLM, MixtralConfig
 
+from wdmoe.backends.base import DeviceBatch
 from wdmoe.model.split import split_model
 from wdmoe.runtime.model import DistributedMoE
 
@@ -67,12 +72,39 @@ def syncs_per_step(generate: Callable[[int], object], steps: int) -> float:
     return (counts[1] - counts[0]) / (steps - 1)
 
 
+def graphs_bit_identical(workers: list[Any], device: torch.device, seed: int) -> dict[str, int]:
+    """Each captured (layer, expert) graph of each worker against the worker's eager path on one random row."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    checked = identical = 0
+    with torch.inference_mode():
+        for worker in workers:
+            for layer, expert in worker.graphed:
+                gate_up = worker.weights[(layer, expert)][0]
+                x = torch.randn(1, gate_up.shape[1], device=device, generator=gen).to(gate_up.dtype)
+                batch = DeviceBatch(worker.device, layer, x, torch.zeros(1, dtype=torch.long), torch.tensor([expert]))
+                replayed = worker.run(batch).output.clone()
+                worker.cuda_graphs = False
+                eager = worker.run(batch).output
+                worker.cuda_graphs = True
+                checked, identical = checked + 1, identical + int(torch.equal(replayed, eager))
+    return {"checked": checked, "identical": identical}
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     device, dtype = pick_device(args.device, args.small), parse_dtype(args.dtype)
     reference = build_reference(args, device, dtype)
     tmp = tempfile.TemporaryDirectory(prefix="wdmoe-gpu-bench-", dir=args.tmp)
     split_model(reference, Path(tmp.name) / "split", args.devices)
     ours = DistributedMoE.from_pretrained(Path(tmp.name) / "split", torch_device=str(device))
+    workers = list(getattr(ours.pool, "workers", []))
+    if args.no_cuda_graphs:
+        for worker in workers:
+            worker.cuda_graphs = False
+    graphs = any(getattr(w, "cuda_graphs", False) for w in workers)
+
+    def set_graphs(on: bool) -> None:
+        for worker in workers:
+            worker.cuda_graphs = on
     gen = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(2, args.vocab, (1, args.prompt_len), generator=gen).to(device)
     short = prompt[:, : args.decode_prompt_len]
@@ -96,10 +128,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     new_ref, new_ours = expected[0, short.shape[1]:].tolist(), actual[0, short.shape[1]:].tolist()
     same = [a == b for a, b in zip(new_ref, new_ours, strict=True)]
     ref_logits, our_logits = prefill(reference).float(), prefill(ours).float()
+    graph_check, same_without_graphs = None, None
+    if graphs:
+        set_graphs(False)
+        same_without_graphs = bool(torch.equal(generate(ours, args.new_tokens), actual))
+        set_graphs(True)
+        graph_check = graphs_bit_identical(workers, device, args.seed)
     times: dict[str, list[float]] = {"decode_ref": [], "decode_ours": [], "prefill_ref": [], "prefill_ours": []}
+    if graphs:
+        times["decode_ours_no_graphs"] = []
     for _ in range(args.repeats):  # interleaved, so drifts in clocks or temperature hit both alike
         times["decode_ref"].append(wall_s(lambda: generate(reference, args.new_tokens), device))
         times["decode_ours"].append(wall_s(lambda: generate(ours, args.new_tokens), device))
+        if graphs:
+            set_graphs(False)
+            times["decode_ours_no_graphs"].append(wall_s(lambda: generate(ours, args.new_tokens), device))
+            set_graphs(True)
         times["prefill_ref"].append(wall_s(lambda: prefill(reference), device))
         times["prefill_ours"].append(wall_s(lambda: prefill(ours), device))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -121,6 +165,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "prefill_tokens_per_s": {"split": args.prompt_len / med["prefill_ours"],
                                  "unsplit": args.prompt_len / med["prefill_ref"]},
         "decode_ratio": med["decode_ref"] / med["decode_ours"],
+        "decode_ratio_fastest": min(times["decode_ref"]) / min(times["decode_ours"]),
+        "cuda_graphs": graphs,
+        "decode_ratio_no_graphs": med["decode_ref"] / med["decode_ours_no_graphs"] if graphs else None,
+        "decode_ratio_no_graphs_fastest": (min(times["decode_ref"]) / min(times["decode_ours_no_graphs"])
+                                           if graphs else None),
+        "cuda_graphs_bit_identical": graph_check,
+        "tokens_identical_without_graphs": same_without_graphs,
         "prefill_ratio": med["prefill_ref"] / med["prefill_ours"],
         "times_s": times,
         "tokens_identical": all(same),
@@ -143,11 +194,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in (("layers", 4), ("hidden", 4096), ("intermediate", 14336), ("experts", 8), ("top-k", 2),
                           ("heads", 32), ("kv-heads", 8), ("vocab", 32000), ("devices", 8), ("new-tokens", 64),
-                          ("prompt-len", 512), ("decode-prompt-len", 8), ("repeats", 5), ("seed", 0)):
+                          ("prompt-len", 512), ("decode-prompt-len", 8), ("repeats", 21), ("seed", 0)):
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--dtype", default=None, help="fp32, bf16 (default) or fp16; fp32 with --small")
     parser.add_argument("--device", default=None, help="cuda (default) or cpu (default with --small)")
     parser.add_argument("--tmp", default=None, help="where the split is written (default: the system's temp dir)")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="devices run every call eagerly")
     parser.add_argument("--small", action="store_true", help="tiny sizes on the CPU: runs in seconds")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -172,6 +224,12 @@ def main(argv: list[str] | None = None) -> None:
               f"ratio {result[f'{phase}_ratio']:.3f}")
     print(f"tokens identical: {result['tokens_identical']} (agreement {result['token_agreement']:.0%}, first "
           f"divergence {result['first_divergence']}); prefill logits rel. error {result['prefill_logits_rel_err']:.2e}")
+    print(f"decode ratio of the fastest repeats {result['decode_ratio_fastest']:.3f}")
+    if result["cuda_graphs"]:
+        g = result["cuda_graphs_bit_identical"]
+        print(f"without CUDA graphs: decode ratio {result['decode_ratio_no_graphs']:.3f} (fastest repeats "
+              f"{result['decode_ratio_no_graphs_fastest']:.3f}); graphs bit-identical to eager: {g['identical']} of "
+              f"{g['checked']}; tokens identical with graphs off: {result['tokens_identical_without_graphs']}")
     if result["syncs_per_decode_step"] is not None:
         s = result["syncs_per_decode_step"]
         print(f"host syncs per decode step: split {s['split']:.1f}, unsplit {s['unsplit']:.1f}")

@@ -51,6 +51,15 @@ def split_vs_unsplit(r: dict[str, Any]) -> list[str]:
              "", f"Medians of {r['repeats']} interleaved repeats. Tokens identical: {r['tokens_identical']} "
              f"(agreement {r['token_agreement']:.0%}, first divergence {r['first_divergence']}); prefill logits "
              f"relative error {r['prefill_logits_rel_err']:.2e}."]
+    if "decode_ratio_fastest" in r:
+        lines.append(f"Decode ratio of the fastest repeats: {r['decode_ratio_fastest']:.3f}.")
+    if r.get("cuda_graphs"):
+        g = r["cuda_graphs_bit_identical"]
+        lines.append(f"Devices with CUDA graphs (one-row expert calls replayed); with graphs off in the same repeats: "
+                     f"decode ratio {r['decode_ratio_no_graphs']:.3f} (fastest repeats "
+                     f"{r['decode_ratio_no_graphs_fastest']:.3f}). Graph outputs bit-identical to the eager FFN: "
+                     f"{g['identical']} of {g['checked']}; tokens identical with graphs off: "
+                     f"{r['tokens_identical_without_graphs']}.")
     if r["syncs_per_decode_step"]:
         s = r["syncs_per_decode_step"]
         lines.append(f"Host synchronizations per decode step: split {s['split']:.1f}, unsplit {s['unsplit']:.1f}.")

@@ -7,12 +7,25 @@ dtype) is computed in the weights' dtype and answered in the batch's.
 
 On CUDA the worker's `compute_s` is the host time to launch its kernels (they run asynchronously), not their
 GPU time; the GPU time of an expert is what `bench/gpu/expert_ffn.py` measures.
+
+CUDA graphs (decode): on CUDA, a batch of one row for one expert (every decode step of the in-process pool) runs
+as a replay of a `torch.cuda.CUDAGraph` of that (layer, expert)'s FFN, captured on its first such call: one
+input copy and one graph launch instead of the FFN's separate kernel launches, which at decode cost more host
+time than the GPU spends on them. The replay runs the same kernels on the same shapes, so its output is the eager
+output bit for bit. The returned output is the graph's static output buffer: the next one-row call of the same
+(layer, expert) on this worker overwrites it, on the same CUDA stream. The dispatcher reads every result (the
+combine's kernels are queued on that stream) before it sends the next step, so its reads are ordered before
+that overwrite; a caller that keeps a result across calls must clone it. `cuda_graphs=False`, or the environment
+variable WDMOE_CUDA_GRAPHS=0 at construction, turns graphs off; the CPU never uses them.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -23,15 +36,36 @@ from wdmoe.model.expert import expert_ffn
 from wdmoe.model.quantize import QUANTIZED_BITS, QuantizedTensor
 from wdmoe.model.shards import Manifest
 
+CUDA_GRAPHS_ENV = "WDMOE_CUDA_GRAPHS"  # "0": no CUDA graphs on workers built while it is set
+
+
+@dataclass(frozen=True)
+class _OneRowGraph:
+    """A captured one-row FFN: copy the input into `static_in`, replay `graph`, read `static_out`."""
+
+    graph: torch.cuda.CUDAGraph
+    static_in: torch.Tensor  # (1, H)
+    static_out: torch.Tensor  # (1, H)
+
 
 class ExpertWorker:
     """Device `device` of a split: its (layer, expert) weights, loaded after the manifest's checksum matches."""
 
     def __init__(
-        self, root: Path, manifest: Manifest, device: int, torch_device: str = "cpu", dtype: torch.dtype | None = None
+        self,
+        root: Path,
+        manifest: Manifest,
+        device: int,
+        torch_device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        cuda_graphs: bool | None = None,
     ) -> None:
-        """Load device `device`'s shard onto `torch_device`, cast to `dtype` (None: as stored)."""
+        """Load device `device`'s shard onto `torch_device`, cast to `dtype` (None: as stored). `cuda_graphs`:
+        replay one-row calls as CUDA graphs (None: on CUDA unless WDMOE_CUDA_GRAPHS=0; never on the CPU)."""
         self.device = device
+        self.cuda_graphs = self.graphs_wanted(torch_device, cuda_graphs)  # may be switched later (benches A/B)
+        self._graphs: dict[tuple[int, int], _OneRowGraph] = {}
+        self._graph_pool: Any = None  # one memory pool shared by this worker's graphs (torch.cuda.graph_pool_handle)
         self.act = ACT2FN[manifest.hidden_act]
         self.weights: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.quantized: dict[tuple[int, int], tuple[QuantizedTensor, QuantizedTensor]] = {}
@@ -54,6 +88,14 @@ class ExpertWorker:
             cast = dtype or (self.compute_dtype if bits == 16 else None)
             self.weights[(layer, expert)] = (gate_up.to(cast), down.to(cast)) if cast else (gate_up, down)
 
+    @staticmethod
+    def graphs_wanted(torch_device: str, cuda_graphs: bool | None) -> bool:
+        """Whether a worker on `torch_device` replays one-row calls as CUDA graphs: never off CUDA; there, as asked,
+        or (None) unless the environment variable WDMOE_CUDA_GRAPHS is "0"."""
+        if torch.device(torch_device).type != "cuda":
+            return False
+        return os.environ.get(CUDA_GRAPHS_ENV, "1") != "0" if cuda_graphs is None else cuda_graphs
+
     @property
     def num_experts_held(self) -> int:
         return len(self.weights) + len(self.quantized)
@@ -63,6 +105,11 @@ class ExpertWorker:
         """Bytes of expert weights this device holds in memory (quantized ones at their stored size)."""
         plain = sum(t.numel() * t.element_size() for pair in self.weights.values() for t in pair)
         return plain + sum(q.nbytes for pair in self.quantized.values() for q in pair)
+
+    @property
+    def graphed(self) -> tuple[tuple[int, int], ...]:
+        """The (layer, expert) pairs whose one-row FFN has been captured as a CUDA graph."""
+        return tuple(self._graphs)
 
     def _expert(self, layer: int, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(gate_up_proj, down_proj) ready to compute with: dequantized here if stored quantized."""
@@ -76,6 +123,10 @@ class ExpertWorker:
     def run(self, batch: DeviceBatch) -> DeviceResult:
         start = time.perf_counter()
         token_index, expert = batch.token_index, batch.expert  # (m,) each, on the CPU
+        if self.cuda_graphs and expert.numel() == 1 and batch.hidden.shape[0] == 1 and batch.hidden.is_cuda:
+            replayed = self._replay(batch.layer, int(expert.item()), batch.hidden)
+            if replayed is not None:
+                return DeviceResult(batch.device, replayed, time.perf_counter() - start)
         if expert.numel() == 1 or bool((expert == expert[0]).all()):
             gate_up, down = self._expert(batch.layer, int(expert[0]))
             x = _gather(batch.hidden, token_index).to(gate_up.dtype)
@@ -89,6 +140,45 @@ class ExpertWorker:
                 result = expert_ffn(x, gate_up, down, self.act)
                 output[rows.to(output.device, non_blocking=True)] = result.to(output.dtype)
         return DeviceResult(batch.device, output, time.perf_counter() - start)
+
+    def _replay(self, layer: int, expert: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        """The FFN of one row (1, H) as a graph replay; None where no graph applies (a quantized expert, or a batch
+        dtype other than the weights': the eager path converts those)."""
+        graph = self._graphs.get((layer, expert))
+        if graph is None:
+            weights = self.weights.get((layer, expert))
+            if weights is None or weights[0].dtype != hidden.dtype:
+                return None
+            graph = self._graphs[(layer, expert)] = self._capture(weights, hidden)
+        elif graph.static_in.dtype != hidden.dtype:
+            return None
+        graph.static_in.copy_(hidden)
+        graph.graph.replay()
+        return graph.static_out
+
+    def _capture(self, weights: tuple[torch.Tensor, torch.Tensor], like: torch.Tensor) -> _OneRowGraph:
+        """Capture the FFN of a (1, H) input as torch.cuda.graphs documents it: warm-up on a side stream (cuBLAS
+        sets up its workspace there), then capture on that stream into the worker's shared memory pool (graphs
+        of one worker replay one at a time on one stream, so their temporaries may share memory; each graph's
+        output stays allocated as long as the graph is kept). Buffers are made outside inference mode, so later
+        calls under `torch.inference_mode` or `torch.no_grad` may both write them."""
+        gate_up, down = weights
+        device = like.device
+        with torch.inference_mode(False), torch.no_grad():
+            static_in = torch.empty((1, like.shape[-1]), dtype=like.dtype, device=device)
+            static_in.copy_(like)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    expert_ffn(static_in, gate_up, down, self.act)
+            torch.cuda.current_stream(device).wait_stream(side)
+            if self._graph_pool is None:
+                self._graph_pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._graph_pool, stream=side):
+                static_out = expert_ffn(static_in, gate_up, down, self.act)
+        return _OneRowGraph(graph, static_in, static_out)
 
 
 def _gather(hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # (n, H), (m,) on the CPU -> (m, H)

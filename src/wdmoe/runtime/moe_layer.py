@@ -204,10 +204,18 @@ class Dispatcher:
             self.set_dead(self.dead | frozenset(failure.failed))
             return [FailoverEvent("failed", d, why, failure.detect_s) for d, why in sorted(failure.failed.items())]
         dispatch_s = time.perf_counter() - dispatch_start
-        order = [j for d in devices for j in groups[d]]
-        stacked = results[0].output if len(results) == 1 else torch.cat([r.output for r in results])
-        if order != sorted(order):
-            stacked = stacked[_on(stacked, np.argsort(order))]  # no blocking upload: the GPU is not waited for
+        if len(results) == 1:  # one device holds all k: its rows are in k order already
+            stacked = results[0].output
+        elif len(results) == len(experts):  # one assignment per device (the usual decode step): cat in k order,
+            by_k = [results[0].output] * len(experts)  # no index upload or gather kernel
+            for d, result in zip(devices, results, strict=True):
+                by_k[groups[d][0]] = result.output
+            stacked = torch.cat(by_k)
+        else:
+            order = [j for d in devices for j in groups[d]]
+            stacked = torch.cat([r.output for r in results])
+            if order != sorted(order):
+                stacked = stacked[_on(stacked, np.argsort(order))]  # no blocking upload: the GPU is not waited for
         combined = (stacked * topk_weight.T).sum(dim=0, keepdim=True)  # = run's sum over k, in k order
         if combined.dtype != hidden.dtype:
             combined = combined.to(hidden.dtype)

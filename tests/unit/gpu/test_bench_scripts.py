@@ -64,6 +64,10 @@ def test_split_vs_unsplit_reports_ratios_and_identical_tokens(results) -> None:
     assert r["tokens_identical"] is True and r["first_divergence"] is None
     assert r["prefill_logits_rel_err"] < 1e-5
     assert r["syncs_per_decode_step"] is None  # counted on CUDA only
+    assert r["cuda_graphs"] is False and r["decode_ratio_no_graphs"] is None  # CUDA graphs: on CUDA only
+    assert r["cuda_graphs_bit_identical"] is None and r["tokens_identical_without_graphs"] is None
+    times = r["times_s"]
+    assert r["decode_ratio_fastest"] == pytest.approx(min(times["decode_ref"]) / min(times["decode_ours"]))
 
 
 def test_calibrate_small_fits_or_says_why_not(results) -> None:
