@@ -6,6 +6,10 @@ emulated radio, it makes the radio model's air time real: it waits the downlink 
 uplink time after, so the BS's wall clock includes the modeled wireless link. The actor waits whatever air time
 its batch carries; the pool sends zeros unless it emulates the radio.
 
+With the direct transport (`wdmoe.backends.direct`, the pool's default) `load` also opens the device's own
+authenticated socket on its node, and a thread of the actor answers the BS's batches there; Ray's calls remain for
+loading, the other transports and failure handling.
+
 The split directory is the BS's path unless the node was started with `wdmoe device start --split-dir DIR`,
 which sets WDMOE_SPLIT_DIR for the node's processes (only the device's own shard has to be there).
 """
@@ -35,6 +39,7 @@ class ActorInfo:
     experts_held: int
     split_dir: str
     weight_bytes: int = 0  # bytes of expert weights loaded (wdmoe.plan.reports reads it)
+    direct_address: tuple[str, int] | None = None  # the direct transport's (host, port), if it was asked for
 
 
 class DeviceActor:
@@ -46,21 +51,38 @@ class DeviceActor:
         self.device = device
         self.torch_threads = torch_threads
         self.worker: Any = None
+        self.server: Any = None
 
-    def load(self) -> ActorInfo:
-        """Verify and load the shard (a method, not the constructor, so that a ShardError reaches the BS typed)."""
+    def load(self, direct_key: bytes | None = None) -> ActorInfo:
+        """Verify and load the shard (a method, not the constructor, so that a ShardError reaches the BS typed);
+        with `direct_key`, then open the direct transport's socket, which only a holder of that key may use."""
         import ray
-        import torch
 
         from wdmoe.backends.worker import ExpertWorker
 
-        if self.torch_threads is not None:
-            torch.set_num_threads(self.torch_threads)
+        self._set_threads()
         self.worker = ExpertWorker(self.root, self.manifest, self.device)
+        if direct_key is not None:
+            from wdmoe.backends.direct import DirectServer
+
+            self.server = DirectServer(
+                self.run, direct_key, self.device, ray.util.get_node_ip_address(), on_thread_start=self._set_threads
+            )
         return ActorInfo(
             self.device, ray.get_runtime_context().get_node_id(), socket.gethostname(), os.getpid(),
             self.worker.num_experts_held, str(self.root), self.worker.weight_bytes,
+            None if self.server is None else self.server.address,
         )
+
+    def refused_connections(self) -> int:
+        """Connections to this device's direct socket that failed the handshake (0 without the direct transport)."""
+        return 0 if self.server is None else int(self.server.refused)
+
+    def _set_threads(self) -> None:
+        if self.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
 
     def run_in_round(self, frame: bytes, index: int) -> bytes | None:
         """This device's batch of a compiled-graph round: part `index` of the round's one buffer (`wire.round_part`;
@@ -69,7 +91,7 @@ class DeviceActor:
 
         return self.run(round_part(frame, index))
 
-    def run(self, payload: bytes | memoryview | None) -> bytes | None:
+    def run(self, payload: bytes | bytearray | memoryview | None) -> bytes | None:
         """One batch in, one result out (None in, None out: this device is idle in a compiled-graph round)."""
         if payload is None:
             return None

@@ -1,9 +1,12 @@
 """The Ray device pool: each device is a Ray actor on its own node; a layer step is one concurrent round.
 
 Contract (`DevicePool`): `dispatch(batches)` sends every device its batch at once and returns the results in the
-order of the batches. Batches and results travel as flat byte buffers (`wdmoe.backends.wire`). Two transports:
+order of the batches. Batches and results travel as flat byte buffers (`wdmoe.backends.wire`). Three transports
+(`TRANSPORTS`), all with the same actors; Ray places them, verifies and loads the shards, and restarts them:
 
-- compiled (default): one Ray Compiled Graph round over shared-memory channels per layer step (`ray_compiled`);
+- direct (default): one authenticated TCP connection per device, served by a thread of its actor (`direct`);
+  every wait blocks in the kernel, and a device whose process dies is noticed at once (its connection closes);
+- compiled: one Ray Compiled Graph round over shared-memory channels per layer step (`ray_compiled`);
 - plain: one actor call per active device, gathered with `ray.wait`.
 
 Failures: a device whose actor dies, or that does not answer within `call_timeout_s` plus the emulated air time
@@ -16,17 +19,21 @@ whose new actor is ready, and they are used again.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from wdmoe.backends.base import DeviceBatch, DeviceFailure, DeviceResult
+from wdmoe.backends.direct import DirectError, DirectLink, direct_round
 from wdmoe.backends.ray_actor import ActorInfo, DeviceActor
 from wdmoe.backends.ray_cluster import NAMESPACE, RayOptions, connect, device_resource
 from wdmoe.backends.ray_compiled import CompiledRound
 from wdmoe.backends.wire import decode_result, encode_batch
 from wdmoe.model.shards import Manifest
+
+TRANSPORTS = ("direct", "compiled", "plain")
 
 
 class RayDevicePool:
@@ -36,7 +43,8 @@ class RayDevicePool:
         root: the split directory (devices read their shard from it, or from their node's --split-dir).
         manifest: the split's manifest; each device checks its shard's sha256 against it before loading.
         options: how to reach the cluster (default: start a local one, token authentication on).
-        compiled: one Compiled Graph round per layer (True) or one plain actor call per device (False).
+        transport: "direct" (a socket per device), "compiled" (one Compiled Graph round per layer) or "plain" (one
+            actor call per device); an attribute, so it may be switched between requests.
         emulate_air: devices wait the modeled downlink / uplink air time of each batch (`DeviceBatch.dl_s/ul_s`);
             an attribute, so it may be switched between requests.
         call_timeout_s: a device that has not answered this long after the dispatch (plus its batch's emulated
@@ -51,7 +59,7 @@ class RayDevicePool:
         root: Path,
         manifest: Manifest,
         options: RayOptions | None = None,
-        compiled: bool = True,
+        transport: str = "direct",
         emulate_air: bool = False,
         call_timeout_s: float = 2.0,
         rejoin_after_s: float = 5.0,
@@ -62,7 +70,9 @@ class RayDevicePool:
 
         self.num_devices = manifest.placement.num_devices
         self.root, self.manifest = root, manifest
-        self.compiled, self.emulate_air = compiled, emulate_air
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport = {transport!r} is unknown; choose one of {', '.join(TRANSPORTS)}")
+        self.transport, self.emulate_air = transport, emulate_air
         self.call_timeout_s, self.rejoin_after_s = call_timeout_s, rejoin_after_s
         self.torch_threads = torch_threads
         self.owns_ray = not ray.is_initialized() and (options is None or options.address is None)
@@ -72,6 +82,8 @@ class RayDevicePool:
         self.info: dict[int, ActorInfo] = {}
         self.dead_since: dict[int, float] = {}
         self.pending: dict[int, tuple[Any, Any]] = {}  # device -> (actor, ref of its load())
+        self.keys: dict[int, bytes] = {}  # device -> the direct transport key its current actor was given
+        self.links: dict[int, DirectLink] = {}
         self.graph: CompiledRound | None = None
         self.compile_s: list[float] = []
         self._start_all(ready_timeout_s)
@@ -80,7 +92,20 @@ class RayDevicePool:
         actor: Any = self.actor_class.options(
             resources={device_resource(device): 1.0}, num_cpus=0, max_restarts=0, namespace=NAMESPACE
         ).remote(str(self.root), self.manifest, device, self.torch_threads)
-        return actor, actor.load.remote()
+        self.keys[device] = secrets.token_bytes(32)  # fresh per actor: a replaced actor's key opens nothing
+        return actor, actor.load.remote(self.keys[device])
+
+    def _link(self, device: int) -> None:
+        """Connect to device `device`'s direct socket (the address its actor reported at load)."""
+        address = self.info[device].direct_address
+        if address is None:
+            raise DirectError(f"device {device}'s actor opened no direct socket")
+        self.links[device] = DirectLink(address, self.keys[device], device)
+
+    def _unlink(self, device: int) -> None:
+        link = self.links.pop(device, None)
+        if link is not None:
+            link.close()
 
     def _start_all(self, timeout_s: float) -> None:
         import ray
@@ -102,6 +127,8 @@ class RayDevicePool:
         try:
             for device, (_, ref) in spawned.items():
                 self.info[device] = ray.get(ref)  # raises the device's own error, e.g. a shard checksum mismatch
+                if self.transport == "direct":
+                    self._link(device)  # at start, an unreachable port is an error to report, not a failure
         except Exception:
             self.close()
             raise
@@ -114,11 +141,22 @@ class RayDevicePool:
         timeout_s = self.call_timeout_s + air
         failed = {d: "device is not live" for d in payloads if d not in self.actors}
         live = {d: p for d, p in payloads.items() if d in self.actors}
-        raw: dict[int, bytes] | None = None
-        if self.compiled and live:
+        raw: dict[int, bytes] | dict[int, bytearray] | None = None
+        if self.transport != "compiled" and self.graph is not None:
+            self._drop_graph()  # switched away from compiled: its actors answer nothing else while a graph runs
+        if self.transport == "direct":
+            for device in [d for d in live if d not in self.links]:  # e.g. the transport was switched to direct
+                try:
+                    self._link(device)
+                except DirectError as exc:
+                    failed[device] = str(exc)
+                    del live[device]
+            raw, lost = direct_round(self.links, live, timeout_s)
+            failed.update(lost)
+        elif self.transport == "compiled" and live:
             raw = self._run_compiled(live, timeout_s)
         if raw is None:
-            raw, lost = self._run_plain(live, timeout_s, ping_idle=self.compiled)
+            raw, lost = self._run_plain(live, timeout_s, ping_idle=self.transport == "compiled")
             failed.update(lost)
         results = [decode_result(raw[b.device]) for b in batches if b.device in raw]
         if failed:
@@ -133,6 +171,8 @@ class RayDevicePool:
         if self.graph is not None:
             self.graph.close()
             self.graph = None
+        for device in list(self.links):
+            self._unlink(device)
         if ray.is_initialized():
             for actor in [*self.actors.values(), *(a for a, _ in self.pending.values())]:
                 ray.kill(actor, no_restart=True)
@@ -160,7 +200,10 @@ class RayDevicePool:
             del self.pending[device]
             try:
                 self.info[device] = ray.get(ref)
-            except ray.exceptions.RayError:
+                if self.transport == "direct":
+                    self._link(device)
+            except (ray.exceptions.RayError, DirectError):
+                ray.kill(actor, no_restart=True)
                 self.dead_since[device] = time.perf_counter()  # e.g. it died again while loading; retry later
                 continue
             self.actors[device] = actor
@@ -173,6 +216,7 @@ class RayDevicePool:
     def _fail(self, device: int) -> None:
         import ray
 
+        self._unlink(device)
         actor = self.actors.pop(device, None)
         if actor is not None:
             ray.kill(actor, no_restart=True)  # a device that timed out may be alive: stop it answering late

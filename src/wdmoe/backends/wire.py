@@ -48,7 +48,7 @@ def _raw(t: torch.Tensor) -> memoryview:
     return (t.view(torch.uint8) if t.dtype == torch.bfloat16 else t).numpy().data  # numpy has no bf16
 
 
-def _tensor(buf: bytes | memoryview, offset: int, count: int, dtype: torch.dtype) -> torch.Tensor:
+def _tensor(buf: bytes | bytearray | memoryview, offset: int, count: int, dtype: torch.dtype) -> torch.Tensor:
     if count == 0:
         return torch.empty(0, dtype=dtype)
     # the bytearray copy gives the tensor writable storage of its own (the received buffer is read-only)
@@ -61,7 +61,7 @@ def _dtype(code: int) -> torch.dtype:
     return DTYPES[code]
 
 
-def _header(buf: bytes | memoryview, head: struct.Struct) -> tuple[Any, ...]:
+def _header(buf: bytes | bytearray | memoryview, head: struct.Struct) -> tuple[Any, ...]:
     if len(buf) < head.size:
         raise WireError(f"buffer of {len(buf)} bytes is shorter than the {head.size}-byte header")
     fields = head.unpack_from(buf)
@@ -85,7 +85,7 @@ def encode_batch(batch: DeviceBatch, air: bool = True) -> bytes:
     return b"".join((head, _raw(batch.hidden), _raw(_int64(batch.token_index)), _raw(_int64(batch.expert))))
 
 
-def decode_batch(buf: bytes | memoryview) -> DeviceBatch:
+def decode_batch(buf: bytes | bytearray | memoryview) -> DeviceBatch:
     _, device, layer, n, hidden_size, m, code, dl_s, ul_s = _header(buf, _BATCH_HEAD)
     if min(n, hidden_size, m) < 0:
         raise WireError(f"batch header has a negative size (n={n}, H={hidden_size}, m={m})")
@@ -117,7 +117,7 @@ def encode_result(result: DeviceResult) -> bytes:
     return b"".join((head, _raw(result.output)))
 
 
-def decode_result(buf: bytes | memoryview) -> DeviceResult:
+def decode_result(buf: bytes | bytearray | memoryview) -> DeviceResult:
     _, device, m, hidden_size, code, compute_s, air_s = _header(buf, _RESULT_HEAD)
     if min(m, hidden_size) < 0:
         raise WireError(f"result header has a negative size (m={m}, H={hidden_size})")

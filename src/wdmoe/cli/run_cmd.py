@@ -86,6 +86,9 @@ def run(
     ] = None,
     emulate_air: Annotated[bool, typer.Option(help="Ray: devices wait the modeled downlink/uplink air time.")] = False,
     call_timeout: Annotated[float, typer.Option(min=0.1, help="Ray: seconds before a silent device is failed.")] = 2.0,
+    transport: Annotated[
+        str, typer.Option(help="Ray data path: direct (a socket per device), compiled (Ray Compiled Graphs) or plain.")
+    ] = "direct",
     device: Annotated[str, typer.Option(help="BS and in-process devices compute on: cpu, cuda, cuda:N.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="Weight precision: fp32, bf16, fp16 or auto (as stored).")] = "fp32",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -111,7 +114,8 @@ def run(
         opts = device_options(device, dtype)
         root, tmp = split_dir_for(model_dir, devices)
         ray_opts = dict(
-            address=ray_address, token_file=token_file, emulate_air=emulate_air, call_timeout_s=call_timeout
+            address=ray_address, token_file=token_file, emulate_air=emulate_air, call_timeout_s=call_timeout,
+            transport=transport,
         )
         local_opts = dict(torch_device=opts.torch_device, dtype=opts.dtype)
         pool = make_pool(backend, root, Manifest.read(root), **(ray_opts if backend == "ray" else local_opts))

@@ -182,6 +182,7 @@ def healthy_mixtral(mixtral_ray: DistributedMoE) -> Iterator[DistributedMoE]:
     yield mixtral_ray
     mixtral_ray.set_policy(None)
     mixtral_ray.pool.emulate_air = False  # type: ignore[attr-defined]
+    mixtral_ray.pool.transport = "direct"  # type: ignore[attr-defined]
     mixtral_ray.pool.rejoin_after_s = 0.5  # type: ignore[attr-defined]
     wait_all_live(mixtral_ray)
 

@@ -6,14 +6,18 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import ray
 
 from tests.integration.ray.conftest import DeviceCluster
+from wdmoe import DistributedMoE
+from wdmoe.backends.direct import DirectError, DirectLink
 from wdmoe.backends.ray_cluster import RayOptions, check_token_file, device_resource, write_token_file
 from wdmoe.backends.ray_pool import RayDevicePool
+from wdmoe.cli.run_cmd import generate_report
 from wdmoe.errors import ShardError
 from wdmoe.model.shards import Manifest
 
@@ -86,3 +90,21 @@ def test_a_device_refuses_a_shard_that_does_not_match_the_manifest(
     shard.write_bytes(bytes(data))
     with pytest.raises(ShardError, match="checksum mismatch for devices/device-1"):
         RayDevicePool(split, Manifest.read(split), RayOptions(address=ray_cluster.address), torch_threads=1)
+
+
+def test_a_client_without_the_device_key_cannot_call_a_device_on_its_direct_socket(
+    healthy_mixtral: DistributedMoE,
+) -> None:
+    pool = healthy_mixtral.pool
+    assert pool.transport == "direct"  # type: ignore[attr-defined]
+    actor = pool.actors[0]  # type: ignore[attr-defined]
+    before = ray.get(actor.refused_connections.remote())
+    address = pool.info[0].direct_address  # type: ignore[attr-defined]
+    with pytest.raises(DirectError, match="refused the handshake"):
+        DirectLink(address, os.urandom(32), 0)  # e.g. a key guessed, or the one of a replaced actor
+    deadline = time.monotonic() + 10
+    while ray.get(actor.refused_connections.remote()) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ray.get(actor.refused_connections.remote()) == before + 1
+    report = generate_report(healthy_mixtral, [5, 6, 7], 3)  # the BS's own link is untouched
+    assert len(report["tokens"]) == 3 and "failover" not in report

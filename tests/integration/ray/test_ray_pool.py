@@ -24,13 +24,13 @@ def local_tokens(split: Path) -> list[int]:
     return list(tokens)
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "plain"])
+@pytest.mark.parametrize("transport", ["direct", "compiled", "plain"])
 def test_actors_land_on_their_nodes_and_tokens_equal_in_process(
-    ray_cluster: DeviceCluster, mixtral_split: Path, healthy_mixtral: DistributedMoE, compiled: bool
+    ray_cluster: DeviceCluster, mixtral_split: Path, healthy_mixtral: DistributedMoE, transport: str
 ) -> None:
     expected = local_tokens(mixtral_split)
     model = healthy_mixtral
-    model.pool.compiled = compiled  # type: ignore[attr-defined]
+    model.pool.transport = transport  # type: ignore[attr-defined]
     report = generate_report(model, PROMPT, NEW_TOKENS)
     nodes = model.pool.node_of()  # type: ignore[attr-defined]
     assert nodes == {d: ray_cluster.node_id_of(d) for d in range(NUM_DEVICES)}
@@ -43,7 +43,6 @@ def test_actors_land_on_their_nodes_and_tokens_equal_in_process(
 def test_emulated_air_time_is_waited_and_reported(healthy_mixtral: DistributedMoE) -> None:
     slow_radio = Scenario.default(num_devices=NUM_DEVICES).model_copy(update={"bandwidth_hz": 2e4})
     model = healthy_mixtral
-    model.pool.compiled = True  # type: ignore[attr-defined]
     model.pool.emulate_air = True  # type: ignore[attr-defined]
     model.set_policy(TopK(), slow_radio)
     report = generate_report(model, PROMPT, 4)

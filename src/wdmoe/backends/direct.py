@@ -1,0 +1,235 @@
+"""The direct data path of the Ray backend: one authenticated TCP connection per device, blocking waits at both ends.
+
+Ray places the device actors, loads and verifies their shards, notices a lost node and starts a replacement; the
+per-layer batches need none of that, only the lowest round-trip time. Ray's compiled-graph channels wait by
+spinning (an idle device actor keeps a core busy), which on a small machine delays whichever process needs that
+core next; a socket read waits in the kernel, like the `multiprocessing.Pipe` floor of
+`bench/transport_overhead.py`. So each device actor also serves its batches on a socket of its own
+(`DirectServer`, a thread in the actor), and the BS keeps one connection per device (`DirectLink`).
+
+Authentication: the BS draws a fresh 256-bit key per device actor and hands it over in the actor's `load` call,
+which travels on Ray's token-authenticated RPC, so only a holder of the cluster token can learn or set it. Every
+connection starts with a mutual challenge-response (HMAC-SHA256 over both sides' random nonces and the device id):
+a client without the key is disconnected before it can send a batch, and the BS refuses a server that cannot
+prove it holds the key. Like Ray's token mode, this authenticates the peers and does not encrypt the traffic:
+keep the network private (or tunnel it) where activations must not be read.
+
+Frames: an int64 length, then that many bytes (`wdmoe.backends.wire` batches and results: only numbers, nothing
+is unpickled). An answer of length -1 carries the device's error message instead of a result (its code raised:
+a bug to report, not a lost device). Lengths above `MAX_FRAME` are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+
+HELLO = b"WDMOE-DIRECT-1\n"
+NONCE_BYTES = 32
+MAX_FRAME = 1 << 31  # 2 GiB: far above a layer step's batch, below anything a corrupt header could ask for
+HANDSHAKE_TIMEOUT_S = 10.0
+_LENGTH = struct.Struct("<q")
+_ERROR = -1
+
+
+class DirectError(ConnectionError):
+    """The connection to a device is unusable: closed, timed out, or it failed authentication."""
+
+
+class DeviceCodeError(RuntimeError):
+    """The device's own code raised while running a batch (its message is the device's)."""
+
+
+def _mac(key: bytes, role: bytes, device: int, first: bytes, second: bytes) -> bytes:
+    return hmac.new(key, b"%s|%d|%s|%s" % (role, device, first, second), hashlib.sha256).digest()
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytearray:
+    """`size` bytes from `sock` (raises DirectError when the peer closes first)."""
+    buf = bytearray(size)
+    view, got = memoryview(buf), 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise DirectError(f"connection closed after {got} of {size} bytes")
+        got += n
+    return buf
+
+
+def _send_frame(sock: socket.socket, payload: bytes | bytearray | memoryview) -> None:
+    sock.sendmsg([_LENGTH.pack(len(payload)), payload])
+
+
+def _recv_length(sock: socket.socket) -> int:
+    (length,) = _LENGTH.unpack(_recv_exact(sock, _LENGTH.size))
+    if length > MAX_FRAME or length < _ERROR:
+        raise DirectError(f"frame length {length} is outside -1..{MAX_FRAME}")
+    return int(length)
+
+
+class DirectServer:
+    """Device side: a listening socket on `host` and a thread per connection that answers `handler(batch bytes)`.
+
+    Args:
+        handler: runs one batch (wire bytes) and returns the result's wire bytes.
+        key: the 32-byte key this device's connections must prove they hold.
+        device: the device id (bound into the handshake, so a key cannot be replayed against another device).
+        host: the address to listen on (the node's IP; port 0: the kernel picks a free port).
+        on_thread_start: called first in every connection thread (e.g. to set torch's thread count there).
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[bytearray], bytes | None],
+        key: bytes,
+        device: int,
+        host: str,
+        port: int = 0,
+        on_thread_start: Callable[[], None] | None = None,
+    ) -> None:
+        self.handler, self.key, self.device = handler, key, device
+        self.on_thread_start = on_thread_start
+        self.refused = 0  # connections that failed the handshake
+        self.listener = socket.create_server((host, port))
+        self.address: tuple[str, int] = self.listener.getsockname()[:2]
+        threading.Thread(target=self._accept, name=f"wdmoe-direct-{device}", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _handshake(self, conn: socket.socket) -> bool:
+        conn.settimeout(HANDSHAKE_TIMEOUT_S)
+        ours = os.urandom(NONCE_BYTES)
+        conn.sendall(HELLO + ours)
+        reply = _recv_exact(conn, NONCE_BYTES + hashlib.sha256().digest_size)
+        theirs, proof = bytes(reply[:NONCE_BYTES]), bytes(reply[NONCE_BYTES:])
+        if not hmac.compare_digest(proof, _mac(self.key, b"client", self.device, ours, theirs)):
+            return False
+        conn.sendall(_mac(self.key, b"server", self.device, theirs, ours))
+        conn.settimeout(None)
+        return True
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                if not self._handshake(conn):
+                    self.refused += 1
+                    return
+            except (OSError, DirectError):
+                self.refused += 1
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.on_thread_start is not None:
+                self.on_thread_start()
+            while True:
+                try:
+                    length = _recv_length(conn)
+                    if length < 0:
+                        return  # only the device answers with -1
+                    batch = _recv_exact(conn, length)
+                except (OSError, DirectError):
+                    return  # the BS closed the connection (or went away)
+                try:
+                    answer = self.handler(batch) or b""
+                except Exception as exc:  # the device's code raised: report it to the BS, keep serving
+                    message = f"{type(exc).__name__}: {exc}".encode()
+                    with contextlib.suppress(OSError):
+                        conn.sendmsg([_LENGTH.pack(_ERROR), _LENGTH.pack(len(message)), message])
+                    continue
+                try:
+                    _send_frame(conn, answer)
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.close()
+
+
+class DirectLink:
+    """BS side: one authenticated connection to device `device`'s `DirectServer` at `address`."""
+
+    def __init__(self, address: tuple[str, int], key: bytes, device: int, timeout_s: float = HANDSHAKE_TIMEOUT_S):
+        self.device = device
+        try:
+            self.sock = socket.create_connection(address, timeout=timeout_s)
+        except OSError as exc:
+            raise DirectError(
+                f"cannot reach device {device}'s direct port {address[0]}:{address[1]} ({exc}); open it to the BS, "
+                "or use --transport compiled (Ray's own ports only)"
+            ) from exc
+        try:
+            hello = _recv_exact(self.sock, len(HELLO) + NONCE_BYTES)
+            if not hello.startswith(HELLO):
+                raise DirectError(f"{address[0]}:{address[1]} is not a wdmoe device (greeting {bytes(hello[:16])!r})")
+            theirs, ours = bytes(hello[len(HELLO) :]), os.urandom(NONCE_BYTES)
+            self.sock.sendall(ours + _mac(key, b"client", device, theirs, ours))
+            proof = bytes(_recv_exact(self.sock, hashlib.sha256().digest_size))
+        except (OSError, DirectError) as exc:
+            self.close()
+            raise DirectError(f"device {device} at {address[0]}:{address[1]} refused the handshake ({exc})") from exc
+        if not hmac.compare_digest(proof, _mac(key, b"server", device, ours, theirs)):
+            self.close()
+            raise DirectError(f"the server at {address[0]}:{address[1]} could not prove it is device {device}")
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self, payload: bytes) -> None:
+        _send_frame(self.sock, payload)
+
+    def receive(self, deadline: float) -> bytearray:
+        """The answer to the last `send`, waiting until `deadline` (time.monotonic()) at most."""
+        self.sock.settimeout(max(deadline - time.monotonic(), 1e-4))
+        length = _recv_length(self.sock)
+        if length == _ERROR:
+            (size,) = _LENGTH.unpack(_recv_exact(self.sock, _LENGTH.size))
+            raise DeviceCodeError(f"device {self.device}: {bytes(_recv_exact(self.sock, min(size, 1 << 16))).decode()}")
+        return _recv_exact(self.sock, length)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def direct_round(
+    links: dict[int, DirectLink], payloads: dict[int, bytes], timeout_s: float
+) -> tuple[dict[int, bytearray], dict[int, str]]:
+    """Send every device in `payloads` its batch, then read every answer: ({device: result}, {device: why lost}).
+
+    The sends come first, so the devices compute concurrently; each read blocks in the kernel until its answer,
+    the connection's end (the device's process died: noticed at once) or the shared deadline (`timeout_s`).
+    """
+    deadline = time.monotonic() + timeout_s
+    raw: dict[int, bytearray] = {}
+    lost: dict[int, str] = {}
+    sent = []
+    for device, payload in payloads.items():
+        try:
+            links[device].send(payload)
+            sent.append(device)
+        except OSError as exc:
+            lost[device] = f"send failed ({exc}): its actor or node is gone"
+    raised: list[DeviceCodeError] = []
+    for device in sent:  # every answer is read, even after an error, so that no connection holds a stale one
+        try:
+            raw[device] = links[device].receive(deadline)
+        except TimeoutError:
+            lost[device] = f"no answer within {timeout_s:.2f} s (call_timeout_s + emulated air time)"
+        except (OSError, DirectError) as exc:
+            lost[device] = f"connection lost ({exc}): its actor or node is gone"
+        except DeviceCodeError as exc:
+            raised.append(exc)
+    if raised:
+        raise raised[0]
+    return raw, lost

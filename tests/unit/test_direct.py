@@ -1,0 +1,136 @@
+"""The direct transport's socket layer on 127.0.0.1: frames, mutual authentication, errors, lost and silent peers."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import struct
+import time
+
+import pytest
+
+from wdmoe.backends.direct import (
+    HELLO,
+    MAX_FRAME,
+    NONCE_BYTES,
+    DeviceCodeError,
+    DirectError,
+    DirectLink,
+    DirectServer,
+    _recv_length,
+    direct_round,
+)
+
+KEY = bytes(range(32))
+
+
+def reverse(batch: bytearray) -> bytes:
+    if batch == b"boom":
+        raise ValueError("the device's code raised")
+    if batch.startswith(b"sleep"):
+        time.sleep(float(batch[5:]))
+    return bytes(batch[::-1])
+
+
+@pytest.fixture()
+def server() -> DirectServer:
+    return DirectServer(reverse, KEY, device=3, host="127.0.0.1")
+
+
+def test_a_round_trip_returns_the_handlers_answer_for_every_device(server: DirectServer) -> None:
+    other = DirectServer(lambda b: bytes(b) * 2, KEY, device=4, host="127.0.0.1")
+    links = {3: DirectLink(server.address, KEY, 3), 4: DirectLink(other.address, KEY, 4)}
+    payload = os.urandom(8192)
+    for _ in range(3):  # the connection is reused round after round
+        raw, lost = direct_round(links, {3: payload, 4: b"ab"}, timeout_s=5.0)
+        assert lost == {}
+        assert raw == {3: payload[::-1], 4: b"abab"}
+    assert server.refused == 0
+
+
+def test_a_client_without_the_key_is_disconnected_and_never_reaches_the_handler() -> None:
+    calls: list[bytes] = []
+    server = DirectServer(lambda b: calls.append(bytes(b)) or b"x", KEY, device=3, host="127.0.0.1")
+    with pytest.raises(DirectError, match="refused the handshake"):
+        DirectLink(server.address, bytes(32), 3)
+    with pytest.raises(DirectError, match="refused the handshake"):
+        DirectLink(server.address, KEY, 5)  # the right key for another device: not this one's
+    # a raw client that skips the handshake and sends a frame at once is cut off, unanswered
+    with socket.create_connection(server.address, timeout=5) as raw:
+        raw.sendall(struct.pack("<q", 4) + b"evil" + bytes(NONCE_BYTES + 32))
+        try:
+            raw.recv(len(HELLO) + NONCE_BYTES)
+            closed = raw.recv(1) == b""
+        except ConnectionResetError:  # closed with our unread bytes in its buffer: a reset
+            closed = True
+        assert closed
+    deadline = time.monotonic() + 5
+    while server.refused < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.refused == 3
+    assert calls == []
+
+
+def test_the_bs_refuses_a_server_that_cannot_prove_the_key() -> None:
+    impostor = DirectServer(reverse, bytes(32), device=3, host="127.0.0.1")
+    with pytest.raises(DirectError):
+        DirectLink(impostor.address, KEY, 3)
+
+
+def test_an_unreachable_port_names_the_device_and_the_way_out() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        with pytest.raises(DirectError, match=r"device 3's direct port .* --transport compiled"):
+            DirectLink(("127.0.0.1", port), KEY, 3, timeout_s=2.0)
+
+
+def test_a_raising_handler_reaches_the_bs_typed_and_the_other_answers_are_still_read(server: DirectServer) -> None:
+    other = DirectServer(reverse, KEY, device=4, host="127.0.0.1")
+    links = {3: DirectLink(server.address, KEY, 3), 4: DirectLink(other.address, KEY, 4)}
+    with pytest.raises(DeviceCodeError, match="device 3: ValueError: the device's code raised"):
+        direct_round(links, {3: b"boom", 4: b"abc"}, timeout_s=5.0)
+    raw, lost = direct_round(links, {3: b"ok", 4: b"xyz"}, timeout_s=5.0)  # no stale answer left behind
+    assert raw == {3: b"ko", 4: b"zyx"} and lost == {}
+
+
+def test_a_silent_device_is_lost_at_the_deadline(server: DirectServer) -> None:
+    links = {3: DirectLink(server.address, KEY, 3)}
+    start = time.monotonic()
+    raw, lost = direct_round(links, {3: b"sleep1.0"}, timeout_s=0.2)
+    assert raw == {} and "no answer within 0.20 s" in lost[3]
+    assert 0.19 <= time.monotonic() - start < 0.9
+
+
+def serve_forever(address: mp.Queue) -> None:  # type: ignore[type-arg]
+    server = DirectServer(reverse, KEY, device=3, host="127.0.0.1")
+    address.put(server.address)
+    time.sleep(600)
+
+
+def test_a_killed_device_process_is_noticed_at_once_not_at_the_deadline() -> None:
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=serve_forever, args=(queue,), daemon=True)
+    proc.start()
+    links = {3: DirectLink(queue.get(timeout=30), KEY, 3)}
+    assert direct_round(links, {3: b"abc"}, timeout_s=5.0) == ({3: b"cba"}, {})
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    start = time.monotonic()
+    raw, lost = direct_round(links, {3: b"abc"}, timeout_s=5.0)
+    assert raw == {} and "its actor or node is gone" in lost[3]
+    assert time.monotonic() - start < 1.0  # the kernel closed the connection: no wait for the 5 s deadline
+
+
+def test_frame_lengths_outside_the_bounds_are_refused() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(struct.pack("<q", MAX_FRAME + 1))
+        with pytest.raises(DirectError, match="outside"):
+            _recv_length(b)
+        a.sendall(struct.pack("<q", -7))
+        with pytest.raises(DirectError, match="outside"):
+            _recv_length(b)
