@@ -122,6 +122,9 @@ def serve(
     max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait; beyond it 429.")] = 64,
     ray_address: Annotated[str | None, typer.Option(help="Ray head HOST:PORT (default: a local cluster).")] = None,
     token_file: Annotated[Path | None, typer.Option(help="Ray cluster token file, mode 0600.")] = None,
+    transport: Annotated[
+        str, typer.Option(help="Ray data path: direct (a socket per device), compiled (Ray Compiled Graphs) or plain.")
+    ] = "direct",
     plan_cluster: PlanClusterOpt = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API, with a live dashboard at / and metrics at /metrics."""
@@ -132,7 +135,7 @@ def serve(
 
         key = read_api_key(api_key_file)
         engine = load_engine(model_dir, devices, policy, theta, scenario, backend, plan_cluster, address=ray_address,
-                             token_file=token_file)
+                             token_file=token_file, transport=transport)
         app = create_app(engine, api_key=key, limits=Limits(max_prompt_tokens, max_tokens, max_queue=max_queue))
     console.print(f"serving [bold]{engine.name}[/bold] on {engine.model.num_devices} devices ({policy}): "
                   f"http://{host}:{port}/ (dashboard), /v1 (OpenAI API{', key required' if key else ''})")
