@@ -50,6 +50,13 @@ def test_a_round_trip_returns_the_handlers_answer_for_every_device(server: Direc
     assert server.refused == 0
 
 
+def test_frames_larger_than_the_socket_buffers_arrive_whole(server: DirectServer) -> None:
+    links = {3: DirectLink(server.address, KEY, 3)}
+    payload = os.urandom(24 * 1024 * 1024)  # a prefill batch's size: the kernel takes it in many parts
+    raw, lost = direct_round(links, {3: payload}, timeout_s=60.0)
+    assert lost == {} and raw[3] == payload[::-1]
+
+
 def test_a_client_without_the_key_is_disconnected_and_never_reaches_the_handler() -> None:
     calls: list[bytes] = []
     server = DirectServer(lambda b: calls.append(bytes(b)) or b"x", KEY, device=3, host="127.0.0.1")

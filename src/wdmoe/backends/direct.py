@@ -63,8 +63,16 @@ def _recv_exact(sock: socket.socket, size: int) -> bytearray:
     return buf
 
 
-def _send_frame(sock: socket.socket, payload: bytes | bytearray | memoryview) -> None:
-    sock.sendmsg([_LENGTH.pack(len(payload)), payload])
+def _send_frame(sock: socket.socket, payload: bytes | bytearray | memoryview, length: int | None = None) -> None:
+    """The length (default: the payload's) and the payload, in one system call when the kernel takes it all; a
+    socket with a timeout may take only a part of a large frame, and the rest follows."""
+    header = _LENGTH.pack(len(payload) if length is None else length)
+    sent = sock.sendmsg([header, payload])
+    if sent < len(header):
+        sock.sendall(header[sent:])
+        sent = len(header)
+    if sent - len(header) < len(payload):
+        sock.sendall(memoryview(payload)[sent - len(header) :])
 
 
 def _recv_length(sock: socket.socket) -> int:
@@ -146,7 +154,7 @@ class DirectServer:
                 except Exception as exc:  # the device's code raised: report it to the BS, keep serving
                     message = f"{type(exc).__name__}: {exc}".encode()
                     with contextlib.suppress(OSError):
-                        conn.sendmsg([_LENGTH.pack(_ERROR), _LENGTH.pack(len(message)), message])
+                        _send_frame(conn, _LENGTH.pack(len(message)) + message, length=_ERROR)
                     continue
                 try:
                     _send_frame(conn, answer)
