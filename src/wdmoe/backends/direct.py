@@ -34,6 +34,7 @@ from collections.abc import Callable
 HELLO = b"WDMOE-DIRECT-1\n"
 NONCE_BYTES = 32
 MAX_FRAME = 1 << 31  # 2 GiB: far above a layer step's batch, below anything a corrupt header could ask for
+MAX_ERROR = 1 << 20  # bytes of a device's error message
 HANDSHAKE_TIMEOUT_S = 10.0
 _LENGTH = struct.Struct("<q")
 _ERROR = -1
@@ -152,7 +153,7 @@ class DirectServer:
                 try:
                     answer = self.handler(batch) or b""
                 except Exception as exc:  # the device's code raised: report it to the BS, keep serving
-                    message = f"{type(exc).__name__}: {exc}".encode()
+                    message = f"{type(exc).__name__}: {exc}".encode()[:MAX_ERROR]
                     with contextlib.suppress(OSError):
                         _send_frame(conn, _LENGTH.pack(len(message)) + message, length=_ERROR)
                     continue
@@ -202,7 +203,10 @@ class DirectLink:
         length = _recv_length(self.sock)
         if length == _ERROR:
             (size,) = _LENGTH.unpack(_recv_exact(self.sock, _LENGTH.size))
-            raise DeviceCodeError(f"device {self.device}: {bytes(_recv_exact(self.sock, min(size, 1 << 16))).decode()}")
+            if not 0 <= size <= MAX_ERROR:
+                raise DirectError(f"error message length {size} is outside 0..{MAX_ERROR}")
+            message = bytes(_recv_exact(self.sock, size)).decode(errors="replace")
+            raise DeviceCodeError(f"device {self.device}: {message}")
         return _recv_exact(self.sock, length)
 
     def close(self) -> None:
