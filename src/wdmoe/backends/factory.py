@@ -35,7 +35,8 @@ def make_pool(backend: str, root: Path, manifest: Manifest, **opts: Any) -> Devi
             from wdmoe.backends.ray_pool import RayDevicePool
         except ImportError as exc:
             raise ValueError(f"--backend ray needs Ray ({exc}); install it with pip install 'wdmoe[ray]'") from exc
-        cluster = {key: opts.pop(key) for key in RAY_CLUSTER_OPTIONS if opts.get(key) is not None}
+        given = {key: opts.pop(key, None) for key in RAY_CLUSTER_OPTIONS}
+        cluster = {key: value for key, value in given.items() if value is not None}  # None: RayOptions' default
         return RayDevicePool(root, manifest, RayOptions(**cluster), **opts)
     raise ValueError(f"backend {backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
 

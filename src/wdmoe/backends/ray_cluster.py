@@ -109,6 +109,7 @@ def connect(options: RayOptions, num_devices: int) -> None:
         ray.init(address=options.address, namespace=NAMESPACE, log_to_driver=False)
         return
     ray.init(
+        address="local",  # a new cluster, even where another one already runs on this machine
         num_cpus=options.num_cpus,
         resources={device_resource(d): float(DEVICE_SLOTS) for d in range(num_devices)},
         object_store_memory=options.object_store_mb * 1024 * 1024,
