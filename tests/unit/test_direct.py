@@ -12,6 +12,7 @@ import time
 import pytest
 
 from wdmoe.backends.direct import (
+    DIRECT_PORTS_ENV,
     HELLO,
     MAX_FRAME,
     NONCE_BYTES,
@@ -21,6 +22,7 @@ from wdmoe.backends.direct import (
     DirectServer,
     _recv_length,
     direct_round,
+    parse_ports,
 )
 
 KEY = bytes(range(32))
@@ -141,3 +143,35 @@ def test_frame_lengths_outside_the_bounds_are_refused() -> None:
         a.sendall(struct.pack("<q", -7))
         with pytest.raises(DirectError, match="outside"):
             _recv_length(b)
+
+
+def test_port_ranges_parse_and_malformed_ones_name_the_option_and_value() -> None:
+    assert parse_ports("40000-40015") == range(40000, 40016)
+    assert parse_ports(" 41000 ") == range(41000, 41001)
+    with pytest.raises(ValueError, match=r"--direct-ports = 'abc' is not a port range; write LOW-HIGH"):
+        parse_ports("abc")
+    for bad in ("5-3", "0-10", "65000-70000"):
+        with pytest.raises(ValueError, match=r"1 <= LOW <= HIGH <= 65535"):
+            parse_ports(bad)
+    with pytest.raises(ValueError, match="WDMOE_DIRECT_PORTS = 'x'"):
+        parse_ports("x", DIRECT_PORTS_ENV)
+
+
+def test_a_server_listens_on_the_first_free_port_of_its_range_or_says_the_range_is_full() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"device 3: no free port in {port}-{port} .* widen the range"):
+            DirectServer(reverse, KEY, device=3, host="127.0.0.1", ports=range(port, port + 1))
+        server = DirectServer(reverse, KEY, device=3, host="127.0.0.1", ports=range(port, port + 50))
+        assert port < server.address[1] < port + 50
+        assert direct_round({3: DirectLink(server.address, KEY, 3)}, {3: b"ab"}, 5.0) == ({3: b"ba"}, {})
+
+
+def test_a_device_node_environment_carries_a_checked_port_range(tmp_path) -> None:
+    from wdmoe.backends.ray_cluster import device_node_env, write_token_file
+
+    token = write_token_file(tmp_path / "token")
+    assert device_node_env(token, None, "40000-40015")[DIRECT_PORTS_ENV] == "40000-40015"
+    assert DIRECT_PORTS_ENV not in device_node_env(token, None) or DIRECT_PORTS_ENV in os.environ
+    with pytest.raises(ValueError, match="--direct-ports"):
+        device_node_env(token, None, "40000-")

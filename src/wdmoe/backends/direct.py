@@ -14,6 +14,9 @@ a client without the key is disconnected before it can send a batch, and the BS 
 prove it holds the key. Like Ray's token mode, this authenticates the peers and does not encrypt the traffic:
 keep the network private (or tunnel it) where activations must not be read.
 
+Ports: the kernel picks a free one, unless the node's environment has WDMOE_DIRECT_PORTS ("40000-40015", set by
+`wdmoe device start --direct-ports`), for networks where only known ports are open to the BS.
+
 Frames: an int64 length, then that many bytes (`wdmoe.backends.wire` batches and results: only numbers, nothing
 is unpickled). An answer of length -1 carries the device's error message instead of a result (its code raised:
 a bug to report, not a lost device). Lengths above `MAX_FRAME` are refused.
@@ -31,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 
+DIRECT_PORTS_ENV = "WDMOE_DIRECT_PORTS"
 HELLO = b"WDMOE-DIRECT-1\n"
 NONCE_BYTES = 32
 MAX_FRAME = 1 << 31  # 2 GiB: far above a layer step's batch, below anything a corrupt header could ask for
@@ -46,6 +50,33 @@ class DirectError(ConnectionError):
 
 class DeviceCodeError(RuntimeError):
     """The device's own code raised while running a batch (its message is the device's)."""
+
+
+def parse_ports(spec: str, source: str = "--direct-ports") -> range:
+    """The ports of "LOW-HIGH" (inclusive) or "PORT"; a malformed spec is refused, naming `source`."""
+    low, sep, high = spec.strip().partition("-")
+    try:
+        first, last = int(low), int(high) if sep else int(low)
+    except ValueError:
+        raise ValueError(f"{source} = {spec!r} is not a port range; write LOW-HIGH, e.g. 40000-40015") from None
+    if not 1 <= first <= last <= 65535:
+        raise ValueError(f"{source} = {spec!r}: ports must satisfy 1 <= LOW <= HIGH <= 65535")
+    return range(first, last + 1)
+
+
+def _listen(host: str, ports: range | None, device: int) -> socket.socket:
+    """A listening socket on `host`: on a port the kernel picks, or on the first free one of `ports`."""
+    if ports is None:
+        return socket.create_server((host, 0))
+    for port in ports:
+        try:
+            return socket.create_server((host, port))
+        except OSError:
+            continue
+    raise OSError(
+        f"device {device}: no free port in {ports.start}-{ports.stop - 1} on {host} for its direct socket "
+        f"({DIRECT_PORTS_ENV}); widen the range (`wdmoe device start --direct-ports`)"
+    )
 
 
 def _mac(key: bytes, role: bytes, device: int, first: bytes, second: bytes) -> bytes:
@@ -90,7 +121,8 @@ class DirectServer:
         handler: runs one batch (wire bytes) and returns the result's wire bytes.
         key: the 32-byte key this device's connections must prove they hold.
         device: the device id (bound into the handshake, so a key cannot be replayed against another device).
-        host: the address to listen on (the node's IP; port 0: the kernel picks a free port).
+        host: the address to listen on (the node's IP).
+        ports: the ports it may listen on, the first free one taken (None: the kernel picks a free port).
         on_thread_start: called first in every connection thread (e.g. to set torch's thread count there).
     """
 
@@ -100,13 +132,13 @@ class DirectServer:
         key: bytes,
         device: int,
         host: str,
-        port: int = 0,
+        ports: range | None = None,
         on_thread_start: Callable[[], None] | None = None,
     ) -> None:
         self.handler, self.key, self.device = handler, key, device
         self.on_thread_start = on_thread_start
         self.refused = 0  # connections that failed the handshake
-        self.listener = socket.create_server((host, port))
+        self.listener = _listen(host, ports, device)
         self.address: tuple[str, int] = self.listener.getsockname()[:2]
         threading.Thread(target=self._accept, name=f"wdmoe-direct-{device}", daemon=True).start()
 

@@ -63,10 +63,12 @@ class DeviceActor:
         self._set_threads()
         self.worker = ExpertWorker(self.root, self.manifest, self.device)
         if direct_key is not None:
-            from wdmoe.backends.direct import DirectServer
+            from wdmoe.backends.direct import DIRECT_PORTS_ENV, DirectServer, parse_ports
 
+            spec = os.environ.get(DIRECT_PORTS_ENV)
             self.server = DirectServer(
-                self.run, direct_key, self.device, ray.util.get_node_ip_address(), on_thread_start=self._set_threads
+                self.run, direct_key, self.device, ray.util.get_node_ip_address(),
+                ports=parse_ports(spec, DIRECT_PORTS_ENV) if spec else None, on_thread_start=self._set_threads,
             )
         return ActorInfo(
             self.device, ray.get_runtime_context().get_node_id(), socket.gethostname(), os.getpid(),

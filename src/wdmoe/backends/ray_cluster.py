@@ -135,9 +135,17 @@ def device_node_command(
     return cmd
 
 
-def device_node_env(token_file: Path | None, split_dir: Path | None) -> dict[str, str]:
-    """The environment of a device node: this process's, token authentication on, and the local split dir."""
+def device_node_env(
+    token_file: Path | None, split_dir: Path | None, direct_ports: str | None = None
+) -> dict[str, str]:
+    """The environment of a device node: this process's, token authentication on, the local split dir, and the
+    ports its direct sockets may use (checked here, so that a malformed range stops `wdmoe device start`)."""
+    from wdmoe.backends.direct import DIRECT_PORTS_ENV, parse_ports
+
     env = {**os.environ, **auth_env(token_file)}
     if split_dir is not None:
         env[SPLIT_DIR_ENV] = str(split_dir.resolve())
+    if direct_ports is not None:
+        parse_ports(direct_ports)
+        env[DIRECT_PORTS_ENV] = direct_ports.strip()
     return env

@@ -45,6 +45,10 @@ def start(
     ] = None,
     num_cpus: Annotated[int | None, typer.Option(min=0, help="CPUs Ray may schedule here (default: all).")] = None,
     object_store_mb: Annotated[int, typer.Option(min=64, help="Object store size, MiB.")] = 200,
+    direct_ports: Annotated[
+        str | None,
+        typer.Option(help="Ports LOW-HIGH the BS may reach this node's direct sockets on (default: any free port)."),
+    ] = None,
 ) -> None:
     """Join the cluster at ADDRESS as device K's node, token authentication on; blocks until stopped."""
     with user_errors():
@@ -52,7 +56,7 @@ def start(
 
         if split_dir is not None:
             check_local_shard(split_dir, device_id)
-        env = device_node_env(token_file or DEFAULT_TOKEN_FILE, split_dir)
+        env = device_node_env(token_file or DEFAULT_TOKEN_FILE, split_dir, direct_ports)
         cmd = device_node_command(address, device_id, num_cpus, object_store_mb, block=True)
     console.print(f"device {device_id}: joining {address} ({' '.join(cmd[1:])})")
     os.execve(cmd[0], cmd, env)  # this process becomes the Ray node; its exit status is the node's

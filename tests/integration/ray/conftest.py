@@ -31,6 +31,7 @@ from wdmoe.placement import Placement  # noqa: E402
 from wdmoe.runtime.model import DistributedMoE  # noqa: E402
 
 NUM_DEVICES = 3
+DIRECT_PORTS = "20000-60000"  # what a node started by `wdmoe device start` lets its direct sockets use
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 
 
@@ -103,7 +104,7 @@ class DeviceCluster:
         """Device `device`'s node started the documented way, `wdmoe device start` (stopped at shutdown)."""
         cmd = [sys.executable, "-c", "from wdmoe.cli.device_cmd import app; app()", "start",
                f"--address={self.address}", f"--device-id={device}", f"--token-file={token_file}", "--num-cpus=1",
-               "--object-store-mb=100"]
+               "--object-store-mb=100", f"--direct-ports={DIRECT_PORTS}"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         self.cli_nodes.append(proc)
         return proc

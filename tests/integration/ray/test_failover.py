@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import torch
 
-from tests.integration.ray.conftest import NUM_DEVICES, DeviceCluster, wait_all_live
+from tests.integration.ray.conftest import DIRECT_PORTS, NUM_DEVICES, DeviceCluster, wait_all_live
 from wdmoe import DistributedMoE
+from wdmoe.backends.direct import parse_ports
 from wdmoe.cli.run_cmd import generate_report
 from wdmoe.runtime.telemetry import StepRecord
 
@@ -119,6 +120,7 @@ def test_killed_node_is_noticed_within_the_timeout_and_a_restarted_device_rejoin
         wait_all_live(model)
         report = generate_report(model, PROMPT, 4)
         assert report["tokens_per_device"][1] > 0  # used again
+        assert model.pool.info[1].direct_address[1] in parse_ports(DIRECT_PORTS)  # type: ignore[attr-defined]
         assert model.pool.node_of()[1] != ray_cluster.node_id_of(0)  # type: ignore[attr-defined]
     finally:
         ray_cluster.ensure_device_node(1)  # the later tests need device 1, whatever happened here
