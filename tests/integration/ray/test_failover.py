@@ -133,10 +133,15 @@ def test_twenty_random_kills_over_several_requests_all_complete(replicated_ray: 
     rng = random.Random(0)
     kills: list[int] = []
 
+    killed_pids: set[int] = set()
+
     def maybe_kill(record: StepRecord) -> None:
-        live = sorted(model.pool.actors)  # type: ignore[attr-defined]
+        # a killed device stays in the pool until a step sends it a batch: count by process, not by pool entry
+        pool = model.pool
+        live = [d for d in sorted(pool.actors) if pool.info[d].pid not in killed_pids]  # type: ignore[attr-defined]
         if len(kills) < 20 and len(live) >= 2 and rng.random() < 0.3:
             kills.append(rng.choice(live))
+            killed_pids.add(pool.info[kills[-1]].pid)  # type: ignore[attr-defined]
             kill_actor(model, kills[-1])
 
     model.telemetry.listeners.append(maybe_kill)
