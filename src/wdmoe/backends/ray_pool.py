@@ -145,13 +145,7 @@ class RayDevicePool:
         if self.transport != "compiled" and self.graph is not None:
             self._drop_graph()  # switched away from compiled: its actors answer nothing else while a graph runs
         if self.transport == "direct":
-            for device in [d for d in live if d not in self.links]:  # e.g. the transport was switched to direct
-                try:
-                    self._link(device)
-                except DirectError as exc:
-                    failed[device] = str(exc)
-                    del live[device]
-            raw, lost = direct_round(self.links, live, timeout_s)
+            raw, lost = self._run_direct(live, timeout_s)
             failed.update(lost)
         elif self.transport == "compiled" and live:
             raw = self._run_compiled(live, timeout_s)
@@ -229,6 +223,20 @@ class RayDevicePool:
             self.graph = None
 
     # -- transports --------------------------------------------------------------------------------------------
+    def _run_direct(
+        self, payloads: dict[int, bytes], timeout_s: float
+    ) -> tuple[dict[int, bytearray], dict[int, str]]:
+        """One round on the devices' sockets; a device not linked yet (the transport was switched to direct) is
+        linked first, and one that cannot be reached is lost."""
+        lost: dict[int, str] = {}
+        for device in [d for d in payloads if d not in self.links]:
+            try:
+                self._link(device)
+            except DirectError as exc:
+                lost[device] = str(exc)
+        raw, gone = direct_round(self.links, {d: p for d, p in payloads.items() if d not in lost}, timeout_s)
+        return raw, {**lost, **gone}
+
     def _run_compiled(self, payloads: dict[int, bytes], timeout_s: float) -> dict[int, bytes] | None:
         """The round on the compiled graph, or None after a failure (the caller re-runs it with plain calls,
         which find out which device failed; the graph is rebuilt over the live devices at the next step)."""
