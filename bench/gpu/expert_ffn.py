@@ -1,11 +1,15 @@
 """Bench (a): one routed expert's FFN at Mixtral sizes against its roofline, both ceilings measured in this run.
 
 For n = 1, 2, 4, ..., 512 tokens one expert (hidden H = 4096, intermediate I = 14336, bf16) runs as
-    eager      wdmoe.model.expert.expert_ffn, what every device runs: one fused gate_up GEMM (2I x H), act * up, down;
-               on CUDA from 128 tokens (SPLIT_GATE_UP_FROM_ROWS) gate and up as two GEMMs on the halves of gate_up
+    eager      wdmoe.model.expert.expert_ffn, what every device runs: on CUDA, torch's path below 8 tokens, Triton's
+               fused gate_up + SiLU kernel from 8 to 128, and cuBLAS gate and up GEMMs plus Triton's silu * up
+               above (wdmoe.model.swiglu_triton); then the down GEMM
+    torch      expert_ffn_torch, the same without Triton: one fused gate_up GEMM (2I x H), act * up, down; on CUDA
+               from 128 tokens (SPLIT_GATE_UP_FROM_ROWS) gate and up as two GEMMs on the halves of gate_up
     separate   gate and up as two GEMMs (Mixtral's original w1 / w3 layout) at every size, act * up, down
-    compiled   torch.compile(expert_ffn, dynamic=True): act * up fused into one kernel, the GEMMs as before
-and is timed with CUDA events (warm-up, then the median of repeats of back-to-back calls). Its roofline is
+    compiled   torch.compile(expert_ffn_torch, dynamic=True): act * up fused into one kernel, the GEMMs as before
+and is timed with CUDA events (the median of repeats of back-to-back calls, each after a warm-up; the variants take
+turns, so a drift in clocks or temperature hits them alike). Its roofline is
 
     roofline(n) = max(n * 6HI / peak, 3HI * bytes_per_param / bandwidth)     (wdmoe.radio.compute.roofline_time_s)
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -29,12 +34,12 @@ import torch
 from ceilings import device_name, measure_ceilings, parse_dtype, pick_device, time_per_call_s
 from torch.nn import functional as F
 
-from wdmoe.model.expert import expert_ffn
+from wdmoe.model.expert import expert_ffn, expert_ffn_torch
 from wdmoe.radio.compute import roofline_time_s
 
 TARGET_FRACTION = 0.70
 TARGET_FROM_TOKENS = 64
-VARIANTS = ("eager", "separate", "compiled")
+VARIANTS = ("eager", "torch", "separate", "compiled")
 
 Ffn = Callable[[torch.Tensor], torch.Tensor]  # (n, H) -> (n, H)
 
@@ -60,10 +65,11 @@ def make_variants(gate_up: torch.Tensor, down: torch.Tensor, names: list[str]) -
     gate, up = gate_up[:inter], gate_up[inter:]  # row slices: views, no copy
     found: dict[str, Ffn] = {
         "eager": lambda x: expert_ffn(x, gate_up, down, F.silu),
+        "torch": lambda x: expert_ffn_torch(x, gate_up, down, F.silu),
         "separate": lambda x: F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down),
     }
     if "compiled" in names:
-        compiled = torch.compile(expert_ffn, dynamic=True)
+        compiled = torch.compile(expert_ffn_torch, dynamic=True)
         found["compiled"] = lambda x: compiled(x, gate_up, down, F.silu)
     return {name: found[name] for name in names}
 
@@ -95,9 +101,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         x = torch.randn(n, shape.hidden, device=device, generator=gen).to(dtype)
         roofline = float(roofline_time_s(n, shape.flops_per_token, shape.weight_bytes,
                                          ceilings.matmul_flops_per_s, ceilings.copy_bytes_per_s, 0.0))
-        times = {name: time_per_call_s(partial(ffn, x), device, args.warmup, args.iters, args.repeats)
-                 for name, ffn in ffns.items()}
-        rows.append({"tokens": n, "roofline_s": roofline, "time_s": times,
+        samples: dict[str, list[float]] = {name: [] for name in ffns}
+        for _ in range(args.repeats):  # interleaved, so a drift in clocks or temperature hits every variant alike
+            for name, ffn in ffns.items():
+                samples[name].append(time_per_call_s(partial(ffn, x), device, args.warmup, args.iters, 1))
+        times = {name: statistics.median(v) for name, v in samples.items()}
+        rows.append({"tokens": n, "roofline_s": roofline, "time_s": times, "samples_s": samples,
                      "fraction": {name: roofline / t for name, t in times.items()}})
     judged = [r for r in rows if r["tokens"] >= TARGET_FROM_TOKENS]  # none when --max-tokens < 64: no verdict
     meets = {name: all(r["fraction"][name] >= TARGET_FRACTION for r in judged) if judged else None for name in ffns}
@@ -131,9 +140,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=512, help="token counts 1, 2, 4, ... up to this")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
     parser.add_argument("--device", default=None, help="cuda (default) or cpu (default with --small)")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls before each timed batch")
     parser.add_argument("--iters", type=int, default=20, help="back-to-back calls per timed batch")
-    parser.add_argument("--repeats", type=int, default=7, help="timed batches; the median is reported")
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="timed batches per variant, the variants interleaved; the median is reported")
     parser.add_argument("--small", action="store_true", help="tiny sizes on the CPU: runs in seconds")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
