@@ -14,7 +14,9 @@ from typing import Any
 def expert_ffn(r: dict[str, Any]) -> list[str]:
     c, names = r["ceilings"], r["variants"]
     lines = [f"### (a) expert FFN: {r['device']}, {r['dtype']}, H {r['hidden']}, I {r['intermediate']}", "",
-             f"Measured in the run: matmul peak {c['matmul_flops_per_s'] / 1e12:.4g} TFLOP/s ({c['matmul_n']}^3), "
+             f"Measured in the run: matmul peak {c['matmul_flops_per_s'] / 1e12:.4g} TFLOP/s ({c['matmul_n']}^3, "
+             f"sustained after {c.get('settle_s', 0):g} s; {(c.get('matmul_flops_per_s_cold') or 0) / 1e12:.4g} "
+             "TFLOP/s in the first burst), "
              f"copy bandwidth {c['copy_bytes_per_s'] / 1e9:.4g} GB/s (read + write); ridge at "
              f"{r['ridge_tokens']:.0f} tokens.", "",
              "| tokens | roofline us | " + " | ".join(f"{n} us | {n} / roofline" for n in names) + " |",
@@ -26,6 +28,10 @@ def expert_ffn(r: dict[str, Any]) -> list[str]:
     marks = {None: "-", True: "met", False: "missed"}
     verdict = ", ".join(f"{n}: {marks[ok]}" for n, ok in r["meets_target"].items())
     lines += ["", f"Target >= {target['fraction']:.0%} of roofline from {target['from_tokens']} tokens: {verdict}."]
+    judged = [row for row in r["rows"] if row["tokens"] >= target["from_tokens"] and "roofline_cold_s" in row]
+    if judged and names:
+        cold = ", ".join(f"{row['roofline_cold_s'] / row['time_s'][names[0]]:.2f} ({row['tokens']})" for row in judged)
+        lines.append(f"{names[0]} / roofline against the first-burst peak instead: {cold}.")
     lines += [f"{n} did not run: {why}" for n, why in r["errors"].items()]
     return lines
 
