@@ -23,6 +23,7 @@ WDMOE_TRITON_FFN=0 turns it all off.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any
@@ -98,16 +99,16 @@ def fused_gate_up_silu(
     inter = gate_up_proj.shape[0] // 2
     hidden = hidden if hidden.stride(-1) == 1 else hidden.contiguous()
     weight = gate_up_proj if gate_up_proj.stride(-1) == 1 else gate_up_proj.contiguous()
-    out = torch.empty(n, inter, device=hidden.device, dtype=hidden.dtype)
+    out = hidden.new_empty((n, inter))
     if n == 0:
         return out
     block_m, block_n, block_k, group_m, warps, stages = tiles or tiles_for(n)
     if k % block_k:
         raise ValueError(f"hidden size {k} is not a multiple of BLOCK_K {block_k}")
     grid = (triton.cdiv(n, block_m) * triton.cdiv(inter, block_n),)
-    with torch.cuda.device(hidden.device):
+    with _on_device_of(hidden):
         _GATE_UP[grid](
-            hidden, weight, out, n, inter, k, hidden.stride(0), weight.stride(0), out.stride(0),
+            hidden, weight, out, n, inter, k, hidden.stride(0), weight.stride(0), inter,
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m, num_warps=warps, num_stages=stages,
         )
     return out
@@ -118,12 +119,21 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # (n, I) ea
     gate = gate if gate.stride(-1) == 1 else gate.contiguous()
     up = up if up.stride(-1) == 1 else up.contiguous()
     rows, cols = gate.shape
-    out = torch.empty(rows, cols, device=gate.device, dtype=gate.dtype)
-    if out.numel():
-        with torch.cuda.device(gate.device):
-            grid = (rows, triton.cdiv(cols, ELEMENTWISE_BLOCK))
-            _SILU_MUL[grid](gate, up, out, cols, gate.stride(0), up.stride(0), BLOCK=ELEMENTWISE_BLOCK, num_warps=8)
+    out = gate.new_empty((rows, cols))
+    if rows and cols:
+        with _on_device_of(gate):
+            _SILU_MUL[(rows, triton.cdiv(cols, ELEMENTWISE_BLOCK))](
+                gate, up, out, cols, gate.stride(0), up.stride(0), BLOCK=ELEMENTWISE_BLOCK, num_warps=8
+            )
     return out
+
+
+def _on_device_of(tensor: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
+    """Triton launches on the current CUDA device: switch to the tensor's only when it is another one (the switch
+    costs host time on every call)."""
+    if tensor.get_device() == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(tensor.device)
 
 
 _GATE_UP: Any = None
