@@ -26,9 +26,9 @@ from wdmoe.runtime.loading import DTYPES, check_torch_device
 @dataclass(frozen=True)
 class Ceilings:
     """matmul_flops_per_s: dense FLOP/s of one large product in the bench's dtype, sustained: timed after the
-    product has run for settle_s seconds, so the GPU is at the clocks its power cap allows for such work (an H100
-    starts a burst faster and settles within a second; one run's first 150 ms gave 678-774 TFLOP/s on the same
-    kind of machine); matmul_flops_per_s_cold: the same product timed first, before settling (reported, not used);
+    product has run for settle_s seconds, at the clocks the card's power cap allows for long work (short bursts
+    spread more: on the H100 the first 150 ms gave 681-758 TFLOP/s over 20 runs, the value after 2 s 680-700 in
+    three); matmul_flops_per_s_cold: the same product timed first, before settling (reported, not used);
     copy_bytes_per_s: bytes read plus bytes written per second by a large device-to-device copy; the sizes say
     what was measured."""
 
