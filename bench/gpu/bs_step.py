@@ -42,7 +42,8 @@ class BSStep(torch.nn.Module):
     def forward(
         self, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], cache: DynamicCache
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # (1, T, H) -> (1, T, H), (T, k) weights, (T, k) index
-        attn, _ = self.self_attn(self.input_layernorm(hidden), position_embeddings, None, past_key_values=cache)
+        # the cache goes by position: its keyword is `past_key_values` up to transformers 5.23, `cache` from 5.24
+        attn, _ = self.self_attn(self.input_layernorm(hidden), position_embeddings, None, cache)
         hidden = hidden + attn
         _, weights, index = self.gate(self.post_attention_layernorm(hidden))
         return hidden, weights, index

@@ -208,7 +208,7 @@ class DistributedMoE:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         source = input_ids if input_ids is not None else kwargs["inputs_embeds"][..., 0]
         num_tokens = int(source.numel())
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers renamed it in 5.24
         prefill = cache is None or cache.get_seq_length() == 0
         self.telemetry.start("prefill" if prefill else "decode", num_tokens)
         if self.wireless is not None:

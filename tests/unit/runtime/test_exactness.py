@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, MixtralForCausalLM
 
 from tests.conftest import FAMILIES
 from wdmoe import DistributedMoE
 from wdmoe.model.split import split_model
 
 DECODE_STEPS = 16
+# the forward's cache argument: `past_key_values` up to transformers 5.23, `cache` from 5.24 (the old name warns)
+CACHE = "cache" if "cache" in inspect.signature(MixtralForCausalLM.forward).parameters else "past_key_values"
 
 
 def prompt(seed: int = 3, length: int = 9) -> torch.Tensor:
@@ -27,14 +30,14 @@ def test_logits_match_unsplit_on_prefill_and_each_decode_step(family, tiny_model
     ids = prompt()
     ref_cache, our_cache = DynamicCache(config=reference.config), DynamicCache(config=reference.config)
     with torch.no_grad():
-        expected = reference(ids, past_key_values=ref_cache, use_cache=True).logits
-    actual = model(ids, past_key_values=our_cache, use_cache=True).logits
+        expected = reference(ids, **{CACHE: ref_cache}, use_cache=True).logits
+    actual = model(ids, **{CACHE: our_cache}, use_cache=True).logits
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
     for _ in range(DECODE_STEPS):
         token = expected[:, -1:].argmax(-1)
         with torch.no_grad():
-            expected = reference(token, past_key_values=ref_cache, use_cache=True).logits
-        actual = model(token, past_key_values=our_cache, use_cache=True).logits
+            expected = reference(token, **{CACHE: ref_cache}, use_cache=True).logits
+        actual = model(token, **{CACHE: our_cache}, use_cache=True).logits
         torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
     phases = [step.phase for step in model.steps]
     assert phases == ["prefill"] + ["decode"] * DECODE_STEPS
