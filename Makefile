@@ -2,22 +2,36 @@
 #   make demo   -> creates .venv, installs wdmoe, runs `wdmoe demo`
 #   make test   -> creates .venv, installs wdmoe + dev tools, runs ruff, mypy and pytest
 # TORCH pins the CPU wheel that project machines carry; on a GPU host: make demo TORCH=torch
+# CONSTRAINTS pins every other package to the versions the suite last passed with, so a dependency's new release
+# cannot change what a fresh setup (or CI) installs; `make lock` refreshes it; CONSTRAINTS= installs the newest.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+CONSTRAINTS ?= constraints.txt
+EXTRAS := model,serve,ray,dev,serve-test,sionna,bench,ensemble
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: setup sysdeps demo test lint bench clean
+.PHONY: setup sysdeps demo test lint bench lock clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)" -e ".[model,serve,ray,dev,serve-test,sionna,bench,ensemble]"
+	$(BIN)/python -m pip install -q "$(TORCH)" $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[$(EXTRAS)]"
 	touch $@
+
+# The newest versions that pyproject.toml allows, installed in a scratch venv and written to constraints.txt
+# (torch stays with TORCH). Run `make test` after it: the file is only as good as the suite that passed with it.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q "$(TORCH)" -e ".[$(EXTRAS)]"
+	{ echo "# pip constraints: the versions the suite passed with (make lock writes this file; see the Makefile)"; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v -i -e '^torch==' -e '^-e '; } > constraints.txt
+	rm -rf .venv-lock
 
 demo: setup
 	$(BIN)/wdmoe demo
@@ -45,4 +59,4 @@ bench: setup
 	$(BIN)/python bench/policy_speed.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-lock .pytest_cache .mypy_cache .ruff_cache
