@@ -26,9 +26,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 # The newest versions that pyproject.toml allows, installed in a scratch venv and written to constraints.txt
 # (torch stays with TORCH). Run `make test` after it: the file is only as good as the suite that passed with it.
 lock:
-	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/python -m pip install -q --upgrade pip
-	.venv-lock/bin/python -m pip install -q "$(TORCH)" -e ".[$(EXTRAS)]"
+	rm -rf .venv-lock && $(MAKE) setup VENV=.venv-lock CONSTRAINTS=
 	{ echo "# pip constraints: the versions the suite passed with (make lock writes this file; see the Makefile)"; \
 	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v -i -e '^torch==' -e '^-e '; } > constraints.txt
 	rm -rf .venv-lock
