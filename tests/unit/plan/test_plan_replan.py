@@ -14,7 +14,7 @@ from wdmoe.plan.planner import plan_deployment
 from wdmoe.plan.replan import Replanner, Trigger
 from wdmoe.plan.requirement import ModelRequirement
 
-LAB = Path(__file__).resolve().parents[2] / "configs" / "clusters" / "lab.toml"
+LAB = Path(__file__).resolve().parents[3] / "configs" / "clusters" / "lab.toml"
 
 
 def requirement() -> ModelRequirement:

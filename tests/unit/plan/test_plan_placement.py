@@ -20,7 +20,7 @@ from wdmoe.plan.status import ResourceStatus
 from wdmoe.radio.compute import PRESETS
 from wdmoe.radio.rate import shannon_rate_bps
 
-CLUSTERS = Path(__file__).resolve().parents[2] / "configs" / "clusters"
+CLUSTERS = Path(__file__).resolve().parents[3] / "configs" / "clusters"
 EXPERT_PARAMS = 3 * 192 * 224  # the shipped model's expert: 516,096 bytes at fp32
 
 

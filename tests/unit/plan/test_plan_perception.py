@@ -72,7 +72,7 @@ def test_cluster_refuses_unknown_keys_presets_and_missing_links() -> None:
 
 
 def test_shipped_cluster_files_load(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[2] / "configs" / "clusters"
+    root = Path(__file__).resolve().parents[3] / "configs" / "clusters"
     lab = load_cluster(root / "lab.toml")
     small = load_cluster(root / "too-small.toml")
 

@@ -14,7 +14,7 @@ from wdmoe.plan.deployment import copies_memory_bytes, round_robin_copies
 from wdmoe.plan.planner import PlannerConfig, copies_latency_s, plan_deployment
 from wdmoe.plan.requirement import ModelRequirement
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def bench() -> ModuleType:

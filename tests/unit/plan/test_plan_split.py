@@ -21,7 +21,7 @@ from wdmoe.plan.planner import PlannerConfig, plan_deployment
 from wdmoe.plan.status import ResourceStatus
 from wdmoe.radio.compute import PRESETS
 
-CLUSTERS = Path(__file__).resolve().parents[2] / "configs" / "clusters"
+CLUSTERS = Path(__file__).resolve().parents[3] / "configs" / "clusters"
 app = typer.Typer()  # cli/main.py registers `plan` for users; here only the two commands under test
 app.command("plan")(plan_cmd.plan)
 app.command("split")(split_cmd.split)
