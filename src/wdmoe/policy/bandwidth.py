@@ -147,7 +147,7 @@ def scalar_time(b: float, need_dl: float, need_ul: float, base: float, s_dl: flo
 # < 5e-13. Only frexp and +, -, *, / (no branch), so Python floats and numpy arrays give the same bits.
 LOG_SERIES = tuple(1.0 / (2 * j + 1) for j in range(7))
 SQRT_TWO = math.sqrt(2.0)
-LOG_LN2 = _LN2  # approx_log's ln 2, shared with batched_joint
+LOG_LN2 = _LN2  # approx_log's ln 2, shared with split_arrays
 PRESOLVE_LAST = 3e-5  # from an approximate relative gap this small, one more step lands at ~1e-11 (quadratic)
 PRESOLVE_ITER = 10
 _C0, _C1, _C2, _C3, _C4, _C5, _C6 = LOG_SERIES
@@ -156,7 +156,7 @@ _frexp = math.frexp
 
 def approx_log(x: float) -> float:
     """ln x (x > 0, finite) to ~5e-13 absolute, by frexp and the atanh series (`LOG_SERIES`): cheap on arrays
-    (batched_joint's array form does the same operations), unlike log1p, and used only to find a starting point."""
+    (split_arrays' array form does the same operations), unlike log1p, and used only to find a starting point."""
     m, e = _frexp(x)
     v = m * SQRT_TWO
     z = (v - 1.0) / (v + 1.0)
@@ -226,7 +226,7 @@ def pair_split(a0: float, a1: float, c0: float, c1: float, base0: float, base1: 
     cost on arrays) to about 1e-11 (`_pair_start`, 2 to 5 evaluations); then the same steps on the exact times,
     safeguarded by the bracket of f(b_0) = t_0(b_0) - t_1(B - b_0) (decreasing in b_0), with a bisection step
     when a step leaves it. The first exact evaluation almost always meets rtol (tests/unit/policy/test_bandwidth).
-    batched_joint.pair_split is this, operation for operation, on arrays."""
+    split_arrays.pair_split is this, operation for operation, on arrays."""
     b = _pair_start(a0, a1, c0, c1, base0, base1, d0, d1, u0, u1, budget)
     lo, hi = 0.0, budget
     for _ in range(max_iter):

@@ -210,7 +210,7 @@ def _evaluate_one_token(policy: JointSelectionBandwidth, state: LayerState, slot
         shares = {d: budget / len(devices) for d in devices}
     elif len(devices) == 1:
         shares = {devices[0]: budget}
-    elif len(devices) == 2:  # lower device id first: equal problems in any slot order (batched_joint memoises)
+    elif len(devices) == 2:  # lower device id first: equal problems in any slot order (joint_rounds memoises)
         d0, d1 = min(devices), max(devices)
         split = pair_split(need, need, need * pairs[d0], need * pairs[d1], compute[d0], compute[d1],
                            snr[d0][0], snr[d1][0], snr[d0][1], snr[d1][1], budget)

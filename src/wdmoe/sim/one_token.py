@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wdmoe.policy.batched import BatchDecision, OneTokenSteps
+from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 from wdmoe.radio.latency import energy_parts_j
 from wdmoe.radio.rate import PoolMode, pool_shares, share_time_s
 
@@ -79,7 +79,7 @@ def _columns(values: np.ndarray) -> list[np.ndarray]:
 
 def _slot_groups(device: list[np.ndarray], keep: list[np.ndarray],
                  roof: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """`policy.batched.slot_groups` by column: per slot, whether it is the first kept slot on its device, the
+    """`policy.steps.slot_groups` by column: per slot, whether it is the first kept slot on its device, the
     number of kept slots on its device, and their rooflines summed in slot order (the same operations)."""
     k = len(device)
     first = [kept.copy() for kept in keep]

@@ -7,7 +7,7 @@ each prefill, start_step at each step, then each layer), so for the trace and th
 reproduces that run's modeled latency and decisions bit for bit (tests/unit/sim/test_agreement.py). The batched
 mode (default) gives the same numbers faster: the channel blocks are fixed by the trace's shape alone, so they
 are drawn up front (`sim.blocks`, bit-identical), multi-token steps go through the per-state path, and the
-one-token layer steps of every decode step are decided together by `policy.batched`; a policy that keeps its
+one-token layer steps of every decode step are decided together by `policy.steps`; a policy that keeps its
 own random state (`RandomDrop`) depends on the call order and is always replayed in exact mode.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from wdmoe.config import Scenario
 from wdmoe.policy.base import Policy
 from wdmoe.policy.baselines import RandomDrop
-from wdmoe.policy.batched import OneTokenSteps, decide_batch, supports
+from wdmoe.policy.steps import OneTokenSteps, decide_batch, supports
 from wdmoe.radio.compute import roofline_time_s
 from wdmoe.radio.latency import LatencyBreakdown
 from wdmoe.runtime.wireless import WirelessDecider

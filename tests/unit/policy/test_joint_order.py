@@ -10,7 +10,7 @@ import pytest
 from tests.unit.policy.states import random_state
 from wdmoe.policy import JointSelectionBandwidth
 from wdmoe.policy.base import LayerState
-from wdmoe.policy.batched import OneTokenSteps, decide_batch
+from wdmoe.policy.steps import OneTokenSteps, decide_batch
 
 
 def two_device_states(count: int) -> list[LayerState]:

@@ -1,4 +1,4 @@
-"""The joint policy's top-2 fast path (batched_joint2) decides bit for bit what the generic batched rounds and the
+"""The joint policy's top-2 fast path (joint_top2) decides bit for bit what the generic batched rounds and the
 per-state policy decide, degenerate steps included."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from tests.unit.policy.states import random_state
 from wdmoe.policy import JointSelectionBandwidth
-from wdmoe.policy.batched import BatchDecision, OneTokenSteps, decide_batch
-from wdmoe.policy.batched_joint import _decide_rounds, decide_joint
-from wdmoe.policy.batched_joint2 import decide_top2
+from wdmoe.policy.joint_rounds import _decide_rounds, decide_joint
+from wdmoe.policy.joint_top2 import decide_top2
+from wdmoe.policy.steps import BatchDecision, OneTokenSteps, decide_batch
 
 # dead links (zero SNR) give inf and nan times: the generic rounds warn on them, and so would the fast path
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import brentq
 
-from wdmoe.policy import batched_joint
+from wdmoe.policy import split_arrays
 from wdmoe.policy.bandwidth import approx_log, pair_model_step, pair_split, scalar_time
 
 
@@ -26,7 +26,7 @@ def _instances(seed: int, n: int) -> list[np.ndarray]:
 
 def test_approx_log_is_accurate_and_the_array_form_is_bit_identical() -> None:
     x = 1.0 + 10.0 ** np.random.default_rng(0).uniform(-9.0, 12.0, 20000)
-    ours = batched_joint.approx_log(x)
+    ours = split_arrays.approx_log(x)
 
     np.testing.assert_array_equal(ours, [approx_log(float(v)) for v in x])
     np.testing.assert_allclose(ours, np.log1p(x - 1.0), rtol=0.0, atol=1e-12)
@@ -36,7 +36,7 @@ def test_approx_log_is_accurate_and_the_array_form_is_bit_identical() -> None:
 @given(seed=st.integers(0, 2**31 - 1))
 def test_array_pair_split_equals_the_scalar_one_bit_for_bit(seed: int) -> None:
     args = _instances(seed, 400)
-    split = batched_joint.pair_split(*args)
+    split = split_arrays.pair_split(*args)
 
     for i in range(args[0].shape[0]):
         x = [float(a[i]) for a in args]
@@ -84,7 +84,7 @@ def test_model_step_rejects_degenerate_tangents_in_both_forms() -> None:
     ]
     for case in cases:
         scalar = pair_model_step(*case)
-        array = float(batched_joint.pair_model_step(*(np.array([v]) for v in case))[0])
+        array = float(split_arrays.pair_model_step(*(np.array([v]) for v in case))[0])
         inside = 0.0 < scalar < case[-1]
         assert inside == (0.0 < array < case[-1])
         if inside:
@@ -94,9 +94,9 @@ def test_model_step_rejects_degenerate_tangents_in_both_forms() -> None:
 
 def test_array_pair_split_is_the_same_in_blocks(monkeypatch: object) -> None:
     args = _instances(11, 1000)
-    whole = batched_joint.pair_split(*args)
-    monkeypatch.setattr(batched_joint, "_BLOCK", 64)  # type: ignore[attr-defined]
-    blocked = batched_joint.pair_split(*args)
+    whole = split_arrays.pair_split(*args)
+    monkeypatch.setattr(split_arrays, "_BLOCK", 64)  # type: ignore[attr-defined]
+    blocked = split_arrays.pair_split(*args)
 
     for field in ("b0", "b1", "t0", "inv0", "t1", "inv1"):
         np.testing.assert_array_equal(getattr(blocked, field), getattr(whole, field))

@@ -11,9 +11,9 @@ from tests.unit.policy.states import random_state
 from wdmoe.config import Scenario
 from wdmoe.policy import JointSelectionBandwidth, TopK, WLRThreshold
 from wdmoe.policy.base import Policy
-from wdmoe.policy.batched import OneTokenSteps, decide_batch, supports
 from wdmoe.policy.evaluate import layer_breakdown
 from wdmoe.policy.selection import profiles_of
+from wdmoe.policy.steps import OneTokenSteps, decide_batch, supports
 from wdmoe.radio.channel import redraw_fading, sample_links
 from wdmoe.sim.blocks import draw_blocks
 from wdmoe.sim.one_token import one_token_latency

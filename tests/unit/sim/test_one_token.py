@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wdmoe.config import Scenario
-from wdmoe.policy.batched import BatchDecision, OneTokenSteps, slot_groups
 from wdmoe.policy.factory import make_policy
+from wdmoe.policy.steps import BatchDecision, OneTokenSteps, slot_groups
 from wdmoe.radio.rate import PoolMode, pool_shares, share_time_s
 from wdmoe.sim.one_token import OneTokenLatency, _row_sum, one_token_latency
 from wdmoe.sim.simulate import replay

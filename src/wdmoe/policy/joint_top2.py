@@ -1,6 +1,6 @@
 """The joint policy's batched rounds for top-2 (k = 2, Mixtral's case) by direct column arithmetic.
 
-Contract: `decide_top2` returns what `batched_joint._decide` returns on the same steps (keep, weight, shares and
+Contract: `decide_top2` returns what `joint_rounds._decide` returns on the same steps (keep, weight, shares and
 fallback bit for bit), without its generic round machinery. With two slots the rounds reduce to:
 
 1. the top-2 point: both slots on one device (one time, 2 pairs, the band all there) or on two (the memoised
@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from wdmoe.policy.batched import BatchDecision, OneTokenSteps
-from wdmoe.policy.batched_joint import _LN2, _unique_pair_split, scalar_time
 from wdmoe.policy.joint import JointSelectionBandwidth
+from wdmoe.policy.split_arrays import _LN2, _unique_pair_split, scalar_time
+from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 
 
 def _metric(policy: JointSelectionBandwidth, kept_weight: np.ndarray, layer_s: np.ndarray) -> np.ndarray:
@@ -34,7 +34,7 @@ def _metric(policy: JointSelectionBandwidth, kept_weight: np.ndarray, layer_s: n
 
 
 def decide_top2(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchDecision:
-    """`batched_joint._decide` for k = 2 (module docstring); steps with a nonzero payload."""
+    """`joint_rounds._decide` for k = 2 (module docstring); steps with a nonzero payload."""
     n = steps.slot_device.shape[0]
     d0, d1 = (np.ascontiguousarray(steps.slot_device[:, j]) for j in range(2))
     w0, w1 = (np.ascontiguousarray(steps.weight[:, j]) for j in range(2))

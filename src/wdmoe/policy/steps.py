@@ -8,7 +8,7 @@ weights, budget and BS time) in a few numpy calls and returns what `policy.decid
 returns None for a policy it has no batched form of; `BatchDecision.fallback` marks the steps the caller must
 decide per state (the joint policy's tokens whose slots span 3 or more devices). Pure numpy.
 
-Supported: `TopK` and `WLRThreshold` with `EqualBandwidth`; `JointSelectionBandwidth` (`batched_joint`).
+Supported: `TopK` and `WLRThreshold` with `EqualBandwidth`; `JointSelectionBandwidth` (`joint_rounds`).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def supports(policy: object) -> bool:
 
 def decide_batch(policy: object, steps: OneTokenSteps) -> BatchDecision | None:
     """The batched decision of `policy` on n one-token steps, or None when it has no batched form."""
-    from wdmoe.policy.batched_joint import decide_joint
+    from wdmoe.policy.joint_rounds import decide_joint
 
     if not supports(policy):
         return None

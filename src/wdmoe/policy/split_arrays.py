@@ -1,0 +1,214 @@
+"""The min-max pair split of `policy.bandwidth` on arrays: n two-device problems solved at once, iterate for iterate.
+
+Contract: `pair_split(...)` returns, per problem, what `policy.bandwidth.pair_split` returns on the same floats (the
+same operations in the same order, elementwise), with nan where it does not converge; `approx_log`, `approx_time`,
+`pair_model_step` and `scalar_time` are the array forms of the functions of the same names there. Pure numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from wdmoe.policy.bandwidth import LOG_LN2, LOG_SERIES, PRESOLVE_ITER, PRESOLVE_LAST, SQRT_TWO, time_and_inverse_slope
+
+_LN2 = float(np.log(2.0))  # policy.joint's constant
+
+
+def scalar_time(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray,
+                s_ul: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """policy.bandwidth.scalar_time on arrays: t(b) and 1/|dt/db| (inf where the slope is not positive)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        t, inverse = time_and_inverse_slope(b, need_dl, need_ul, base, s_dl, s_ul)
+    if not (inverse > 0.0).all():
+        inverse = np.where(inverse > 0.0, inverse, np.inf)
+    return t, inverse
+
+
+@dataclass(frozen=True)
+class PairSplit:
+    """(n,) the shares b_0, b_1 and, at them, t_0, 1/|t_0'|, t_1, 1/|t_1'| (the last Newton evaluation, which the
+    reference recomputes with the same arguments); nan where the split did not converge."""
+
+    b0: np.ndarray
+    b1: np.ndarray
+    t0: np.ndarray
+    inv0: np.ndarray
+    t1: np.ndarray
+    inv1: np.ndarray
+
+
+def approx_log(x: np.ndarray) -> np.ndarray:
+    """policy.bandwidth.approx_log on an array, operation for operation (in place on a few buffers: arrays this
+    size cost more in allocation than in arithmetic)."""
+    m, e = np.frexp(x)
+    v = np.multiply(m, SQRT_TWO, out=m)
+    z = np.subtract(v, 1.0)
+    np.add(v, 1.0, out=v)
+    np.divide(z, v, out=z)
+    z2 = np.multiply(z, z, out=v)
+    c = LOG_SERIES
+    s = np.multiply(z2, c[6])
+    for coefficient in (c[5], c[4], c[3], c[2], c[1]):
+        s += coefficient
+        s *= z2
+    s += c[0]
+    np.multiply(z, 2.0, out=z)
+    np.multiply(z, s, out=z)
+    out = np.subtract(e, 0.5, out=s)  # int32 - 0.5 in float64, as (e - 0.5)
+    out *= LOG_LN2
+    out += z
+    return out
+
+
+def approx_time(b: np.ndarray, need: np.ndarray, base: np.ndarray, snr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """policy.bandwidth.approx_time on arrays: b (2, m) shares, need and snr (2, 2, m) with the DL row first, base
+    (2, m); both directions go through each operation at once (elementwise, the reference's operations)."""
+    y = np.divide(snr, b)
+    o = np.add(y, 1.0)
+    log_term = approx_log(o)
+    transfer = np.multiply(log_term, b)
+    np.divide(need, transfer, out=transfer)
+    part = np.divide(y, o, out=y)  # transfer * (log_term - y / o) / log_term
+    np.subtract(log_term, part, out=part)
+    part *= transfer
+    part /= log_term
+    t = np.add(transfer[0], transfer[1])
+    t += base
+    slope = np.add(part[0], part[1])
+    slope /= b
+    return t, slope
+
+
+def pair_model_step(b: np.ndarray, e: np.ndarray, t0: np.ndarray, slope0: np.ndarray, t1: np.ndarray,
+                    slope1: np.ndarray, budget: np.ndarray) -> np.ndarray:
+    """policy.bandwidth.pair_model_step on arrays (inf or nan where it has -1: outside (0, B) all the same)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        g0 = np.multiply(b, b)
+        g0 *= slope0
+        g1 = np.multiply(e, e)
+        g1 *= slope1
+        delta = np.multiply(e, slope1)  # (t1 - e slope1) - (t0 - b slope0)
+        np.subtract(t1, delta, out=delta)
+        p = np.multiply(b, slope0)
+        np.subtract(t0, p, out=p)
+        delta -= p
+        np.multiply(delta, budget, out=p)  # p = delta B + g0 + g1
+        p += g0
+        p += g1
+        q = np.multiply(delta, 4.0, out=g1)  # q = p + sign(p) sqrt(max(p p - 4 delta g0 B, 0))
+        q *= g0
+        q *= budget
+        np.subtract(np.multiply(p, p), q, out=q)
+        np.maximum(q, 0.0, out=q)
+        np.sqrt(q, out=q)
+        np.copysign(q, p, out=q)
+        q += p
+        right = p >= 0.0
+        g0 *= 2.0
+        g0 *= budget
+        delta *= 2.0
+        return np.where(right, g0, q) / np.where(right, q, delta)
+
+
+def _pair_start(b: np.ndarray, budget: np.ndarray, need: np.ndarray, base: np.ndarray,
+                snr: np.ndarray) -> np.ndarray:
+    """policy.bandwidth._pair_start from the start b (m,): problems leave once they stop (after the step that
+    follows a gap below PRESOLVE_LAST, or at a step undefined or outside (0, B)), keeping their last b."""
+    out = b.copy()
+    items: np.ndarray = np.arange(b.shape[0])
+    for _ in range(PRESOLVE_ITER):
+        shares = np.empty((2, b.shape[0]))
+        shares[0] = b
+        e = np.subtract(budget, b, out=shares[1])
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            t, slope = approx_time(shares, need, base, snr)
+            near = np.abs(t[0] - t[1]) <= PRESOLVE_LAST * np.maximum(t[0], t[1])
+        step = pair_model_step(b, e, t[0], slope[0], t[1], slope[1], budget)
+        ok = (step > 0.0) & (step < budget)
+        b = np.where(ok, step, b)
+        out[items] = b
+        more = np.flatnonzero(ok & ~near)
+        if more.size < items.size:
+            if more.size == 0:
+                break
+            items, budget, b = items.take(more), budget.take(more), b.take(more)
+            need, base, snr = need.take(more, axis=-1), base.take(more, axis=-1), snr.take(more, axis=-1)
+    return out
+
+
+_BLOCK = 1 << 20  # problems per block; 2048 or 4096 measured no faster (per-call overhead), so one in practice
+
+
+def pair_split(a0: np.ndarray, a1: np.ndarray, c0: np.ndarray, c1: np.ndarray, base0: np.ndarray,
+               base1: np.ndarray, d0: np.ndarray, d1: np.ndarray, u0: np.ndarray, u1: np.ndarray,
+               budget: np.ndarray, *, rtol: float = 1e-10, max_iter: int = 60) -> PairSplit:
+    """policy.bandwidth.pair_split on arrays of n problems, iterate for iterate; converged problems leave.
+
+    Both devices are evaluated in one call on (2, m) arrays (row 0: device 0 at b, row 1: device 1 at B - b):
+    elementwise, the same operations as two calls. Problems are independent, so they are solved in blocks of
+    about _BLOCK (elementwise work on arrays that fit in cache)."""
+    n = a0.shape[0]
+    out = [np.full(n, np.nan) for _ in range(6)]  # b0, b1, t0, t1, inv0, inv1
+    blocks = max(-(-n // _BLOCK), 1)
+    size = -(-n // blocks)
+    for start in range(0, n, size):
+        part = slice(start, min(start + size, n))
+        params = np.empty((5, 2, part.stop - part.start))  # need DL, need UL, base, SNR DL, SNR UL by device
+        for row, pair in enumerate(((a0, a1), (c0, c1), (base0, base1), (d0, d1), (u0, u1))):
+            params[row, 0], params[row, 1] = pair[0][part], pair[1][part]
+        _pair_split_block([x[part] for x in out], params, budget[part], rtol, max_iter)
+    return PairSplit(out[0], out[1], out[2], out[4], out[3], out[5])
+
+
+def _pair_split_block(out: list[np.ndarray], params: np.ndarray, budget: np.ndarray, rtol: float,
+                      max_iter: int) -> None:
+    """`pair_split` of one block into the views `out` (b0, b1, t0, t1, inv0, inv1); params (5, 2, m)."""
+    m = budget.shape[0]
+    items: np.ndarray = np.arange(m)
+    load = params[0] + params[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b = np.where(load[0] + load[1] > 0.0, budget * load[0] / (load[0] + load[1]), 0.5 * budget)
+    b = _pair_start(b, budget, params[:2], params[2], params[3:])
+    lo: np.ndarray = np.zeros(m)
+    hi: np.ndarray = budget.copy()
+    for _ in range(max_iter):
+        shares = np.empty((2, b.shape[0]))
+        shares[0] = b
+        np.subtract(budget, b, out=shares[1])
+        t, w = scalar_time(shares, *params)
+        f = t[0] - t[1]
+        done = np.abs(f) <= rtol * np.maximum(t[0], t[1])
+        if done.all():
+            if items.shape[0] == m:
+                for target, value in zip(out, (shares[0], shares[1], t[0], t[1], w[0], w[1]), strict=True):
+                    target[...] = value
+            else:
+                for target, value in zip(out, (shares[0], shares[1], t[0], t[1], w[0], w[1]), strict=True):
+                    target[items] = value
+            return
+        finished = np.flatnonzero(done)
+        if finished.size:  # 1-D takes and puts: numpy's 2-D fancy indexing is far slower
+            at = items.take(finished)
+            for target, value in zip(out, (shares[0], shares[1], t[0], t[1], w[0], w[1]), strict=True):
+                target[at] = value.take(finished)
+            more = np.flatnonzero(~done)
+            items, b, lo, hi, f, budget = (x.take(more) for x in (items, b, lo, hi, f, budget))
+            t, w = t.take(more, axis=1), w.take(more, axis=1)
+            params = params.take(more, axis=2)
+        up = f > 0.0
+        lo = np.where(up, b, lo)
+        hi = np.where(up, hi, b)
+        with np.errstate(divide="ignore"):
+            step = pair_model_step(b, budget - b, t[0], 1.0 / w[0], t[1], 1.0 / w[1], budget)
+        b = np.where((lo < step) & (step < hi), step, 0.5 * (lo + hi))
+
+
+def _unique_pair_split(key: np.ndarray, *args: np.ndarray) -> PairSplit:
+    """`pair_split` solved once per distinct key (equal keys have equal arguments) and spread back."""
+    _, first, back = np.unique(key, return_index=True, return_inverse=True)
+    if first.shape[0] == key.shape[0]:
+        return pair_split(*args)
+    split = pair_split(*[x.take(first) for x in args])
+    return PairSplit(*(getattr(split, f).take(back) for f in split.__dataclass_fields__))
