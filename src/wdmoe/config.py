@@ -16,16 +16,26 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wdmoe.errors import WdmoeError
-from wdmoe.radio.channel import MODELS, distance_3d_m
+from wdmoe.radio.channel import check_range, default_heights_m, distance_3d_m
+from wdmoe.radio.compute import PRESETS
+from wdmoe.radio.params import (
+    DEFAULT_BS_TX_POWER_DBM,
+    DEFAULT_DEVICE_TX_POWER_DBM,
+    ChannelModel,
+    ChannelParams,
+    Coherence,
+    FadingName,
+    FadingParams,
+    LosMode,
+    RadioParams,
+)
+from wdmoe.radio.rate import PoolMode
 
-ChannelModel = Literal["uma", "umi", "inh", "log_distance"]
-Coherence = Literal["step", "layer", "request"]
 BandwidthPool = Literal["shared", "separate"]
 
 # [R] reconstruction: a mix of Jetson kits, as in the WDMoE-J testbed (papers.md §3.5, which kits is unknown).
 DEFAULT_DEVICE_PRESETS: tuple[str, ...] = ("jetson-agx-orin", "jetson-orin-nx", "jetson-orin-nano")
 DEFAULT_BS_PRESET = "rtx4090-edge"  # [R] reconstruction
-LOG_DISTANCE_HEIGHTS_M = (25.0, 1.5)  # [R] reconstruction: UMa heights, used only for d_3D
 
 _UNITS = (
     ("_dbm", "dBm"),
@@ -50,7 +60,7 @@ class ChannelConfig(_Strict):
     """Large-scale channel: path-loss model, LoS state, shadowing (TR 38.901 §7.4 or log-distance)."""
 
     model: ChannelModel = "uma"  # [R] reconstruction: papers.md §2.2 calls its PL "UMa-style"
-    los: Literal["probabilistic", "los", "nlos"] = "probabilistic"  # Table 7.4.2-1 draw, or forced
+    los: LosMode = "probabilistic"  # Table 7.4.2-1 draw, or forced
     shadowing: bool = True  # log-normal, sigma_SF per model and LoS state (Table 7.4.1-1)
     carrier_ghz: Annotated[float, Field(ge=0.5, le=100.0)] = 3.5  # GHz; [R]; TR 38.901 covers 0.5-100 GHz
     # None = the model's heights (TR 38.901: UMa 25 / 1.5 m, UMi 10 / 1.5 m, InH 3 / 1 m)
@@ -63,15 +73,18 @@ class ChannelConfig(_Strict):
 
     @property
     def resolved_bs_height_m(self) -> float:
-        if self.bs_height_m is not None:
-            return self.bs_height_m
-        return LOG_DISTANCE_HEIGHTS_M[0] if self.model == "log_distance" else MODELS[self.model].bs_height_m
+        return default_heights_m(self.model)[0] if self.bs_height_m is None else self.bs_height_m
 
     @property
     def resolved_ut_height_m(self) -> float:
-        if self.ut_height_m is not None:
-            return self.ut_height_m
-        return LOG_DISTANCE_HEIGHTS_M[1] if self.model == "log_distance" else MODELS[self.model].ut_height_m
+        return default_heights_m(self.model)[1] if self.ut_height_m is None else self.ut_height_m
+
+    @property
+    def params(self) -> ChannelParams:
+        """The radio model's plain value of this table, heights resolved."""
+        return ChannelParams(self.model, self.los, self.shadowing, self.carrier_ghz, self.resolved_bs_height_m,
+                             self.resolved_ut_height_m, self.pl0_db, self.d0_m, self.exponent,
+                             self.log_distance_shadowing_std_db)
 
     @model_validator(mode="after")
     def _heights_fit_model(self) -> ChannelConfig:
@@ -92,9 +105,13 @@ class ChannelConfig(_Strict):
 class FadingConfig(_Strict):
     """Small-scale block fading of the power gain |h|^2 (mean 1)."""
 
-    model: Literal["rayleigh", "rician", "none"] = "rayleigh"  # papers.md §2.2 [R]
+    model: FadingName = "rayleigh"  # papers.md §2.2 [R]
     k_factor_db: float = 9.0  # dB, rician only; TR 38.901 Table 7.5-6 UMa LoS mean K
     reciprocal: bool = False  # True: the UL gain equals the DL gain (TDD); False: independent draws [R]
+
+    @property
+    def params(self) -> FadingParams:
+        return FadingParams(self.model, self.k_factor_db, self.reciprocal)
 
 
 class Scenario(_Strict):
@@ -106,8 +123,8 @@ class Scenario(_Strict):
     channel: ChannelConfig = ChannelConfig()
     fading: FadingConfig = FadingConfig()
     noise_figure_db: Annotated[float, Field(ge=0.0)] = 7.0  # dB, both receivers; [R] (between BS 5, UE 9)
-    bs_tx_power_dbm: float = 43.0  # dBm, papers.md §2.2 placeholder [R]
-    device_tx_power_dbm: float = 23.0  # dBm, papers.md §2.2 placeholder [R]
+    bs_tx_power_dbm: float = DEFAULT_BS_TX_POWER_DBM  # dBm, papers.md §2.2 placeholder [R]
+    device_tx_power_dbm: float = DEFAULT_DEVICE_TX_POWER_DBM  # dBm, papers.md §2.2 placeholder [R]
     bandwidth_hz: Annotated[float, Field(gt=0.0)] = 20e6  # Hz in total; papers.md §2.2 placeholder [R]
     # shared: one pool of bandwidth_hz split per device, used for DL then UL; separate: a DL and an UL pool,
     # each of bandwidth_hz (paired FDD spectrum) [R]
@@ -125,6 +142,14 @@ class Scenario(_Strict):
         """The default scenario (every value [R] reconstruction) with `num_devices` devices."""
         return cls(num_devices=num_devices)
 
+    @property
+    def radio(self) -> RadioParams:
+        """The radio model's plain value of this scenario (what wdmoe.radio reads); built on each access."""
+        pool = PoolMode.SHARED if self.bandwidth_pool == "shared" else PoolMode.SEPARATE
+        return RadioParams(self.num_devices, self.distance_min_m, self.distance_max_m, self.channel.params,
+                           self.fading.params, self.noise_figure_db, self.bs_tx_power_dbm, self.device_tx_power_dbm,
+                           self.bandwidth_hz, pool, self.activation_bits, self.coherence)
+
     def preset_of_device(self, device: int) -> str:
         """The compute preset of device `device`: `device_presets` cycled over the devices."""
         return self.device_presets[device % len(self.device_presets)]
@@ -132,8 +157,6 @@ class Scenario(_Strict):
     @field_validator("device_presets", "bs_preset")
     @classmethod
     def _known_presets(cls, value: Any) -> Any:
-        from wdmoe.radio.compute import PRESETS  # lazy: compute is optional at config-import time
-
         names = [value] if isinstance(value, str) else list(value or ())
         unknown = [name for name in names if name not in PRESETS]
         if unknown:
@@ -156,17 +179,12 @@ class Scenario(_Strict):
         ch = self.channel
         if ch.model == "log_distance":
             return
-        spec = MODELS[ch.model]
-        kind = "d_3D" if spec.range_on_3d else "d_2D"
         for field, d2d in (("distance_min_m", self.distance_min_m), ("distance_max_m", self.distance_max_m)):
-            d = d2d
-            if spec.range_on_3d:
-                d = float(distance_3d_m(d2d, ch.resolved_bs_height_m, ch.resolved_ut_height_m))
-            if not spec.min_distance_m <= d <= spec.max_distance_m:
+            check = check_range(ch.model, d2d, distance_3d_m(d2d, ch.resolved_bs_height_m, ch.resolved_ut_height_m))
+            if not check.ok:
                 raise ValueError(
-                    f"scenario field '{field}' = {d2d:g} m: channel.model '{ch.model}' is defined for "
-                    f"{spec.min_distance_m:g} m <= {kind} <= {spec.max_distance_m:g} m (TR 38.901 "
-                    f"Table 7.4.1-1), here {kind} = {d:.4g} m"
+                    f"scenario field '{field}' = {d2d:g} m: channel.model '{ch.model}' is defined for {check.rule}, "
+                    f"here {check.kind} = {float(check.distance_m[0]):.4g} m"
                 )
 
 

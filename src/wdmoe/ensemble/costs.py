@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from wdmoe.radio.compute import DeviceProfile, roofline_time_s
-from wdmoe.radio.latency import DEFAULT_BS_TX_POWER_W, energy_parts_j
+from wdmoe.radio.latency import energy_parts_j
 from wdmoe.radio.link import LinkState
+from wdmoe.radio.params import DEFAULT_BS_TX_POWER_W
 from wdmoe.radio.rate import share_time_s
 
 DEFAULT_BITS_PER_TOKEN = 32.0  # a token id as int32, or ~4 UTF-8 bytes of text per token [R]

@@ -43,6 +43,7 @@ class Deployment:
     experts: tuple[LLMExpert, ...]
     link: LinkState
     bandwidth_hz: float  # each server's share
+    bs_tx_power_w: float  # the access point's transmit power, the scenario's
 
 
 def deployment(expert_names: Sequence[str], num_parameters: Sequence[int], seed: int = LINK_SEED) -> Deployment:
@@ -51,8 +52,9 @@ def deployment(expert_names: Sequence[str], num_parameters: Sequence[int], seed:
         LLMExpert(name, float(params), PRESETS[DEPLOYMENT[name]], BYTES_PER_PARAM)
         for name, params in zip(expert_names, num_parameters, strict=True)
     )
-    link = sample_links(np.random.default_rng(seed), scenario)
-    return Deployment(experts, link, scenario.bandwidth_hz / len(expert_names))
+    radio = scenario.radio
+    link = sample_links(np.random.default_rng(seed), radio)
+    return Deployment(experts, link, radio.bandwidth_hz / len(expert_names), radio.bs_tx_power_w)
 
 
 def task_categories(prompt_tokens: np.ndarray, categories: np.ndarray) -> list[Category]:
@@ -61,7 +63,7 @@ def task_categories(prompt_tokens: np.ndarray, categories: np.ndarray) -> list[C
 
 
 def modeled_costs(dep: Deployment, categories: Sequence[Category]) -> RequestCosts:
-    return request_costs(dep.experts, categories, dep.link, dep.bandwidth_hz)
+    return request_costs(dep.experts, categories, dep.link, dep.bandwidth_hz, bs_tx_power_w=dep.bs_tx_power_w)
 
 
 def _radio_only(expert: LLMExpert) -> LLMExpert:
@@ -74,7 +76,8 @@ def measured_costs(
     dep: Deployment, categories: Sequence[Category], scores: TaskScores, quantile: float = 0.95
 ) -> RequestCosts:
     """Radio of `modeled_costs` + the measured compute quantile per (expert, category), at the server's power."""
-    radio = request_costs([_radio_only(e) for e in dep.experts], categories, dep.link, dep.bandwidth_hz)
+    radio = request_costs([_radio_only(e) for e in dep.experts], categories, dep.link, dep.bandwidth_hz,
+                          bs_tx_power_w=dep.bs_tx_power_w)
     compute = np.array(
         [
             [np.quantile(scores.compute_s[n, scores.categories == c], quantile) for c in range(len(categories))]

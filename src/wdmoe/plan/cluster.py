@@ -139,7 +139,7 @@ def parse_cluster(data: dict[str, Any], source: str = "cluster", now_s: float = 
     scenario = None
     if spec.scenario is not None:
         try:
-            scenario = parse_scenario(spec.scenario, source=f"{source} [scenario]")
+            scenario = parse_scenario(spec.scenario, source=f"{source} [scenario]").radio
         except ScenarioError as exc:
             raise ClusterError(str(exc)) from None
     statuses = []

@@ -3,8 +3,9 @@
 Contract: `channel_samples(statuses, radio)` returns `LinkState`s of shape (D,) drawn with wdmoe.radio.channel's
 own functions. A device given by `distance_m` gets a fresh LoS state, shadowing and DL/UL fading in each sample
 (the cluster's `[scenario]`); a device given by `link_rate_bps` gets the SNR per hertz at which the one rate
-formula, wdmoe.radio.rate.shannon_rate_bps, gives exactly that rate over the whole band (`snr_per_hz_for_rate`,
-its inverse), the same in every sample. With no distance device one sample is exact.
+formula, wdmoe.radio.rate.shannon_rate_bps, gives exactly that rate over the whole band
+(`wdmoe.radio.rate.snr_per_hz_for_rate`, its inverse), the same in every sample. With no distance device one
+sample is exact.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wdmoe.config import Scenario
 from wdmoe.plan.errors import ClusterError
 from wdmoe.plan.status import ResourceStatus
-from wdmoe.radio.channel import compose_links, draw_fading, large_scale_at
+from wdmoe.radio.channel import compose_links, draw_gains, large_scale_at
 from wdmoe.radio.link import LinkState
-from wdmoe.radio.rate import PoolMode
+from wdmoe.radio.params import RadioParams
+from wdmoe.radio.rate import PoolMode, snr_per_hz_for_rate
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class RadioSettings:
         bandwidth_hz: the band the BS splits among the active devices of a layer step (equal shares), Hz.
         activation_bits: bits per hidden value on the air (16: bf16).
         bs_layer_time_s: the BS's own time per MoE layer (attention + router), s; it adds the same to every plan.
-        scenario: channel physics (model, LoS, shadowing, fading, powers, noise) for devices given by distance.
+        scenario: channel physics (model, LoS, shadowing, fading, powers, noise) for devices given by distance:
+            the radio value of the cluster's [scenario] table (`wdmoe.config.Scenario.radio`).
         channel_samples: channel realizations the expectation averages over (distance devices only).
         seed: the seed of those realizations and of sampled expert routes.
         pool: shared (DL then UL on one share) or separate DL / UL pools.
@@ -39,15 +41,10 @@ class RadioSettings:
     bandwidth_hz: float = 20e6
     activation_bits: int = 16
     bs_layer_time_s: float = 0.0
-    scenario: Scenario | None = None
+    scenario: RadioParams | None = None
     channel_samples: int = 8
     seed: int = 0
     pool: PoolMode = PoolMode.SHARED
-
-
-def snr_per_hz_for_rate(rate_bps: float, bandwidth_hz: float) -> float:
-    """The SNR per hertz s with shannon_rate_bps(B, s) = rate: s = B (2^(rate/B) - 1), in Hz."""
-    return float(bandwidth_hz * np.expm1(rate_bps / bandwidth_hz * np.log(2.0)))
 
 
 def channel_samples(statuses: Sequence[ResourceStatus], radio: RadioSettings) -> tuple[LinkState, ...]:
@@ -75,11 +72,7 @@ def channel_samples(statuses: Sequence[ResourceStatus], radio: RadioSettings) ->
             d3d, loss_db = large.distance_3d_m, large.pathloss_db + large.shadowing_db
         except ValueError as exc:
             raise ClusterError(f"device distance_m out of the channel model's range: {exc}") from None
-        fading = scenario.fading
-        gain_dl = draw_fading(rng, fading.model, len(statuses), fading.k_factor_db)
-        gain_ul = (
-            gain_dl.copy() if fading.reciprocal else draw_fading(rng, fading.model, len(statuses), fading.k_factor_db)
-        )
+        gain_dl, gain_ul = draw_gains(rng, scenario, len(statuses))
         link = compose_links(d3d, loss_db, gain_dl, gain_ul, scenario)
         out.append(
             LinkState(

@@ -1,9 +1,11 @@
 """Radio channel: the large-scale loss and small-scale fading of every BS-device link (pure numpy).
 
 Contract: geometry and random state are drawn by separate functions that take an explicit
-`rng: np.random.Generator`, and `sample_links(rng, scenario)` composes them into a `LinkState`; the same
+`rng: np.random.Generator`, and `sample_links(rng, scenario.radio)` composes them into a `LinkState`; the same
 generator state always gives the same `LinkState` (replay). `redraw_fading` draws a new coherence block of
-fast fading and keeps the large-scale state (distance, LoS state, shadowing), as the runtime does per step.
+fast fading and keeps the large-scale state (distance, LoS state, shadowing), as the runtime does per step; when
+it does so is the coherence rule (`redraws_at`, and `block_schedule`, its form over a whole replay). Every
+function takes the cell as a `wdmoe.radio.params.RadioParams` (what `wdmoe.config.Scenario.radio` builds).
 
 Path loss and LoS probability follow 3GPP TR 38.901 (V17/V19) Table 7.4.1-1 and Table 7.4.2-1 for UMa, UMi
 street canyon and InH-office (mixed); distances in metres, carrier frequency `carrier_ghz` in GHz. The
@@ -14,18 +16,14 @@ from TR 38.901 is marked "[R] reconstruction" (papers.md tags): it is ours, not 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from wdmoe.radio.link import LinkState
-
-if TYPE_CHECKING:
-    from wdmoe.config import Scenario
+from wdmoe.radio.params import ChannelModel, Coherence, FadingName, LosMode, RadioParams
 
 ModelName = Literal["uma", "umi", "inh"]
-LosMode = Literal["probabilistic", "los", "nlos"]
-FadingName = Literal["rayleigh", "rician", "none"]
 
 THERMAL_NOISE_DBM_PER_HZ = -174.0  # kT at 290 K
 SPEED_OF_LIGHT_M_S = 3.0e8  # the value TR 38.901 Note 1 of Table 7.4.1-1 uses for the breakpoint distance
@@ -59,6 +57,14 @@ MODELS: dict[str, Model38901] = {
     "umi": Model38901("umi", 10.0, 1.5, 4.0, 7.82, 10.0, 5000.0, False),
     "inh": Model38901("inh", 3.0, 1.0, 3.0, 8.03, 1.0, 150.0, True),
 }
+LOG_DISTANCE_HEIGHTS_M = (25.0, 1.5)  # [R] reconstruction: UMa heights, used only for d_3D
+
+
+def default_heights_m(model: ChannelModel) -> tuple[float, float]:
+    """(BS, UT) antenna heights in metres when a scenario gives none: the TR 38.901 model's (Table 7.2-1)."""
+    if model == "log_distance":
+        return LOG_DISTANCE_HEIGHTS_M
+    return MODELS[model].bs_height_m, MODELS[model].ut_height_m
 
 
 @dataclass(frozen=True)
@@ -91,14 +97,36 @@ def breakpoint_distance_m(bs_height_m: float, ut_height_m: float, carrier_ghz: f
     return 4.0 * h_bs * h_ut * carrier_ghz * 1e9 / SPEED_OF_LIGHT_M_S
 
 
-def _check_range(model: Model38901, d2d: np.ndarray, d3d: np.ndarray) -> None:
-    kind, d = ("d_3D", d3d) if model.range_on_3d else ("d_2D", d2d)
-    if d.size and (d.min() < model.min_distance_m or d.max() > model.max_distance_m):
-        raise ValueError(
-            f"{model.name} path loss is defined for {model.min_distance_m:g} m <= {kind} <= "
-            f"{model.max_distance_m:g} m (TR 38.901 Table 7.4.1-1); got {kind} from {d.min():.3g} m "
-            f"to {d.max():.3g} m"
-        )
+@dataclass(frozen=True)
+class RangeCheck:
+    """The TR 38.901 validity range of a model applied to some distances (the one place the rule is written).
+
+    Attributes:
+        kind: "d_2D" or "d_3D", the distance the range applies to. distance_m: those distances, metres.
+        rule: "10 m <= d_2D <= 5000 m (TR 38.901 Table 7.4.1-1)". ok: whether every distance is inside.
+    """
+
+    kind: str
+    distance_m: np.ndarray
+    rule: str
+    ok: bool
+
+
+def check_range(model: ModelName, d2d: np.ndarray | float, d3d: np.ndarray | float) -> RangeCheck:
+    """Whether ground distances `d2d` and 3D distances `d3d` (metres, same shape) lie in the model's range."""
+    spec = MODELS[model]
+    kind, d = ("d_3D", np.atleast_1d(d3d)) if spec.range_on_3d else ("d_2D", np.atleast_1d(d2d))
+    ok = not d.size or bool(d.min() >= spec.min_distance_m and d.max() <= spec.max_distance_m)
+    rule = f"{spec.min_distance_m:g} m <= {kind} <= {spec.max_distance_m:g} m (TR 38.901 Table 7.4.1-1)"
+    return RangeCheck(kind, d, rule, ok)
+
+
+def _check_range(model: ModelName, d2d: np.ndarray, d3d: np.ndarray) -> None:
+    check = check_range(model, d2d, d3d)
+    if not check.ok:
+        d = check.distance_m
+        raise ValueError(f"{model} path loss is defined for {check.rule}; got {check.kind} from {d.min():.3g} m "
+                         f"to {d.max():.3g} m")
 
 
 def _two_slope_los_db(
@@ -144,7 +172,7 @@ def pathloss_38901_db(
     ut_h = spec.ut_height_m if ut_height_m is None else ut_height_m
     d2d = np.atleast_1d(np.asarray(distance_2d_m, dtype=float))
     d3d = distance_3d_m(d2d, bs_h, ut_h)
-    _check_range(spec, d2d, d3d)
+    _check_range(model, d2d, d3d)
     log_d, log_f = np.log10(d3d), np.log10(carrier_ghz)
     if model == "uma":
         pl_los = _two_slope_los_db(d2d, d3d, carrier_ghz, bs_h, ut_h, 28.0, 22.0, 9.0)
@@ -269,68 +297,92 @@ def snr_per_hz(
     return rx_w * np.asarray(gain, dtype=float) / noise_psd_w_per_hz(noise_figure_db)
 
 
-def sample_large_scale(rng: np.random.Generator, scenario: Scenario) -> LargeScale:
+def sample_large_scale(rng: np.random.Generator, radio: RadioParams) -> LargeScale:
     """Drop the devices and draw their LoS state and shadowing (the slow part of a link), shapes (D,)."""
-    d2d = draw_distances_2d_m(rng, scenario.num_devices, scenario.distance_min_m, scenario.distance_max_m)
-    return large_scale_at(rng, scenario, d2d)
+    d2d = draw_distances_2d_m(rng, radio.num_devices, radio.distance_min_m, radio.distance_max_m)
+    return large_scale_at(rng, radio, d2d)
 
 
-def large_scale_at(rng: np.random.Generator, scenario: Scenario, d2d: np.ndarray) -> LargeScale:
+def large_scale_at(rng: np.random.Generator, radio: RadioParams, d2d: np.ndarray) -> LargeScale:
     """LoS state and shadowing of devices at the given ground distances `d2d` (metres), drawn from `rng`."""
-    ch = scenario.channel
-    d3d = distance_3d_m(d2d, ch.resolved_bs_height_m, ch.resolved_ut_height_m)
+    ch = radio.channel
+    d3d = distance_3d_m(d2d, ch.bs_height_m, ch.ut_height_m)
     if ch.model == "log_distance":
         los = np.ones(d2d.shape, dtype=bool)
         pathloss = pathloss_log_distance_db(d3d, ch.pl0_db, ch.d0_m, ch.exponent)
         std = np.full(d2d.shape, ch.log_distance_shadowing_std_db)
     else:
-        los = draw_los(rng, ch.model, d2d, ch.los, ch.resolved_ut_height_m)
-        pathloss = pathloss_38901_db(
-            ch.model, d2d, ch.carrier_ghz, los, ch.resolved_bs_height_m, ch.resolved_ut_height_m
-        )
+        los = draw_los(rng, ch.model, d2d, ch.los, ch.ut_height_m)
+        pathloss = pathloss_38901_db(ch.model, d2d, ch.carrier_ghz, los, ch.bs_height_m, ch.ut_height_m)
         std = shadowing_std_db(ch.model, los)
     shadowing = draw_shadowing_db(rng, std) if ch.shadowing else np.zeros(d2d.shape)
     return LargeScale(d2d, d3d, los, pathloss, shadowing)
 
 
 def compose_links(
-    distance_m: np.ndarray, loss_db: np.ndarray, gain_dl: np.ndarray, gain_ul: np.ndarray, scenario: Scenario
+    distance_m: np.ndarray, loss_db: np.ndarray, gain_dl: np.ndarray, gain_ul: np.ndarray, radio: RadioParams
 ) -> LinkState:
     """A LinkState from the large-scale loss (path loss + shadowing, dB) and the DL/UL gains, shapes (D,)."""
-    nf = scenario.noise_figure_db
+    nf = radio.noise_figure_db
     return LinkState(
         distance_m=distance_m,
         pathloss_db=loss_db,
         gain_dl=gain_dl,
         gain_ul=gain_ul,
-        snr_dl_per_hz=snr_per_hz(scenario.bs_tx_power_dbm, loss_db, gain_dl, nf),
-        snr_ul_per_hz=snr_per_hz(scenario.device_tx_power_dbm, loss_db, gain_ul, nf),
+        snr_dl_per_hz=snr_per_hz(radio.bs_tx_power_dbm, loss_db, gain_dl, nf),
+        snr_ul_per_hz=snr_per_hz(radio.device_tx_power_dbm, loss_db, gain_ul, nf),
     )
 
 
-def _draw_gains(
-    rng: np.random.Generator, scenario: Scenario, num_devices: int
-) -> tuple[np.ndarray, np.ndarray]:
-    fading = scenario.fading
+def draw_gains(rng: np.random.Generator, radio: RadioParams, num_devices: int) -> tuple[np.ndarray, np.ndarray]:
+    """DL and UL fading gains (num_devices,), DL drawn first; UL is a copy of DL when the fading is reciprocal."""
+    fading = radio.fading
     gain_dl = draw_fading(rng, fading.model, num_devices, fading.k_factor_db)
     if fading.reciprocal:
         return gain_dl, gain_dl.copy()
     return gain_dl, draw_fading(rng, fading.model, num_devices, fading.k_factor_db)
 
 
-def sample_links(rng: np.random.Generator, scenario: Scenario) -> LinkState:
+def sample_links(rng: np.random.Generator, radio: RadioParams) -> LinkState:
     """One channel realization of the scenario's D devices: geometry, LoS, shadowing and a fading block.
 
     The same generator state gives the same LinkState. Draw order: distances, LoS, shadowing, DL fading,
     UL fading (UL is a copy of DL when the fading is reciprocal).
     """
-    large = sample_large_scale(rng, scenario)
-    gain_dl, gain_ul = _draw_gains(rng, scenario, scenario.num_devices)
+    large = sample_large_scale(rng, radio)
+    gain_dl, gain_ul = draw_gains(rng, radio, radio.num_devices)
     loss_db = large.pathloss_db + large.shadowing_db
-    return compose_links(large.distance_3d_m, loss_db, gain_dl, gain_ul, scenario)
+    return compose_links(large.distance_3d_m, loss_db, gain_dl, gain_ul, radio)
 
 
-def redraw_fading(rng: np.random.Generator, links: LinkState, scenario: Scenario) -> LinkState:
+def redraw_fading(rng: np.random.Generator, links: LinkState, radio: RadioParams) -> LinkState:
     """A new coherence block: fresh DL/UL fading gains, same distances and large-scale loss as `links`."""
-    gain_dl, gain_ul = _draw_gains(rng, scenario, links.num_devices)
-    return compose_links(links.distance_m, links.pathloss_db, gain_dl, gain_ul, scenario)
+    gain_dl, gain_ul = draw_gains(rng, radio, links.num_devices)
+    return compose_links(links.distance_m, links.pathloss_db, gain_dl, gain_ul, radio)
+
+
+# The coherence rule: the fading is redrawn at every event of the kind the scenario's `coherence` names.
+EVENTS: tuple[Coherence, ...] = ("request", "step", "layer")
+
+
+def redraws_at(coherence: Coherence, event: Coherence) -> bool:
+    """Whether a new fading block starts at `event` ("request", "step" or "layer") under `coherence`."""
+    if coherence not in EVENTS:
+        raise ValueError(f"scenario field 'coherence' = {coherence!r}: use 'step', 'layer' or 'request'")
+    return event == coherence
+
+
+def block_schedule(request_start: np.ndarray, num_layers: int, coherence: Coherence) -> np.ndarray:
+    """(S, L) int: the fading block each (step, layer) sees when `redraws_at` is applied in order, steps that
+    start a request marked in `request_start` (S,) bool. Blocks count from 1 (block 0 is `sample_links`' draw).
+
+    Each event kind adds its count up to and including (s, l): requests started, steps begun, layers begun."""
+    steps = request_start.shape[0]
+    blocks = np.zeros((steps, num_layers), dtype=np.int64)
+    if redraws_at(coherence, "request"):
+        blocks += np.cumsum(request_start)[:, None]
+    if redraws_at(coherence, "step"):
+        blocks += np.arange(1, steps + 1)[:, None]
+    if redraws_at(coherence, "layer"):
+        blocks += np.arange(1, steps * num_layers + 1).reshape(steps, num_layers)
+    return blocks

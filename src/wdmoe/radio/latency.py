@@ -32,9 +32,8 @@ import numpy as np
 
 from wdmoe.radio.compute import DeviceProfiles, roofline_time_s
 from wdmoe.radio.link import LinkState
+from wdmoe.radio.params import DEFAULT_BS_TX_POWER_W as DEFAULT_BS_TX_POWER_W  # the scenario's: 43 dBm, 19.95 W
 from wdmoe.radio.rate import PoolMode, pool_shares, share_time_s
-
-DEFAULT_BS_TX_POWER_W = 20.0  # 43 dBm, the placeholder BS power of papers.md §2.2 [R]
 
 
 @dataclass(frozen=True)

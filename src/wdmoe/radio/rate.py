@@ -94,6 +94,12 @@ def share_time_s(bits: np.ndarray | float, bandwidth_hz: np.ndarray | float,
     return transfer_time_s(bits, shannon_rate_bps(bandwidth_hz, snr_per_hz))
 
 
+def snr_per_hz_for_rate(rate_bps: float, bandwidth_hz: float) -> float:
+    """The inverse of `shannon_rate_bps` in the SNR: s with shannon_rate_bps(B, s) = rate, s = B (2^(rate/B) - 1),
+    in Hz (a link given by its rate over the whole band)."""
+    return float(bandwidth_hz * np.expm1(rate_bps / bandwidth_hz * np.log(2.0)))
+
+
 def max_rate_bps(snr_per_hz: np.ndarray | float) -> np.ndarray:
     """The rate limit of an infinitely wide share, snr_per_hz * log2(e): no share moves bits faster."""
     return np.asarray(snr_per_hz, dtype=float) * _LOG2_E

@@ -21,6 +21,7 @@ from wdmoe.errors import ShardError
 from wdmoe.model.shards import MANIFEST, Manifest
 from wdmoe.model.split import load_hf_model, split_model
 from wdmoe.placement import Placement
+from wdmoe.radio.costs import ModelCosts
 from wdmoe.runtime.loading import build_bs_model, check_dtype, check_torch_device
 from wdmoe.runtime.moe_layer import Dispatcher
 from wdmoe.runtime.telemetry import StepRecord, Telemetry, summarize
@@ -28,7 +29,7 @@ from wdmoe.runtime.telemetry import StepRecord, Telemetry, summarize
 if TYPE_CHECKING:
     from wdmoe.config import Scenario
     from wdmoe.policy.base import Policy
-    from wdmoe.runtime.wireless import ModelCosts, WirelessDecider
+    from wdmoe.runtime.wireless import WirelessDecider
 
 
 class DistributedMoE:
@@ -143,7 +144,6 @@ class DistributedMoE:
 
     def model_costs(self) -> ModelCosts:
         from wdmoe.model.families import family_for
-        from wdmoe.runtime.wireless import ModelCosts
 
         config = self.config
         hidden, inter = int(config.hidden_size), family_for(config).expert_intermediate_size(config)

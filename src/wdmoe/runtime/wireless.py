@@ -8,38 +8,17 @@ by the scenario, so a run replays exactly. All latency and energy numbers come f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from wdmoe.config import Scenario
 from wdmoe.policy.base import Decision, LayerState, Policy
-from wdmoe.radio.channel import redraw_fading, sample_links
+from wdmoe.radio.channel import redraw_fading, redraws_at, sample_links
 from wdmoe.radio.compute import PRESETS, DeviceProfiles, roofline_time_s
+from wdmoe.radio.costs import ModelCosts
 from wdmoe.radio.latency import LatencyBreakdown, layer_breakdown
 from wdmoe.radio.link import LinkState
-from wdmoe.radio.rate import PoolMode
-
-
-@dataclass(frozen=True)
-class ModelCosts:
-    """What the radio model needs to know of the model (from its config and BS weights).
-
-    Attributes:
-        hidden_size: H, values per token on the air.
-        expert_flops_per_token: FLOPs of one gated expert FFN on one token, 2 * 3 * H * I.
-        expert_weight_bytes: bytes of one expert's three matrices at the devices' dtype.
-        bs_params_per_layer: {MoE layer: BS parameters of the decoder layers since the previous MoE layer}
-            (attention, norms, router, shared experts, leading dense MLPs).
-        bytes_per_param: bytes of one BS weight.
-    """
-
-    hidden_size: int
-    expert_flops_per_token: float
-    expert_weight_bytes: float
-    bs_params_per_layer: dict[int, float]
-    bytes_per_param: float
 
 
 class WirelessDecider:
@@ -59,27 +38,28 @@ class WirelessDecider:
                 f"{num_devices} devices; make them equal"
             )
         self.scenario = scenario
+        self.radio = scenario.radio  # the radio model's plain value of the scenario
         self.policy = policy
         self.costs = costs
         self.expert_device = expert_device
         self.rng = np.random.default_rng(scenario.seed)
-        self.link: LinkState = sample_links(self.rng, scenario)
+        self.link: LinkState = sample_links(self.rng, self.radio)
         self.profiles = DeviceProfiles.from_profiles(
             [PRESETS[scenario.preset_of_device(d)] for d in range(num_devices)]
         )
-        self.pool = PoolMode.SHARED if scenario.bandwidth_pool == "shared" else PoolMode.SEPARATE
-        self.bs_tx_power_w = 10 ** (scenario.bs_tx_power_dbm / 10) / 1e3
+        self.pool = self.radio.pool
+        self.bs_tx_power_w = self.radio.bs_tx_power_w
         self.last_state: LayerState | None = None
         # one token's payload in one direction; the runtime sets the air dtype's (DistributedMoE.set_compression)
         self.bits_per_token = float(costs.hidden_size * scenario.activation_bits)
 
     def start_request(self) -> None:
-        if self.scenario.coherence == "request":
-            self.link = redraw_fading(self.rng, self.link, self.scenario)
+        if redraws_at(self.radio.coherence, "request"):
+            self.link = redraw_fading(self.rng, self.link, self.radio)
 
     def start_step(self) -> None:
-        if self.scenario.coherence == "step":
-            self.link = redraw_fading(self.rng, self.link, self.scenario)
+        if redraws_at(self.radio.coherence, "step"):
+            self.link = redraw_fading(self.rng, self.link, self.radio)
 
     def bs_time_s(self, layer: int, num_tokens: int) -> float:
         """The BS's modeled time for one layer step [R]: a fixed time, or the roofline of the BS preset on the
@@ -97,8 +77,8 @@ class WirelessDecider:
         )
 
     def state(self, layer: int, index: np.ndarray, weight: np.ndarray, logits: np.ndarray | None) -> LayerState:
-        if self.scenario.coherence == "layer":
-            self.link = redraw_fading(self.rng, self.link, self.scenario)
+        if redraws_at(self.radio.coherence, "layer"):
+            self.link = redraw_fading(self.rng, self.link, self.radio)
         return self.state_on(self.link, layer, index, weight, logits)
 
     def state_on(self, link: LinkState, layer: int, index: np.ndarray, weight: np.ndarray,

@@ -2,7 +2,7 @@
 
 Contract: `WirelessDecider` redraws the fast fading at every request, forward step or layer step (the scenario's
 `coherence`), always from its own generator and never depending on a decision, so the sequence of links a run
-sees is fixed by the trace's shape alone. `block_schedule` numbers the blocks as the runtime meets them (block 0
+sees is fixed by the trace's shape alone. `trace_blocks` numbers the blocks as the runtime meets them (block 0
 is the one `sample_links` drew at construction, which a run replaces before its first layer), and `draw_blocks`
 draws the fading of blocks 1..n in one generator call, in the runtime's order, and composes them with
 `wdmoe.radio.channel`'s own `draw_fading` and `compose_links`. The result equals the runtime's links bit for bit
@@ -16,24 +16,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wdmoe.config import Scenario
-from wdmoe.radio.channel import compose_links, draw_fading
+from wdmoe.radio.channel import block_schedule, compose_links, draw_fading
 from wdmoe.radio.link import LinkState
+from wdmoe.radio.params import RadioParams
 from wdmoe.sim.trace import PREFILL, Trace
 
 
-def block_schedule(trace: Trace, coherence: str) -> np.ndarray:
+def trace_blocks(trace: Trace, radio: RadioParams) -> np.ndarray:
     """(S, L) int: the fading block of every (step, MoE layer) of a replay that starts each request at its
-    prefill step. Blocks count from 1 (block 0 is the construction draw)."""
-    steps, layers = trace.num_steps, trace.num_layers
-    if coherence == "request":
-        per_step = np.cumsum(trace.step_phase == PREFILL)
-        return np.repeat(per_step[:, None], layers, axis=1)
-    if coherence == "step":
-        return np.repeat(np.arange(1, steps + 1)[:, None], layers, axis=1)
-    if coherence == "layer":
-        return np.arange(1, steps * layers + 1).reshape(steps, layers)
-    raise ValueError(f"scenario field 'coherence' = {coherence!r}: use 'step', 'layer' or 'request'")
+    prefill step (`wdmoe.radio.channel.block_schedule`, the coherence rule over a whole replay)."""
+    return block_schedule(trace.step_phase == PREFILL, trace.num_layers, radio.coherence)
 
 
 @dataclass
@@ -46,11 +38,11 @@ class _Normals:
         return self.parts.pop(0)
 
 
-def draw_blocks(rng: np.random.Generator, first: LinkState, scenario: Scenario, num_blocks: int) -> LinkState:
+def draw_blocks(rng: np.random.Generator, first: LinkState, radio: RadioParams, num_blocks: int) -> LinkState:
     """Links of blocks 0..num_blocks: a LinkState whose gain and SNR arrays have shape (num_blocks + 1, D), row 0
     being `first` (the construction draw). Consumes from `rng` exactly what num_blocks calls of
     `redraw_fading` would."""
-    fading = scenario.fading
+    fading = radio.fading
     devices = first.num_devices
     directions = 1 if fading.reciprocal else 2
     if fading.model == "none":
@@ -63,7 +55,7 @@ def draw_blocks(rng: np.random.Generator, first: LinkState, scenario: Scenario, 
     gain_dl = draw_fading(normals, fading.model, size, fading.k_factor_db)  # type: ignore[arg-type]
     gain_ul = (gain_dl.copy() if fading.reciprocal
                else draw_fading(normals, fading.model, size, fading.k_factor_db))  # type: ignore[arg-type]
-    links = compose_links(first.distance_m, first.pathloss_db, gain_dl, gain_ul, scenario)
+    links = compose_links(first.distance_m, first.pathloss_db, gain_dl, gain_ul, radio)
     return LinkState(first.distance_m, first.pathloss_db, np.vstack([first.gain_dl, links.gain_dl]),
                      np.vstack([first.gain_ul, links.gain_ul]), np.vstack([first.snr_dl_per_hz, links.snr_dl_per_hz]),
                      np.vstack([first.snr_ul_per_hz, links.snr_ul_per_hz]))

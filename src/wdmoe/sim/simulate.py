@@ -25,7 +25,7 @@ from wdmoe.policy.steps import OneTokenSteps, decide_batch, supports
 from wdmoe.radio.compute import roofline_time_s
 from wdmoe.radio.latency import LatencyBreakdown
 from wdmoe.runtime.wireless import WirelessDecider
-from wdmoe.sim.blocks import block_link, block_schedule, draw_blocks
+from wdmoe.sim.blocks import block_link, draw_blocks, trace_blocks
 from wdmoe.sim.one_token import one_token_latency
 from wdmoe.sim.trace import PREFILL, Trace
 
@@ -105,8 +105,8 @@ def replay_exact(trace: Trace, decider: WirelessDecider, keep_records: bool = Fa
 def replay_batched(trace: Trace, decider: WirelessDecider, chunk: int = CHUNK) -> Replay:
     """The same numbers as `replay_exact` for an order-independent policy, one-token steps decided in batches."""
     sink = _Sink(trace)
-    schedule = block_schedule(trace, decider.scenario.coherence)  # (S, L)
-    blocks = draw_blocks(decider.rng, decider.link, decider.scenario, int(schedule.max(initial=0)))
+    schedule = trace_blocks(trace, decider.radio)  # (S, L)
+    blocks = draw_blocks(decider.rng, decider.link, decider.radio, int(schedule.max(initial=0)))
     layers = trace.layers.tolist()
 
     def per_state(step: int, pos: int) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from wdmoe.placement import Placement
-from wdmoe.runtime.wireless import ModelCosts
+from wdmoe.radio.costs import ModelCosts
 from wdmoe.sim.trace import DECODE, PREFILL, Trace
 
 

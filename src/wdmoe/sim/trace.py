@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from wdmoe.errors import WdmoeError
+from wdmoe.radio.costs import ModelCosts
 from wdmoe.runtime.telemetry import StepRecord
-from wdmoe.runtime.wireless import ModelCosts
 
 FORMAT_VERSION = 1
 PREFILL, DECODE = 0, 1

@@ -13,12 +13,12 @@ from wdmoe.plan.cluster import load_cluster
 from wdmoe.plan.cost import LatencyModel, route_distribution
 from wdmoe.plan.deployment import PlanKind, round_robin_copies
 from wdmoe.plan.errors import PlanError
-from wdmoe.plan.links import RadioSettings, channel_samples, snr_per_hz_for_rate
+from wdmoe.plan.links import RadioSettings, channel_samples
 from wdmoe.plan.planner import PlannerConfig, check_fits, copies_latency_s, plan_deployment
 from wdmoe.plan.requirement import ModelRequirement
 from wdmoe.plan.status import ResourceStatus
 from wdmoe.radio.compute import PRESETS
-from wdmoe.radio.rate import shannon_rate_bps
+from wdmoe.radio.rate import shannon_rate_bps, snr_per_hz_for_rate
 
 CLUSTERS = Path(__file__).resolve().parents[3] / "configs" / "clusters"
 EXPERT_PARAMS = 3 * 192 * 224  # the shipped model's expert: 516,096 bytes at fp32

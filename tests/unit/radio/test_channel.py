@@ -221,9 +221,9 @@ def _scenario(**changes: object) -> Scenario:
 
 def test_same_seed_replays_the_same_links() -> None:
     scenario = _scenario()
-    first = sample_links(np.random.default_rng(42), scenario)
-    again = sample_links(np.random.default_rng(42), scenario)
-    other = sample_links(np.random.default_rng(43), scenario)
+    first = sample_links(np.random.default_rng(42), scenario.radio)
+    again = sample_links(np.random.default_rng(42), scenario.radio)
+    other = sample_links(np.random.default_rng(43), scenario.radio)
     for name in ("distance_m", "pathloss_db", "gain_dl", "gain_ul", "snr_dl_per_hz", "snr_ul_per_hz"):
         np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
     assert not np.array_equal(first.distance_m, other.distance_m)
@@ -232,7 +232,7 @@ def test_same_seed_replays_the_same_links() -> None:
 def test_sample_links_composes_pathloss_and_snr() -> None:
     channel = ChannelConfig(model="umi", los="los", shadowing=False)
     scenario = Scenario(num_devices=32, distance_min_m=20.0, distance_max_m=150.0, channel=channel)
-    links = sample_links(np.random.default_rng(1), scenario)
+    links = sample_links(np.random.default_rng(1), scenario.radio)
     assert links.num_devices == 32
     # Without shadowing the loss is the UMi LoS path loss at the devices' ground distance (h_BS 10, h_UT 1.5).
     d2d = np.sqrt(links.distance_m**2 - 8.5**2)
@@ -249,7 +249,7 @@ def test_sample_links_composes_pathloss_and_snr() -> None:
 def test_shadowing_spreads_the_loss_around_the_path_loss() -> None:
     channel = ChannelConfig(model="uma", los="nlos", shadowing=True)
     scenario = Scenario(num_devices=20_000, channel=channel, fading=FadingConfig(model="none"))
-    links = sample_links(np.random.default_rng(2), scenario)
+    links = sample_links(np.random.default_rng(2), scenario.radio)
     d2d = np.sqrt(links.distance_m**2 - 23.5**2)
     shadow = links.pathloss_db - pathloss_38901_db("uma", d2d, 3.5, False)
     # UMa NLoS sigma_SF = 6 dB; standard error of the sample std ~ 6 / sqrt(40000) = 0.03 dB.
@@ -259,14 +259,14 @@ def test_shadowing_spreads_the_loss_around_the_path_loss() -> None:
 
 def test_reciprocal_fading_gives_equal_gains() -> None:
     scenario = _scenario(fading=FadingConfig(model="rayleigh", reciprocal=True))
-    links = sample_links(np.random.default_rng(4), scenario)
+    links = sample_links(np.random.default_rng(4), scenario.radio)
     np.testing.assert_array_equal(links.gain_dl, links.gain_ul)
 
 
 def test_redraw_fading_keeps_the_large_scale_state() -> None:
     scenario = _scenario()
-    links = sample_links(np.random.default_rng(9), scenario)
-    block = redraw_fading(np.random.default_rng(10), links, scenario)
+    links = sample_links(np.random.default_rng(9), scenario.radio)
+    block = redraw_fading(np.random.default_rng(10), links, scenario.radio)
     np.testing.assert_array_equal(block.distance_m, links.distance_m)
     np.testing.assert_array_equal(block.pathloss_db, links.pathloss_db)
     assert not np.array_equal(block.gain_dl, links.gain_dl)
@@ -277,5 +277,5 @@ def test_redraw_fading_keeps_the_large_scale_state() -> None:
 def test_log_distance_scenario_uses_the_papers_formula() -> None:
     channel = ChannelConfig(model="log_distance", shadowing=False)
     scenario = Scenario(num_devices=16, channel=channel, fading=FadingConfig(model="none"))
-    links = sample_links(np.random.default_rng(12), scenario)
+    links = sample_links(np.random.default_rng(12), scenario.radio)
     np.testing.assert_allclose(links.pathloss_db, 128.1 + 37.6 * np.log10(links.distance_m / 1000.0))

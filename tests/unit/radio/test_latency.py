@@ -42,7 +42,7 @@ HAND_KEEP = np.array([[True, True], [False, True]])
 
 def test_one_layer_two_devices_by_hand() -> None:
     b = layer_breakdown(HAND_INDEX, HAND_KEEP, np.array([0, 1]), HAND_LINK, HAND_PROFILES, 1e6, 1e6, 1000.0,
-                        np.array([1e6, 1e6]), 5e-4)
+                        np.array([1e6, 1e6]), 5e-4, bs_tx_power_w=20.0)
 
     np.testing.assert_allclose(b.dl_s, [0.5e-3, 2e-3 / 3], rtol=1e-12)
     np.testing.assert_allclose(b.compute_s, [1.1e-3, 1.0e-3], rtol=1e-12)

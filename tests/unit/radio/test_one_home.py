@@ -134,11 +134,9 @@ def test_scan_leaves_other_code_alone(snippet: str) -> None:
 
 # What the scan found outside radio/ when it was written (issue 14): each moves to radio/ and leaves this list.
 KNOWN: dict[str, list[str]] = {
-    "plan/links.py": ["ln2"],
     "policy/bandwidth.py": ["ln2", "shannon"],
     "policy/joint.py": ["ln2", "roofline"],
     "policy/split_arrays.py": ["ln2"],
-    "runtime/wireless.py": ["dbm"],
 }
 
 

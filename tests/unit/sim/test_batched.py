@@ -89,11 +89,11 @@ def test_only_policies_with_a_batched_form_are_batched() -> None:
 def test_blocks_drawn_at_once_equal_the_runtimes_redraws(fading: dict[str, object]) -> None:
     scenario = Scenario.default(5).model_copy(update={"fading": Scenario.default().fading.model_copy(update=fading)})
     rng_live, rng_sim = np.random.default_rng(9), np.random.default_rng(9)
-    links = [sample_links(rng_live, scenario)]
+    links = [sample_links(rng_live, scenario.radio)]
     for _ in range(40):
-        links.append(redraw_fading(rng_live, links[-1], scenario))
+        links.append(redraw_fading(rng_live, links[-1], scenario.radio))
 
-    blocks = draw_blocks(rng_sim, sample_links(rng_sim, scenario), scenario, 40)
+    blocks = draw_blocks(rng_sim, sample_links(rng_sim, scenario.radio), scenario.radio, 40)
 
     for i, link in enumerate(links):
         np.testing.assert_array_equal(blocks.snr_dl_per_hz[i], link.snr_dl_per_hz)

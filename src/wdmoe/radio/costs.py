@@ -1,0 +1,30 @@
+"""What the radio model needs to know of a MoE model: its costs per token (pure values, no torch).
+
+Contract: `ModelCosts` is built by the runtime from a model's config and BS weights (`DistributedMoE.model_costs`),
+stored in traces (`wdmoe.sim.trace`), synthesized for Mixtral-shaped studies (`wdmoe.sim.synthesize`), and read by
+the radio model's callers; it lives here so that none of them imports the runtime for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelCosts:
+    """What the radio model needs to know of the model (from its config and BS weights).
+
+    Attributes:
+        hidden_size: H, values per token on the air.
+        expert_flops_per_token: FLOPs of one gated expert FFN on one token, 2 * 3 * H * I.
+        expert_weight_bytes: bytes of one expert's three matrices at the devices' dtype.
+        bs_params_per_layer: {MoE layer: BS parameters of the decoder layers since the previous MoE layer}
+            (attention, norms, router, shared experts, leading dense MLPs).
+        bytes_per_param: bytes of one BS weight.
+    """
+
+    hidden_size: int
+    expert_flops_per_token: float
+    expert_weight_bytes: float
+    bs_params_per_layer: dict[int, float]
+    bytes_per_param: float
