@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wdmoe.errors import WdmoeError
 from wdmoe.radio.channel import check_range, default_heights_m, distance_3d_m
@@ -30,6 +30,7 @@ from wdmoe.radio.params import (
     RadioParams,
 )
 from wdmoe.radio.rate import PoolMode
+from wdmoe.validation import ActivationBits, BandwidthHz, Seed, Strict, describe_errors
 
 BandwidthPool = Literal["shared", "separate"]
 
@@ -37,23 +38,12 @@ BandwidthPool = Literal["shared", "separate"]
 DEFAULT_DEVICE_PRESETS: tuple[str, ...] = ("jetson-agx-orin", "jetson-orin-nx", "jetson-orin-nano")
 DEFAULT_BS_PRESET = "rtx4090-edge"  # [R] reconstruction
 
-_UNITS = (
-    ("_dbm", "dBm"),
-    ("_db", "dB"),
-    ("_ghz", "GHz"),
-    ("_hz", "Hz"),
-    ("_m", "m"),
-    ("_s", "s"),
-    ("bits", "bits"),
-)
-
-
 class ScenarioError(WdmoeError):
     """A scenario file or object is invalid; the message names the field, the value, the unit and the rule."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+class _Strict(Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # a scenario takes no "43" for 43.0
 
 
 class ChannelConfig(_Strict):
@@ -125,17 +115,17 @@ class Scenario(_Strict):
     noise_figure_db: Annotated[float, Field(ge=0.0)] = 7.0  # dB, both receivers; [R] (between BS 5, UE 9)
     bs_tx_power_dbm: float = DEFAULT_BS_TX_POWER_DBM  # dBm, papers.md §2.2 placeholder [R]
     device_tx_power_dbm: float = DEFAULT_DEVICE_TX_POWER_DBM  # dBm, papers.md §2.2 placeholder [R]
-    bandwidth_hz: Annotated[float, Field(gt=0.0)] = 20e6  # Hz in total; papers.md §2.2 placeholder [R]
+    bandwidth_hz: BandwidthHz = 20e6  # Hz in total; papers.md §2.2 placeholder [R]
     # shared: one pool of bandwidth_hz split per device, used for DL then UL; separate: a DL and an UL pool,
     # each of bandwidth_hz (paired FDD spectrum) [R]
     bandwidth_pool: BandwidthPool = "shared"
     device_presets: Annotated[tuple[str, ...], Field(min_length=1, strict=False)] = DEFAULT_DEVICE_PRESETS
-    activation_bits: Annotated[int, Field(ge=1, le=64)] = 16  # bits per hidden value on the air (bf16) [R]
+    activation_bits: ActivationBits = 16  # bits per hidden value on the air (bf16) [R]
     coherence: Coherence = "step"  # fading redrawn every forward step, every layer, or once per request [R]
     # BS compute: a fixed time per layer in seconds, or else a wdmoe.radio.compute.PRESETS name
     bs_layer_time_s: Annotated[float, Field(gt=0.0)] | None = None  # s per layer at the BS
     bs_preset: str | None = DEFAULT_BS_PRESET
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Seed = 0
 
     @classmethod
     def default(cls, num_devices: int = 8) -> Scenario:
@@ -188,48 +178,6 @@ class Scenario(_Strict):
                 )
 
 
-def _unit(name: str) -> str:
-    return next((unit for suffix, unit in _UNITS if name.endswith(suffix)), "")
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float | int) and not isinstance(value, bool):
-        return f"{value:g}"
-    return repr(value)
-
-
-def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
-    model: type[BaseModel] = Scenario
-    for part in loc:
-        annotation = model.model_fields[str(part)].annotation if str(part) in model.model_fields else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            break
-        model = annotation
-    return list(model.model_fields)
-
-
-def _describe(error: Any) -> str:
-    loc: tuple[int | str, ...] = tuple(error["loc"])
-    names = [str(part) for part in loc if isinstance(part, str)]
-    field = ".".join(names) + "".join(f"[{part}]" for part in loc if isinstance(part, int))
-    value = error.get("input")
-    if error["type"] == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(loc[:-1]))
-        return f"scenario has unknown key '{field}' (= {value!r}); allowed keys here: {allowed}"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if message.startswith("scenario "):
-        return message
-    ctx = error.get("ctx") or {}
-    rules = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-    if error["type"] in rules:
-        bound = next(iter(ctx.values()))
-        message = f"must be {rules[error['type']]} {_show(bound)}"
-    message = message.replace("Input should be", "must be")
-    shown = _show(value)
-    unit = _unit(names[-1]) if names else ""
-    return f"scenario field '{field}' = {shown}{' ' + unit if unit else ''}: {message}"
-
-
 def parse_scenario(data: dict[str, Any], source: str | None = None) -> Scenario:
     """Validate a TOML-shaped dict into a Scenario; raises ScenarioError naming every bad field.
 
@@ -238,7 +186,7 @@ def parse_scenario(data: dict[str, Any], source: str | None = None) -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        message = "; ".join(_describe(error) for error in exc.errors())
+        message = describe_errors(exc, "scenario", Scenario)
         raise ScenarioError(f"{source}: {message}" if source else message) from None
 
 

@@ -27,33 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from wdmoe.config import ScenarioError, parse_scenario
 from wdmoe.plan.errors import ClusterError
 from wdmoe.plan.links import RadioSettings
 from wdmoe.plan.status import ResourceStatus
 from wdmoe.radio.compute import PRESETS, DeviceProfile
+from wdmoe.validation import ActivationBits, BandwidthHz, Seed, Strict, describe_errors
 
-_UNITS = (
-    ("_bytes_per_s", "bytes/s"),
-    ("flops_per_s", "FLOP/s"),
-    ("_bytes", "bytes"),
-    ("_bps", "bit/s"),
-    ("_hz", "Hz"),
-    ("_w", "W"),
-    ("_m", "m"),
-    ("_s", "s"),
-    ("bits", "bits"),
-)
 _PROFILE_FIELDS = ("flops_per_s", "mem_bytes_per_s", "overhead_s", "tx_power_w", "compute_power_w")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DeviceEntry(_Strict):
+class DeviceEntry(Strict):
     """One [[devices]] table (module docstring); None fields come from the preset."""
 
     name: Annotated[str, Field(min_length=1)]
@@ -72,15 +58,15 @@ class DeviceEntry(_Strict):
     count: Annotated[int, Field(ge=1)] = 1
 
 
-class ClusterFile(_Strict):
+class ClusterFile(Strict):
     """The whole file (module docstring)."""
 
     description: str = ""
-    bandwidth_hz: Annotated[float, Field(gt=0.0)] = 20e6  # Hz
-    activation_bits: Annotated[int, Field(ge=1, le=64)] = 16  # bits
+    bandwidth_hz: BandwidthHz = 20e6  # Hz
+    activation_bits: ActivationBits = 16  # bits
     bs_layer_time_s: Annotated[float, Field(ge=0.0)] = 0.0  # s
     channel_samples: Annotated[int, Field(ge=1, le=1024)] = 8
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Seed = 0
     scenario: dict[str, Any] | None = None
     devices: Annotated[list[DeviceEntry], Field(min_length=1)]
 
@@ -93,24 +79,6 @@ class Cluster:
     description: str
     statuses: tuple[ResourceStatus, ...]
     radio: RadioSettings
-
-
-def _unit(name: str) -> str:
-    return next((unit for suffix, unit in _UNITS if name.endswith(suffix)), "")
-
-
-def _describe(error: Any) -> str:
-    loc = tuple(error["loc"])
-    field = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc))
-    value = error.get("input")
-    if error["type"] == "extra_forbidden":
-        return f"cluster has unknown key '{field}' (= {value!r})"
-    if error["type"] == "missing":
-        return f"cluster field '{field}' is missing"
-    names = [p for p in loc if isinstance(p, str)]
-    unit = _unit(names[-1]) if names else ""
-    message = str(error["msg"]).removeprefix("Value error, ").replace("Input should be", "must be")
-    return f"cluster field '{field}' = {value!r}{' ' + unit if unit else ''}: {message}"
 
 
 def _profile(entry: DeviceEntry, where: str) -> DeviceProfile:
@@ -135,7 +103,7 @@ def parse_cluster(data: dict[str, Any], source: str = "cluster", now_s: float = 
     try:
         spec = ClusterFile.model_validate(data)
     except ValidationError as exc:
-        raise ClusterError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors())) from None
+        raise ClusterError(f"{source}: " + describe_errors(exc, "cluster", ClusterFile)) from None
     scenario = None
     if spec.scenario is not None:
         try:

@@ -52,10 +52,10 @@ def test_registry_remove_forgets_at_once() -> None:
 
 def test_cluster_error_names_field_value_and_unit() -> None:
     data = {"devices": [{"name": "x", "preset": "jetson-orin-nano", "free_memory_bytes": -1, "link_rate_bps": 1e6}]}
-    with pytest.raises(ClusterError, match=r"devices\[0\]\.free_memory_bytes' = -1 bytes: must be greater"):
+    with pytest.raises(ClusterError, match=r"devices\[0\]\.free_memory_bytes' = -1 bytes: must be >= 0"):
         parse_cluster(data)
     data["devices"][0].update(free_memory_bytes=10, link_rate_bps=-3.0)
-    with pytest.raises(ClusterError, match=r"link_rate_bps' = -3.0 bit/s"):
+    with pytest.raises(ClusterError, match=r"link_rate_bps' = -3 bit/s: must be > 0"):
         parse_cluster(data)
 
 
