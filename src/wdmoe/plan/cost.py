@@ -31,7 +31,7 @@ from wdmoe.plan.status import ResourceStatus
 from wdmoe.policy.bandwidth import EqualBandwidth
 from wdmoe.policy.base import LayerState
 from wdmoe.radio.compute import DeviceProfiles
-from wdmoe.radio.latency import layer_breakdown
+from wdmoe.radio.latency import LayerLoad, layer_breakdown
 
 MAX_ORDERINGS = 20_000  # enumerate the top-k orderings up to this many, else sample
 ROUTE_SAMPLES = 2048  # sampled top-k draws per layer when not enumerating
@@ -119,18 +119,10 @@ class LatencyModel:
                 self.radio.bs_layer_time_s,
             )
             band = EqualBandwidth().allocate(state, keep)
+            load = LayerLoad(index, keep, device, self.requirement.expert_flops_per_token, weight_bytes,
+                             self.bits_per_token)
             total += layer_breakdown(
-                index,
-                keep,
-                device,
-                link,
-                self.profiles,
-                self.requirement.expert_flops_per_token,
-                weight_bytes,
-                self.bits_per_token,
-                band,
-                self.radio.bs_layer_time_s,
-                pool=self.radio.pool,
+                load, link, self.profiles, band, bs_time_s=self.radio.bs_layer_time_s, pool=self.radio.pool
             ).layer_s
             self.radio_calls += 1
         value = total / len(self.links)

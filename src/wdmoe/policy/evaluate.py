@@ -7,7 +7,7 @@ here so that wdmoe.radio never imports wdmoe.policy.
 from __future__ import annotations
 
 from wdmoe.policy.base import Decision, LayerState
-from wdmoe.policy.selection import profiles_of
+from wdmoe.policy.selection import layer_load, profiles_of
 from wdmoe.radio.latency import DEFAULT_BS_TX_POWER_W, LatencyBreakdown
 from wdmoe.radio.latency import layer_breakdown as _layer_breakdown
 
@@ -15,7 +15,5 @@ from wdmoe.radio.latency import layer_breakdown as _layer_breakdown
 def layer_breakdown(state: LayerState, decision: Decision,
                     bs_tx_power_w: float = DEFAULT_BS_TX_POWER_W) -> LatencyBreakdown:
     """The latency and energy of one layer step under `decision` (one shared bandwidth pool)."""
-    return _layer_breakdown(state.topk_index, decision.keep, state.expert_device, state.link,
-                            profiles_of(state), state.expert_flops_per_token, state.expert_weight_bytes,
-                            state.bits_per_token, decision.bandwidth_hz, state.bs_time_s,
-                            bs_tx_power_w=bs_tx_power_w)
+    return _layer_breakdown(layer_load(state, decision.keep), state.link, profiles_of(state),
+                            decision.bandwidth_hz, bs_time_s=state.bs_time_s, bs_tx_power_w=bs_tx_power_w)

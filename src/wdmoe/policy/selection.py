@@ -6,15 +6,16 @@ drops an expert itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
 
 from wdmoe.policy.base import LayerState
 from wdmoe.radio.compute import DeviceProfiles
-from wdmoe.radio.latency import compute_time_s, device_load
-from wdmoe.radio.rate import share_time_s
+from wdmoe.radio.latency import DeviceCosts as DeviceCosts
+from wdmoe.radio.latency import LayerLoad, device_times
+from wdmoe.radio.latency import device_costs as radio_device_costs
+from wdmoe.radio.rate import Shares
 
 
 def profiles_of(state: LayerState) -> DeviceProfiles:
@@ -26,23 +27,15 @@ def profiles_of(state: LayerState) -> DeviceProfiles:
     return cast(DeviceProfiles, profiles)
 
 
-@dataclass(frozen=True)
-class DeviceCosts:
-    """What a selection asks of each device, shapes (D,): bits each way, compute seconds, and who is active."""
-
-    bits_dl: np.ndarray
-    bits_ul: np.ndarray
-    compute_s: np.ndarray
-    active: np.ndarray
+def layer_load(state: LayerState, keep: np.ndarray) -> LayerLoad:
+    """What the state's step asks of the devices when the pairs `keep` (T, k) run: the radio model's input."""
+    return LayerLoad(state.topk_index, keep, state.expert_device, state.expert_flops_per_token,
+                     state.expert_weight_bytes, state.bits_per_token)
 
 
 def device_costs(state: LayerState, keep: np.ndarray) -> DeviceCosts:
-    """Bits and compute seconds per device for the kept (token, expert) pairs (the radio.latency model)."""
-    load = device_load(state.topk_index, keep, state.expert_device, state.num_devices)
-    compute_s = compute_time_s(load.expert_tokens, state.expert_device, profiles_of(state),
-                               state.expert_flops_per_token, state.expert_weight_bytes)
-    return DeviceCosts(load.tokens_dl * state.bits_per_token, load.pairs_ul * state.bits_per_token, compute_s,
-                       load.pairs_ul > 0.0)
+    """Bits and compute seconds per device for the kept (token, expert) pairs: radio.latency.device_costs."""
+    return radio_device_costs(layer_load(state, keep), profiles_of(state))
 
 
 def renormalize(weight: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -63,10 +56,8 @@ def renormalize(weight: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def device_times_s(state: LayerState, costs: DeviceCosts, bandwidth_hz: np.ndarray) -> np.ndarray:
     """(D,) round-trip seconds DL + compute + UL of each active device on its share (0 when idle)."""
-    link = state.link
-    total = (share_time_s(costs.bits_dl, bandwidth_hz, link.snr_dl_per_hz) + costs.compute_s
-             + share_time_s(costs.bits_ul, bandwidth_hz, link.snr_ul_per_hz))
-    return np.where(costs.active, total, 0.0)
+    share = np.asarray(bandwidth_hz, dtype=float)
+    return device_times(costs, state.link, Shares(share, share)).total_s  # one shared pool
 
 
 def first_argmax_mask(score: np.ndarray) -> np.ndarray:

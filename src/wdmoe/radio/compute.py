@@ -95,7 +95,7 @@ class DeviceProfiles:
                              float(self.compute_power_w[k]), float(self.overhead_s[k]))
 
 
-def roofline_time_s(n_tokens: np.ndarray | float, flops_per_token: float, weight_bytes: float,
+def roofline_time_s(n_tokens: np.ndarray | float, flops_per_token: float, weight_bytes: float | np.ndarray,
                     flops_per_s: np.ndarray | float, mem_bytes_per_s: np.ndarray | float,
                     overhead_s: np.ndarray | float) -> np.ndarray:
     """Seconds for one expert on n tokens: max(n*F/C, W/M) + overhead, and 0 where n == 0. Broadcasts."""

@@ -20,6 +20,10 @@ SNR puts the full transmit power into each share, so the BS spends it per share)
 
 A forward step is the sum over its layers (§2.2 T_e2e [R]); a request's TTFT is its prefill step and TPOT the
 mean of its decode steps.
+
+Forms: `layer_breakdown(load, link, profiles, bandwidth_hz)` is the reference, on a `LayerLoad` (what the step
+asks of the devices). Its parts are public for the solvers, which evaluate them many times per step:
+`device_costs` (bits and compute seconds per device) and `device_times` (t_k on given shares).
 """
 
 from __future__ import annotations
@@ -33,7 +37,27 @@ import numpy as np
 from wdmoe.radio.compute import DeviceProfiles, roofline_time_s
 from wdmoe.radio.link import LinkState
 from wdmoe.radio.params import DEFAULT_BS_TX_POWER_W as DEFAULT_BS_TX_POWER_W  # the scenario's: 43 dBm, 19.95 W
-from wdmoe.radio.rate import PoolMode, pool_shares, share_time_s
+from wdmoe.radio.rate import PoolMode, Shares, pool_shares, share_time_s
+
+
+@dataclass(frozen=True)
+class LayerLoad:
+    """What one MoE layer step asks of the devices, before the band is split (the radio model's input).
+
+    Attributes:
+        topk_index: (T, k) int, the router's experts. keep: (T, k) bool, the pairs that run.
+        expert_device: (E,) int, the device serving each expert.
+        expert_flops_per_token: FLOPs of one expert on one token.
+        expert_weight_bytes: bytes of one expert's weights, or (E,) one size per expert (the planner's).
+        bits_per_token: one token's payload in one direction, bits.
+    """
+
+    topk_index: np.ndarray
+    keep: np.ndarray
+    expert_device: np.ndarray
+    expert_flops_per_token: float
+    expert_weight_bytes: float | np.ndarray
+    bits_per_token: float
 
 
 @dataclass(frozen=True)
@@ -64,12 +88,47 @@ def device_load(topk_index: np.ndarray, keep: np.ndarray, expert_device: np.ndar
 
 
 def compute_time_s(expert_tokens: np.ndarray, expert_device: np.ndarray, profiles: DeviceProfiles,
-                   flops_per_token: float, weight_bytes: float) -> np.ndarray:
+                   flops_per_token: float, weight_bytes: float | np.ndarray) -> np.ndarray:
     """(D,) seconds: each device runs the roofline of each of its experts on that expert's tokens, in turn."""
     per_expert = roofline_time_s(expert_tokens, flops_per_token, weight_bytes,
                                  profiles.flops_per_s[expert_device], profiles.mem_bytes_per_s[expert_device],
                                  profiles.overhead_s[expert_device])
     return np.bincount(expert_device, weights=per_expert, minlength=profiles.num_devices)
+
+
+@dataclass(frozen=True)
+class DeviceCosts:
+    """What a selection asks of each device, shapes (D,): bits each way, compute seconds, and who is active."""
+
+    bits_dl: np.ndarray
+    bits_ul: np.ndarray
+    compute_s: np.ndarray
+    active: np.ndarray
+
+
+def device_costs(load: LayerLoad, profiles: DeviceProfiles) -> DeviceCosts:
+    """Bits each way and compute seconds per device for the kept pairs of `load` (module docstring)."""
+    counts = device_load(load.topk_index, load.keep, load.expert_device, profiles.num_devices)
+    compute_s = compute_time_s(counts.expert_tokens, load.expert_device, profiles, load.expert_flops_per_token,
+                               load.expert_weight_bytes)
+    return DeviceCosts(counts.tokens_dl * load.bits_per_token, counts.pairs_ul * load.bits_per_token, compute_s,
+                       counts.pairs_ul > 0.0)
+
+
+@dataclass(frozen=True)
+class DeviceTimes:
+    """Each device's downlink, uplink and round-trip (DL + compute + UL, 0 when idle) seconds, shapes (D,)."""
+
+    dl_s: np.ndarray
+    ul_s: np.ndarray
+    total_s: np.ndarray
+
+
+def device_times(costs: DeviceCosts, link: LinkState, shares: Shares) -> DeviceTimes:
+    """t_k = dl_k + compute_k + ul_k on each device's DL and UL shares (module docstring)."""
+    dl_s = share_time_s(costs.bits_dl, shares.dl_hz, link.snr_dl_per_hz)
+    ul_s = share_time_s(costs.bits_ul, shares.ul_hz, link.snr_ul_per_hz)
+    return DeviceTimes(dl_s, ul_s, np.where(costs.active, dl_s + costs.compute_s + ul_s, 0.0))
 
 
 @dataclass(frozen=True)
@@ -109,33 +168,26 @@ class LatencyBreakdown:
         return self.bits_ul > 0.0
 
 
-def layer_breakdown(topk_index: np.ndarray, keep: np.ndarray, expert_device: np.ndarray, link: LinkState,
-                    profiles: DeviceProfiles, expert_flops_per_token: float, expert_weight_bytes: float,
-                    bits_per_token: float, bandwidth_hz: np.ndarray, bs_time_s: float = 0.0, *,
-                    pool: PoolMode = PoolMode.SHARED, bandwidth_ul_hz: np.ndarray | None = None,
+def layer_breakdown(load: LayerLoad, link: LinkState, profiles: DeviceProfiles, bandwidth_hz: np.ndarray, *,
+                    bs_time_s: float = 0.0, pool: PoolMode = PoolMode.SHARED,
+                    bandwidth_ul_hz: np.ndarray | None = None,
                     bs_tx_power_w: float = DEFAULT_BS_TX_POWER_W) -> LatencyBreakdown:
     """The latency and energy of one MoE layer step (module docstring has the formulas).
 
-    Shapes: topk_index (T, k) int, keep (T, k) bool, expert_device (E,) int, bandwidth_hz (D,) Hz.
+    Shapes: bandwidth_hz (D,) Hz (and bandwidth_ul_hz with PoolMode.SEPARATE); `load` has the rest.
     An active device with a 0 Hz share gets infinite transfer time (and energy), not an error.
     """
-    topk_index = np.asarray(topk_index)
-    keep = np.asarray(keep, dtype=bool)
-    expert_device = np.asarray(expert_device)
-    num_devices = link.num_devices
-    if profiles.num_devices != num_devices:
-        raise ValueError(f"profiles describe {profiles.num_devices} devices, the link {num_devices}; "
+    topk_index = np.asarray(load.topk_index)
+    keep = np.asarray(load.keep, dtype=bool)
+    expert_device = np.asarray(load.expert_device)
+    if profiles.num_devices != link.num_devices:
+        raise ValueError(f"profiles describe {profiles.num_devices} devices, the link {link.num_devices}; "
                          "give one profile per device")
-    load = device_load(topk_index, keep, expert_device, num_devices)
-    shares = pool_shares(pool, bandwidth_hz, bandwidth_ul_hz)
-    bits_dl = load.tokens_dl * bits_per_token
-    bits_ul = load.pairs_ul * bits_per_token
-    dl_s = share_time_s(bits_dl, shares.dl_hz, link.snr_dl_per_hz)
-    ul_s = share_time_s(bits_ul, shares.ul_hz, link.snr_ul_per_hz)
-    compute_s = compute_time_s(load.expert_tokens, expert_device, profiles, expert_flops_per_token,
-                               expert_weight_bytes)
-    active = load.pairs_ul > 0.0
-    total_s = np.where(active, dl_s + compute_s + ul_s, 0.0)
+    costs = device_costs(LayerLoad(topk_index, keep, expert_device, load.expert_flops_per_token,
+                                   load.expert_weight_bytes, load.bits_per_token), profiles)
+    times = device_times(costs, link, pool_shares(pool, bandwidth_hz, bandwidth_ul_hz))
+    dl_s, ul_s, total_s, compute_s = times.dl_s, times.ul_s, times.total_s, costs.compute_s
+    bits_dl, bits_ul = costs.bits_dl, costs.bits_ul
     slowest = float(total_s.max(initial=0.0))
     token_finish = np.where(keep, total_s[expert_device[topk_index]], 0.0).max(axis=1, initial=0.0)  # (T,)
     with np.errstate(invalid="ignore"):  # inf - inf when the slowest device never finishes

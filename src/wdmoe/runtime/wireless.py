@@ -17,7 +17,7 @@ from wdmoe.policy.base import Decision, LayerState, Policy
 from wdmoe.radio.channel import redraw_fading, redraws_at, sample_links
 from wdmoe.radio.compute import PRESETS, DeviceProfiles, roofline_time_s
 from wdmoe.radio.costs import ModelCosts
-from wdmoe.radio.latency import LatencyBreakdown, layer_breakdown
+from wdmoe.radio.latency import LatencyBreakdown, LayerLoad, layer_breakdown
 from wdmoe.radio.link import LinkState
 
 
@@ -99,11 +99,10 @@ class WirelessDecider:
         )
 
     def breakdown(self, state: LayerState, decision: Decision) -> LatencyBreakdown:
-        return layer_breakdown(
-            state.topk_index, decision.keep, state.expert_device, state.link, self.profiles,
-            state.expert_flops_per_token, state.expert_weight_bytes, state.bits_per_token, decision.bandwidth_hz,
-            state.bs_time_s, pool=self.pool, bs_tx_power_w=self.bs_tx_power_w,
-        )
+        load = LayerLoad(state.topk_index, decision.keep, state.expert_device, state.expert_flops_per_token,
+                         state.expert_weight_bytes, state.bits_per_token)
+        return layer_breakdown(load, state.link, self.profiles, decision.bandwidth_hz, bs_time_s=state.bs_time_s,
+                               pool=self.pool, bs_tx_power_w=self.bs_tx_power_w)
 
     def __call__(
         self, layer: int, index: np.ndarray, weight: np.ndarray, logits: np.ndarray | None

@@ -14,7 +14,7 @@ from wdmoe.policy import MinMaxBandwidth, TopK
 from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.evaluate import layer_breakdown as evaluate
 from wdmoe.radio.compute import DeviceProfile, DeviceProfiles
-from wdmoe.radio.latency import layer_breakdown, request_latency, step_totals
+from wdmoe.radio.latency import LayerLoad, layer_breakdown, request_latency, step_totals
 from wdmoe.radio.link import LinkState
 from wdmoe.radio.rate import PoolMode
 
@@ -38,11 +38,12 @@ HAND_PROFILES = DeviceProfiles.from_profiles([DeviceProfile("d0", 1e9, 1e9, 1e9,
                                               DeviceProfile("d1", 1e10, 1e9, 1e9, 0.2, 5.0, 0.0)])
 HAND_INDEX = np.array([[0, 1], [0, 1]])
 HAND_KEEP = np.array([[True, True], [False, True]])
+HAND_LOAD = LayerLoad(HAND_INDEX, HAND_KEEP, np.array([0, 1]), 1e6, 1e6, 1000.0)
 
 
 def test_one_layer_two_devices_by_hand() -> None:
-    b = layer_breakdown(HAND_INDEX, HAND_KEEP, np.array([0, 1]), HAND_LINK, HAND_PROFILES, 1e6, 1e6, 1000.0,
-                        np.array([1e6, 1e6]), 5e-4, bs_tx_power_w=20.0)
+    b = layer_breakdown(HAND_LOAD, HAND_LINK, HAND_PROFILES, np.array([1e6, 1e6]), bs_time_s=5e-4,
+                        bs_tx_power_w=20.0)
 
     np.testing.assert_allclose(b.dl_s, [0.5e-3, 2e-3 / 3], rtol=1e-12)
     np.testing.assert_allclose(b.compute_s, [1.1e-3, 1.0e-3], rtol=1e-12)
@@ -60,9 +61,8 @@ def test_one_layer_two_devices_by_hand() -> None:
 
 def test_separate_uplink_pool_and_bs_power() -> None:
     # doubling device 0's UL share: 2 MHz at snr 1e6 -> 2e6 * log2(1.5) bit/s
-    b = layer_breakdown(HAND_INDEX, HAND_KEEP, np.array([0, 1]), HAND_LINK, HAND_PROFILES, 1e6, 1e6, 1000.0,
-                        np.array([1e6, 1e6]), 5e-4, pool=PoolMode.SEPARATE,
-                        bandwidth_ul_hz=np.array([2e6, 1e6]), bs_tx_power_w=1.0)
+    b = layer_breakdown(HAND_LOAD, HAND_LINK, HAND_PROFILES, np.array([1e6, 1e6]), bs_time_s=5e-4,
+                        pool=PoolMode.SEPARATE, bandwidth_ul_hz=np.array([2e6, 1e6]), bs_tx_power_w=1.0)
 
     assert b.ul_s[0] == pytest.approx(1000.0 / (2e6 * np.log2(1.5)), rel=1e-12)
     assert b.dl_s[0] == pytest.approx(0.5e-3, rel=1e-12)
@@ -71,8 +71,8 @@ def test_separate_uplink_pool_and_bs_power() -> None:
 
 def test_a_device_with_two_experts_runs_both_and_idle_devices_cost_nothing() -> None:
     # experts 0 and 1 on device 0, device 1 idle; token 0 -> both experts: DL once (1000 bits), UL twice
-    b = layer_breakdown(np.array([[0, 1]]), np.array([[True, True]]), np.array([0, 0]), HAND_LINK,
-                        HAND_PROFILES, 1e6, 1e6, 1000.0, np.array([1e6, 0.0]), 0.0)
+    load = LayerLoad(np.array([[0, 1]]), np.array([[True, True]]), np.array([0, 0]), 1e6, 1e6, 1000.0)
+    b = layer_breakdown(load, HAND_LINK, HAND_PROFILES, np.array([1e6, 0.0]))
 
     np.testing.assert_array_equal(b.bits_dl, [1000.0, 0.0])
     np.testing.assert_array_equal(b.bits_ul, [2000.0, 0.0])
@@ -96,8 +96,7 @@ def test_latency_never_rises_when_bandwidth_rises(state: LayerState, factor: flo
 
 
 def test_step_and_request_totals() -> None:
-    hand = layer_breakdown(HAND_INDEX, HAND_KEEP, np.array([0, 1]), HAND_LINK, HAND_PROFILES, 1e6, 1e6, 1000.0,
-                           np.array([1e6, 1e6]), 5e-4)
+    hand = layer_breakdown(HAND_LOAD, HAND_LINK, HAND_PROFILES, np.array([1e6, 1e6]), bs_time_s=5e-4)
     prefill = step_totals([hand, hand, hand])
     decode = [step_totals([hand]), step_totals([hand, hand])]
 
@@ -116,10 +115,10 @@ def test_step_and_request_totals() -> None:
 @given(state=layer_states())
 def test_policy_bridge_equals_the_radio_model(state: LayerState) -> None:
     decision = TopK().decide(state)
-    direct = layer_breakdown(state.topk_index, decision.keep, state.expert_device, state.link,
-                             state.profiles, state.expert_flops_per_token,  # type: ignore[arg-type]
-                             state.expert_weight_bytes, state.bits_per_token, decision.bandwidth_hz,
-                             state.bs_time_s)
+    load = LayerLoad(state.topk_index, decision.keep, state.expert_device, state.expert_flops_per_token,
+                     state.expert_weight_bytes, state.bits_per_token)
+    direct = layer_breakdown(load, state.link, state.profiles, decision.bandwidth_hz,  # type: ignore[arg-type]
+                             bs_time_s=state.bs_time_s)
 
     bridged = evaluate(state, decision)
     for field in dataclasses.fields(direct):

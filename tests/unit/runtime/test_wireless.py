@@ -15,7 +15,7 @@ from wdmoe.config import Scenario
 from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.factory import make_policy
 from wdmoe.policy.topk import TopK
-from wdmoe.radio.latency import layer_breakdown
+from wdmoe.radio.latency import LayerLoad, layer_breakdown
 from wdmoe.runtime.telemetry import StepRecord
 
 
@@ -89,10 +89,10 @@ def test_modeled_latency_is_radio_latency_of_the_recorded_state(mixtral_split: P
     model(torch.arange(5, 17).unsqueeze(0))
     for state, rec in zip(states, model.steps[0].layers, strict=True):
         decision = decider.policy.decide(state)
-        expected = layer_breakdown(state.topk_index, decision.keep, state.expert_device, state.link,
-                                   decider.profiles, state.expert_flops_per_token, state.expert_weight_bytes,
-                                   state.bits_per_token, decision.bandwidth_hz, state.bs_time_s,
-                                   bs_tx_power_w=decider.bs_tx_power_w)
+        load = LayerLoad(state.topk_index, decision.keep, state.expert_device, state.expert_flops_per_token,
+                         state.expert_weight_bytes, state.bits_per_token)
+        expected = layer_breakdown(load, state.link, decider.profiles, decision.bandwidth_hz,
+                                   bs_time_s=state.bs_time_s, bs_tx_power_w=decider.bs_tx_power_w)
         assert rec.modeled.layer_s == expected.layer_s
         np.testing.assert_array_equal(rec.keep, decision.keep)
 
