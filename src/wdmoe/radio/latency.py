@@ -247,6 +247,31 @@ class RequestLatency:
     num_decode_steps: int
 
 
+@dataclass(frozen=True)
+class RequestTimes:
+    """TTFT and TPOT of R requests, (R,) seconds each; TPOT is nan for a request without decode steps."""
+
+    ttft_s: np.ndarray
+    tpot_s: np.ndarray
+
+
+def request_times(step_s: np.ndarray, step_request: np.ndarray, decode: np.ndarray,
+                  num_requests: int) -> RequestTimes:
+    """`request_latency`'s TTFT and TPOT for many requests at once (the simulator's form).
+
+    step_s (S,): each forward step's seconds, in run order; step_request (S,) int: its request, the steps of one
+    request contiguous and its first step the prefill; decode (S,) bool: decode steps.
+    """
+    ttft = np.zeros(num_requests)
+    first = np.flatnonzero(np.r_[True, np.diff(step_request) != 0])
+    ttft[step_request[first]] = step_s[first]
+    count = np.bincount(step_request[decode], minlength=num_requests)
+    total = np.bincount(step_request[decode], weights=step_s[decode], minlength=num_requests)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return RequestTimes(ttft, tpot)
+
+
 def request_latency(prefill: StepLatency, decode: Sequence[StepLatency]) -> RequestLatency:
     """TTFT, TPOT, total time and energy of one request from its step totals."""
     decode_s = [s.latency_s for s in decode]

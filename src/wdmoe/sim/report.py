@@ -2,8 +2,9 @@
 
 Contract: `summarize(trace, replays)` pools the replays of one (scenario, policy) over their channel
 realizations. Per-token latency is the modeled latency of each decode step (each yields one token); TTFT is a
-request's prefill step, TPOT the mean of its decode steps (as `wdmoe.radio.latency.request_latency`). Percentiles
-are numpy's linear interpolation. `rows_csv` flattens the summaries into one CSV row each.
+request's prefill step, TPOT the mean of its decode steps (`wdmoe.radio.latency.request_times`, the array form of
+`request_latency`). Percentiles are numpy's linear interpolation. `rows_csv` flattens the summaries into one CSV
+row each.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from wdmoe.radio.latency import request_times as radio_request_times
 from wdmoe.sim.simulate import Replay
 from wdmoe.sim.trace import DECODE, Trace
 
@@ -35,16 +37,9 @@ def percentiles(values: np.ndarray) -> dict[str, float | None]:
 def request_times(trace: Trace, replay: Replay) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(TTFT per request, TPOT per request (nan without decode steps), latency of every decode step) in s."""
     step_s = replay.layer_s.sum(axis=1)  # (S,)
-    requests = trace.num_requests
-    ttft = np.zeros(requests)
-    first = np.flatnonzero(np.r_[True, np.diff(trace.step_request) != 0])
-    ttft[trace.step_request[first]] = step_s[first]
     decode = trace.step_phase == DECODE
-    count = np.bincount(trace.step_request[decode], minlength=requests)
-    total = np.bincount(trace.step_request[decode], weights=step_s[decode], minlength=requests)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return ttft, tpot, step_s[decode]
+    times = radio_request_times(step_s, trace.step_request, decode, trace.num_requests)
+    return times.ttft_s, times.tpot_s, step_s[decode]
 
 
 def summarize(trace: Trace, replays: Sequence[Replay], scenario: str, theta: float) -> dict[str, Any]:

@@ -21,12 +21,12 @@ import numpy as np
 from wdmoe.config import Scenario
 from wdmoe.policy.base import Policy
 from wdmoe.policy.baselines import RandomDrop
-from wdmoe.policy.steps import OneTokenSteps, decide_batch, supports
+from wdmoe.policy.steps import BatchDecision, OneTokenSteps, decide_batch, supports
 from wdmoe.radio.compute import roofline_time_s
 from wdmoe.radio.latency import LatencyBreakdown
+from wdmoe.radio.one_token import OneTokenLoad, one_token_latency
 from wdmoe.runtime.wireless import WirelessDecider
 from wdmoe.sim.blocks import block_link, draw_blocks, trace_blocks
-from wdmoe.sim.one_token import one_token_latency
 from wdmoe.sim.trace import PREFILL, Trace
 
 CHUNK = 16384  # one-token steps per batch: large enough to amortise numpy's per-call cost, small enough for cache
@@ -71,6 +71,12 @@ class _Sink:
     def replay(self, policy: str, seed: int, records: Any = None) -> Replay:
         return Replay(policy, seed, self.layer_s, self.energy_j, self.bits_dl, self.bits_ul, self.kept,
                       self.routed, records)
+
+
+def one_token_load(steps: OneTokenSteps, decision: BatchDecision) -> OneTokenLoad:
+    """What the batched decode hands the radio model: the steps' slots and links with the decision's keep and band."""
+    return OneTokenLoad(steps.slot_device, decision.keep, steps.roof_s, decision.slot_share_hz, steps.snr_dl_per_hz,
+                        steps.snr_ul_per_hz, steps.bits_per_token, steps.bs_time_s)
 
 
 def make_decider(trace: Trace, scenario: Scenario, policy: Policy, seed: int | None = None) -> WirelessDecider:
@@ -147,7 +153,7 @@ def replay_batched(trace: Trace, decider: WirelessDecider, chunk: int = CHUNK) -
                               devices)
         decision = decide_batch(decider.policy, batch)
         assert decision is not None
-        lat = one_token_latency(batch, decision, profiles.tx_power_w, profiles.compute_power_w,
+        lat = one_token_latency(one_token_load(batch, decision), profiles.tx_power_w, profiles.compute_power_w,
                                 decider.bs_tx_power_w, decider.pool)
         flat["layer_s"][at], flat["energy_j"][at] = lat.layer_s, lat.energy_j
         flat["bits_dl"][at], flat["bits_ul"][at] = lat.bits_dl, lat.bits_ul

@@ -14,7 +14,7 @@ from wdmoe.policy import MinMaxBandwidth, TopK
 from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.evaluate import layer_breakdown as evaluate
 from wdmoe.radio.compute import DeviceProfile, DeviceProfiles
-from wdmoe.radio.latency import LayerLoad, layer_breakdown, request_latency, step_totals
+from wdmoe.radio.latency import LayerLoad, layer_breakdown, request_latency, request_times, step_totals
 from wdmoe.radio.link import LinkState
 from wdmoe.radio.rate import PoolMode
 
@@ -123,3 +123,17 @@ def test_policy_bridge_equals_the_radio_model(state: LayerState) -> None:
     bridged = evaluate(state, decision)
     for field in dataclasses.fields(direct):
         np.testing.assert_array_equal(getattr(bridged, field.name), getattr(direct, field.name))
+
+
+def test_request_times_is_request_latency_per_request() -> None:
+    hand = layer_breakdown(HAND_LOAD, HAND_LINK, HAND_PROFILES, np.array([1e6, 1e6]), bs_time_s=5e-4)
+    steps = [[step_totals([hand] * 2), step_totals([hand]), step_totals([hand] * 3)],  # request 0: prefill + 2
+             [step_totals([hand] * 4)]]  # request 1: prefill only
+    step_s = np.array([s.latency_s for request in steps for s in request])
+
+    got = request_times(step_s, np.array([0, 0, 0, 1]), np.array([False, True, True, False]), 2)
+
+    want = [request_latency(request[0], request[1:]) for request in steps]
+    np.testing.assert_allclose(got.ttft_s, [w.ttft_s for w in want], rtol=1e-15)
+    assert got.tpot_s[0] == pytest.approx(want[0].tpot_s, rel=1e-15)
+    assert np.isnan(got.tpot_s[1]) and np.isnan(want[1].tpot_s)

@@ -15,8 +15,9 @@ from wdmoe.policy.evaluate import layer_breakdown
 from wdmoe.policy.selection import profiles_of
 from wdmoe.policy.steps import OneTokenSteps, decide_batch, supports
 from wdmoe.radio.channel import redraw_fading, sample_links
+from wdmoe.radio.one_token import one_token_latency
 from wdmoe.sim.blocks import draw_blocks
-from wdmoe.sim.one_token import one_token_latency
+from wdmoe.sim.simulate import one_token_load
 
 POLICIES: list[Policy] = [TopK(), WLRThreshold(0.0), WLRThreshold(0.4), WLRThreshold(1.0),
                           WLRThreshold(0.3, normalize="sum"), JointSelectionBandwidth(),
@@ -64,7 +65,7 @@ def test_one_token_latency_equals_radio_latency(seed: int, top_k: int, num_devic
     tx = np.stack([profiles_of(s).tx_power_w for s in states])
     compute = np.stack([profiles_of(s).compute_power_w for s in states])
 
-    latency = one_token_latency(steps, batch, tx, compute, bs_tx_power_w=20.0)
+    latency = one_token_latency(one_token_load(steps, batch), tx, compute, bs_tx_power_w=20.0)
 
     for i, state in enumerate(states):
         if batch.fallback[i]:

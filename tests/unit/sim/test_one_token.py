@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from wdmoe.config import Scenario
 from wdmoe.policy.factory import make_policy
 from wdmoe.policy.steps import BatchDecision, OneTokenSteps, slot_groups
+from wdmoe.radio.one_token import OneTokenLatency, _row_sum, one_token_latency
 from wdmoe.radio.rate import PoolMode, pool_shares, share_time_s
-from wdmoe.sim.one_token import OneTokenLatency, _row_sum, one_token_latency
-from wdmoe.sim.simulate import replay
+from wdmoe.sim.simulate import one_token_load, replay
 from wdmoe.sim.synthesize import synthesize_trace
 
 
@@ -69,7 +69,7 @@ def test_one_token_latency_equals_the_array_form_bit_for_bit(seed: int, k: int, 
     pool = PoolMode.SEPARATE if separate else PoolMode.SHARED
 
     with np.errstate(invalid="ignore"):  # inf * 0 W where a slot has no band: nan, in both forms
-        got = one_token_latency(steps, decision, tx, compute, 20.0, pool)
+        got = one_token_latency(one_token_load(steps, decision), tx, compute, 20.0, pool)
         want = reference_latency(steps, decision, tx, compute, 20.0, pool)
 
     for field in ("layer_s", "bits_dl", "bits_ul", "energy_j"):

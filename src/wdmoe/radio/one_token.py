@@ -1,9 +1,11 @@
 """radio.latency's layer model for n one-token layer steps at once (the simulator's decode path).
 
-Contract: `one_token_latency(steps, decision, ...)` gives, per step, what `wdmoe.radio.latency.layer_breakdown`
-gives for that step's one-token LayerState and decision: layer seconds, bits each way, energy. It is built from
-the same pieces (`radio.rate.pool_shares` / `share_time_s`, the roofline of `OneTokenSteps.roof_s`) on the k slots
-of each step, in the same order of operations; tests/unit/sim compares it with `layer_breakdown` on random steps.
+Contract: `one_token_latency(load, ...)` gives, per step, what `wdmoe.radio.latency.layer_breakdown` gives for
+that step's one-token load and band split: layer seconds, bits each way, energy. It is built from the same pieces
+(`radio.rate.pool_shares` / `share_time_s`, the roofline of `OneTokenLoad.roof_s`, `latency.energy_parts_j`) on
+the k slots of each step, in the same order of operations; tests/unit/sim compares it with `layer_breakdown` on
+random steps. `OneTokenLoad` is what the simulator's batched decode hands over (`wdmoe.policy.steps`' steps and
+decision, as plain arrays).
 A one-token step never waits (its one token finishes with the slowest device), so waiting time is omitted.
 
 Speed: the work runs slot column by slot column on contiguous (n,) arrays. numpy reduces along a short last axis
@@ -20,12 +22,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 from wdmoe.radio.latency import energy_parts_j
 from wdmoe.radio.rate import PoolMode, pool_shares, share_time_s
 
 _COMPACT = 0.75  # compute a column's transfer times on its active slots alone below this active fraction
 _SEQUENTIAL_SUM = 8  # ndarray.sum over fewer entries than this adds them left to right from +0.0
+
+
+@dataclass(frozen=True)
+class OneTokenLoad:
+    """n one-token layer steps with k routed slots each, after a decision; (n, k) arrays unless noted.
+
+    Attributes:
+        slot_device: int, the device serving each slot. keep: bool, the slots that run.
+        roof_s: seconds of each slot's expert on its device for one token (radio.compute roofline).
+        share_hz: the band of each kept slot's device, Hz. snr_dl_per_hz / snr_ul_per_hz: each slot's link, Hz.
+        bits_per_token / bs_time_s: (n,) payload bits and BS seconds of each step.
+    """
+
+    slot_device: np.ndarray
+    keep: np.ndarray
+    roof_s: np.ndarray
+    share_hz: np.ndarray
+    snr_dl_per_hz: np.ndarray
+    snr_ul_per_hz: np.ndarray
+    bits_per_token: np.ndarray
+    bs_time_s: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -38,21 +60,20 @@ class OneTokenLatency:
     energy_j: np.ndarray
 
 
-def one_token_latency(steps: OneTokenSteps, decision: BatchDecision, tx_power_w: np.ndarray,
-                      compute_power_w: np.ndarray, bs_tx_power_w: float,
-                      pool: PoolMode = PoolMode.SHARED) -> OneTokenLatency:
+def one_token_latency(load: OneTokenLoad, tx_power_w: np.ndarray, compute_power_w: np.ndarray,
+                      bs_tx_power_w: float, pool: PoolMode = PoolMode.SHARED) -> OneTokenLatency:
     """The latency and energy of n one-token layer steps; tx_power_w, compute_power_w: (D,) or (n, D) watts.
 
     Each device with a kept slot is counted once, at its first kept slot (idle devices add exact zeros in
     radio.latency, so they are skipped; with more than two active devices the energy sums may differ from it in
     the last bit by summation order)."""
-    device, keep, roof = _columns(steps.slot_device), _columns(decision.keep), _columns(steps.roof_s)
+    device, keep, roof = _columns(load.slot_device), _columns(load.keep), _columns(load.roof_s)
     active, pairs, compute = _slot_groups(device, keep, roof)
-    shares = pool_shares(pool, decision.slot_share_hz)
+    shares = pool_shares(pool, load.share_hz)
     dl_hz = _columns(shares.dl_hz)
     ul_hz = dl_hz if shares.ul_hz is shares.dl_hz else _columns(shares.ul_hz)
-    snr_dl, snr_ul = _columns(steps.snr_dl_per_hz), _columns(steps.snr_ul_per_hz)
-    bits = steps.bits_per_token
+    snr_dl, snr_ul = _columns(load.snr_dl_per_hz), _columns(load.snr_ul_per_hz)
+    bits = load.bits_per_token
     slowest = np.zeros(bits.shape[0])  # max(axis=1, initial=0.0)
     bits_dl, bits_ul, tx_j, compute_j, bs_j = [], [], [], [], []
     for j, first in enumerate(active):
@@ -69,7 +90,7 @@ def one_token_latency(steps: OneTokenSteps, decision: BatchDecision, tx_power_w:
         compute_j.append(comp)
         bs_j.append(bs)
     energy = _row_sum(tx_j) + _row_sum(compute_j) + _row_sum(bs_j)
-    return OneTokenLatency(steps.bs_time_s + slowest, _row_sum(bits_dl), _row_sum(bits_ul), energy)
+    return OneTokenLatency(load.bs_time_s + slowest, _row_sum(bits_dl), _row_sum(bits_ul), energy)
 
 
 def _columns(values: np.ndarray) -> list[np.ndarray]:
