@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wdmoe.radio.compute import DeviceProfile, roofline_time_s
+from wdmoe.radio.compute import DeviceProfile, dense_flops_per_token, roofline_time_s
 from wdmoe.radio.latency import energy_parts_j
 from wdmoe.radio.link import LinkState
 from wdmoe.radio.params import DEFAULT_BS_TX_POWER_W
@@ -80,7 +80,7 @@ class LLMExpert:
     @property
     def flops_per_token(self) -> float:
         """2 FLOPs per parameter per token: a dense decoder's matmuls, attention over the context left out [R]."""
-        return 2.0 * self.params
+        return dense_flops_per_token(self.params)
 
     @property
     def weight_bytes(self) -> float:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wdmoe.plan.errors import PlanError
+from wdmoe.radio.compute import dense_flops_per_token
 
 BIT_WIDTHS = (32, 16, 8, 4)
 
@@ -90,7 +91,7 @@ class ModelRequirement:
             dtype_bits,
             expert_params,
             non_expert_params,
-            2.0 * expert_params,
+            dense_flops_per_token(expert_params),
             pop,
             imp,
             sizes,

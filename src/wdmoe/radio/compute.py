@@ -18,6 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 _UE_TX_POWER_W = 0.2  # 23 dBm, 3GPP power class 3 UE maximum output power (TS 38.101-1)
+FLOPS_PER_WEIGHT = 2.0  # one multiply and one add per weight per token: a dense layer's matmul
+
+
+def dense_flops_per_token(params: float) -> float:
+    """FLOPs of `params` dense weights on one token, 2 per weight (attention over the context left out) [R]."""
+    return FLOPS_PER_WEIGHT * params
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wdmoe.radio.compute import dense_flops_per_token
+
 
 @dataclass(frozen=True)
 class ModelCosts:
@@ -28,3 +30,11 @@ class ModelCosts:
     expert_weight_bytes: float
     bs_params_per_layer: dict[int, float]
     bytes_per_param: float
+
+    @classmethod
+    def gated(cls, hidden_size: int, intermediate_size: int, bytes_per_param: float,
+              bs_params_per_layer: dict[int, float]) -> ModelCosts:
+        """The costs of a model whose experts are gated FFNs of H x I (gate, up, down: 3 H I weights each)."""
+        weights = 3 * hidden_size * intermediate_size
+        return cls(hidden_size, dense_flops_per_token(weights), float(weights) * bytes_per_param,
+                   bs_params_per_layer, bytes_per_param)

@@ -154,8 +154,7 @@ class DistributedMoE:
             pending += float(sum(p.numel() for p in layer.parameters()))
             if index in self.dispatcher.primary:
                 per_layer[index], pending = pending, 0.0
-        return ModelCosts(hidden, 2.0 * 3 * hidden * inter, 3.0 * hidden * inter * bytes_per_param, per_layer,
-                          bytes_per_param)
+        return ModelCosts.gated(hidden, inter, bytes_per_param, per_layer)
 
     # -- the transformers surface -------------------------------------------------------------------------
     @property

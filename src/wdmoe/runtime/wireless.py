@@ -15,7 +15,7 @@ import numpy as np
 from wdmoe.config import Scenario
 from wdmoe.policy.base import Decision, LayerState, Policy
 from wdmoe.radio.channel import redraw_fading, redraws_at, sample_links
-from wdmoe.radio.compute import PRESETS, DeviceProfiles, roofline_time_s
+from wdmoe.radio.compute import PRESETS, DeviceProfiles, dense_flops_per_token, roofline_time_s
 from wdmoe.radio.costs import ModelCosts
 from wdmoe.radio.latency import LatencyBreakdown, LayerLoad, layer_breakdown
 from wdmoe.radio.link import LinkState
@@ -71,8 +71,8 @@ class WirelessDecider:
         params = self.costs.bs_params_per_layer[layer]
         return float(
             roofline_time_s(
-                num_tokens, 2.0 * params, params * self.costs.bytes_per_param, bs.flops_per_s, bs.mem_bytes_per_s,
-                bs.overhead_s,
+                num_tokens, dense_flops_per_token(params), params * self.costs.bytes_per_param, bs.flops_per_s,
+                bs.mem_bytes_per_s, bs.overhead_s,
             )
         )
 

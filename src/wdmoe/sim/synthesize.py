@@ -68,9 +68,8 @@ def mixtral_like_costs(num_layers: int, num_experts: int, hidden_size: int = 409
     k and v of H x kv_fraction H), the router (H x E) and two norms."""
     attention = 2.0 * hidden_size * hidden_size + 2.0 * hidden_size * hidden_size * kv_fraction
     per_layer = attention + hidden_size * num_experts + 2.0 * hidden_size
-    return ModelCosts(hidden_size, 2.0 * 3 * hidden_size * intermediate_size,
-                      3.0 * hidden_size * intermediate_size * bytes_per_param,
-                      dict.fromkeys(range(num_layers), per_layer), bytes_per_param)
+    return ModelCosts.gated(hidden_size, intermediate_size, bytes_per_param,
+                            dict.fromkeys(range(num_layers), per_layer))
 
 
 def synthesize_trace(rng: np.random.Generator, num_layers: int, num_experts: int, top_k: int, num_requests: int,
