@@ -28,8 +28,9 @@ import numpy as np
 
 from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.selection import device_costs
+from wdmoe.radio.exactmath import LN2, exp_array, log, log1p, log1p_array
 
-_LN2 = math.log(2.0)
+_LN2 = LN2
 
 
 class BandwidthAllocator(Protocol):
@@ -50,8 +51,8 @@ def time_and_inverse_slope(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarr
     """t(b) and w = 1/|dt/db|; need_* are bits * ln 2, so a transfer takes need / (b ln(1 + s/b))."""
     y_dl = s_dl / b
     y_ul = s_ul / b
-    l_dl = np.log1p(y_dl)
-    l_ul = np.log1p(y_ul)
+    l_dl = log1p_array(y_dl)  # radio.exactmath: the same bits as scalar_time's log1p, on any CPU
+    l_ul = log1p_array(y_ul)
     t_dl = need_dl / (b * l_dl)
     t_ul = need_ul / (b * l_ul)
     slope = (t_dl * (l_dl - y_dl / (1.0 + y_dl)) / l_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
@@ -79,7 +80,7 @@ def _newton(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np
     first = True
     for _ in range(max_iter):
         np.divide(snr, b, out=y)
-        np.log1p(y, out=log_term)
+        log_term[...] = log1p_array(y)
         np.divide(need, np.multiply(log_term, b, out=work), out=transfer)
         # b * |d transfer / db| = transfer * (1 - y / ((1 + y) * log_term)), built in `work`
         np.add(y, 1.0, out=work)
@@ -136,7 +137,7 @@ def scalar_time(b: float, need_dl: float, need_ul: float, base: float, s_dl: flo
                 s_ul: float) -> tuple[float, float]:
     """`time_and_inverse_slope` for one device with Python floats (the decode fast path)."""
     y_dl, y_ul = s_dl / b, s_ul / b
-    l_dl, l_ul = math.log1p(y_dl), math.log1p(y_ul)
+    l_dl, l_ul = log1p(y_dl), log1p(y_ul)
     t_dl, t_ul = need_dl / (b * l_dl), need_ul / (b * l_ul)
     slope = (t_dl * (l_dl - y_dl / (1.0 + y_dl)) / l_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
     return t_dl + t_ul + base, (1.0 / slope if slope > 0.0 else math.inf)
@@ -252,17 +253,17 @@ def _bisection(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl:
     floor = base + need_dl / s_dl + need_ul / s_ul  # t_k with infinite bandwidth
     t_lo = float(floor.max())
     t_hi = float(time_and_inverse_slope(np.full(n, budget / n), need_dl, need_ul, base, s_dl, s_ul)[0].max())
-    log_lo, log_hi = np.log(budget) - 80.0, np.log(budget)
+    log_lo, log_hi = log(budget) - 80.0, log(budget)
 
     def shares(target: float) -> np.ndarray:
         lo, hi = np.full(n, log_lo), np.full(n, log_hi)
         for _ in range(200):
             mid = 0.5 * (lo + hi)
-            fast = time_and_inverse_slope(np.exp(mid), need_dl, need_ul, base, s_dl, s_ul)[0] <= target
+            fast = time_and_inverse_slope(exp_array(mid), need_dl, need_ul, base, s_dl, s_ul)[0] <= target
             hi = np.where(fast, mid, hi)
             lo = np.where(fast, lo, mid)
-        fits = time_and_inverse_slope(np.exp(hi), need_dl, need_ul, base, s_dl, s_ul)[0] <= target
-        return np.where(fits, np.exp(hi), np.inf)
+        fits = time_and_inverse_slope(exp_array(hi), need_dl, need_ul, base, s_dl, s_ul)[0] <= target
+        return np.where(fits, exp_array(hi), np.inf)
 
     for _ in range(200):
         mid = 0.5 * (t_lo + t_hi)

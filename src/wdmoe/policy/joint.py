@@ -33,8 +33,9 @@ import numpy as np
 from wdmoe.policy.bandwidth import minmax_split, pair_split, scalar_time, time_and_inverse_slope
 from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.selection import DeviceCosts, device_costs, device_times_s, profiles_of, renormalize
+from wdmoe.radio.exactmath import LN2
 
-_LN2 = float(np.log(2.0))
+_LN2 = LN2
 
 
 @dataclass(frozen=True)

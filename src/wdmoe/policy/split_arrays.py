@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from wdmoe.policy.bandwidth import LOG_LN2, LOG_SERIES, PRESOLVE_ITER, PRESOLVE_LAST, SQRT_TWO, time_and_inverse_slope
+from wdmoe.radio.exactmath import LN2
 
-_LN2 = float(np.log(2.0))  # policy.joint's constant
+_LN2 = LN2  # policy.joint's constant
 
 
 def scalar_time(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray,

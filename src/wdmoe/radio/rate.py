@@ -15,9 +15,10 @@ from enum import Enum
 
 import numpy as np
 
+from wdmoe.radio.exactmath import LN2, log1p_array
 from wdmoe.radio.link import LinkState
 
-_LOG2_E = 1.0 / np.log(2.0)
+_LOG2_E = 1.0 / LN2
 
 
 class PoolMode(Enum):
@@ -66,7 +67,7 @@ def shannon_rate_bps(bandwidth_hz: np.ndarray | float, snr_per_hz: np.ndarray | 
     s = np.asarray(snr_per_hz, dtype=float)
     positive = b > 0.0
     safe_b = np.where(positive, b, 1.0)
-    return np.where(positive, safe_b * np.log1p(s / safe_b) * _LOG2_E, 0.0)
+    return np.where(positive, safe_b * log1p_array(s / safe_b) * _LOG2_E, 0.0)
 
 
 def rate_dl_bps(link: LinkState, bandwidth_hz: np.ndarray) -> np.ndarray:

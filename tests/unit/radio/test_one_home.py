@@ -134,9 +134,8 @@ def test_scan_leaves_other_code_alone(snippet: str) -> None:
 
 # What the scan found outside radio/ when it was written (issue 14): each moves to radio/ and leaves this list.
 KNOWN: dict[str, list[str]] = {
-    "policy/bandwidth.py": ["ln2", "shannon"],
-    "policy/joint.py": ["ln2", "roofline"],
-    "policy/split_arrays.py": ["ln2"],
+    "policy/bandwidth.py": ["shannon"],
+    "policy/joint.py": ["roofline"],
 }
 
 
