@@ -15,11 +15,13 @@ from TR 38.901 is marked "[R] reconstruction" (papers.md tags): it is ours, not 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
+from wdmoe.radio.exactmath import exp10, exp10_array, exp_array, log10, log10_array
 from wdmoe.radio.link import LinkState
 from wdmoe.radio.params import ChannelModel, Coherence, FadingName, LosMode, RadioParams
 
@@ -87,7 +89,8 @@ class LargeScale:
 
 def distance_3d_m(distance_2d_m: np.ndarray | float, bs_height_m: float, ut_height_m: float) -> np.ndarray:
     """d_3D = sqrt(d_2D^2 + (h_BS - h_UT)^2) in metres (TR 38.901 Figure 7.4.1-1); any shape."""
-    return np.sqrt(np.square(np.asarray(distance_2d_m, dtype=float)) + (bs_height_m - ut_height_m) ** 2)
+    height = bs_height_m - ut_height_m
+    return np.sqrt(np.square(np.asarray(distance_2d_m, dtype=float)) + height * height)
 
 
 def breakpoint_distance_m(bs_height_m: float, ut_height_m: float, carrier_ghz: float) -> float:
@@ -141,9 +144,9 @@ def _two_slope_los_db(
 ) -> np.ndarray:
     """UMa/UMi LoS: slope1 below the breakpoint, 40 dB/decade beyond it (PL1/PL2 of Table 7.4.1-1)."""
     d_bp = breakpoint_distance_m(bs_h, ut_h, carrier_ghz)
-    freq_db = 20.0 * np.log10(carrier_ghz)
-    pl1 = pl0_db + slope1 * np.log10(d3d) + freq_db
-    pl2 = pl0_db + 40.0 * np.log10(d3d) + freq_db - bp_coeff * np.log10(d_bp**2 + (bs_h - ut_h) ** 2)
+    freq_db = 20.0 * log10(carrier_ghz)  # radio.exactmath: the same bits on every CPU (module docstring)
+    pl1 = pl0_db + slope1 * log10_array(d3d) + freq_db
+    pl2 = pl0_db + 40.0 * log10_array(d3d) + freq_db - bp_coeff * log10(d_bp * d_bp + (bs_h - ut_h) * (bs_h - ut_h))
     return np.where(d2d <= d_bp, pl1, pl2)
 
 
@@ -173,7 +176,7 @@ def pathloss_38901_db(
     d2d = np.atleast_1d(np.asarray(distance_2d_m, dtype=float))
     d3d = distance_3d_m(d2d, bs_h, ut_h)
     _check_range(model, d2d, d3d)
-    log_d, log_f = np.log10(d3d), np.log10(carrier_ghz)
+    log_d, log_f = log10_array(d3d), log10(carrier_ghz)
     if model == "uma":
         pl_los = _two_slope_los_db(d2d, d3d, carrier_ghz, bs_h, ut_h, 28.0, 22.0, 9.0)
         pl_nlos = 13.54 + 39.08 * log_d + 20.0 * log_f - 0.6 * (ut_h - 1.5)
@@ -196,7 +199,7 @@ def pathloss_log_distance_db(
     d = np.asarray(distance_m, dtype=float)
     if np.any(d <= 0.0):
         raise ValueError(f"log-distance path loss needs distances > 0 m; got min {d.min():g} m")
-    return pl0_db + 10.0 * exponent * np.log10(d / d0_m)
+    return pl0_db + 10.0 * exponent * log10_array(d / d0_m)
 
 
 def los_probability(
@@ -211,15 +214,17 @@ def los_probability(
     """
     d = np.maximum(np.atleast_1d(np.asarray(distance_2d_m, dtype=float)), 1e-9)
     if model == "inh":
-        near = np.exp(-(d - 1.2) / 4.7)
-        far = 0.32 * np.exp(-(d - 6.5) / 32.6)
+        near = exp_array(-(d - 1.2) / 4.7)
+        far = 0.32 * exp_array(-(d - 6.5) / 32.6)
         return np.where(d <= 1.2, 1.0, np.where(d < 6.5, near, far))
     scale = 63.0 if model == "uma" else 36.0
-    p = 18.0 / d + np.exp(-d / scale) * (1.0 - 18.0 / d)
+    p = 18.0 / d + exp_array(-d / scale) * (1.0 - 18.0 / d)
     if model == "uma":
         h_ut = MODELS["uma"].ut_height_m if ut_height_m is None else ut_height_m
-        c_prime = 0.0 if h_ut <= 13.0 else ((h_ut - 13.0) / 10.0) ** 1.5
-        p = p * (1.0 + c_prime * 1.25 * (d / 100.0) ** 3 * np.exp(-d / 150.0))
+        c_prime = 0.0 if h_ut <= 13.0 else (h_ut - 13.0) / 10.0 * math.sqrt((h_ut - 13.0) / 10.0)  # ^1.5
+        cube = d / 100.0
+        cube = cube * cube * cube  # products, not pow: pow's last bit depends on the CPU
+        p = p * (1.0 + c_prime * 1.25 * cube * exp_array(-d / 150.0))
     return np.where(d <= 18.0, 1.0, p)
 
 
@@ -265,10 +270,10 @@ def draw_fading(
         return np.ones(size)
     scattered = (rng.standard_normal(size) + 1j * rng.standard_normal(size)) / np.sqrt(2.0)
     if fading == "rayleigh":
-        return np.abs(scattered) ** 2
-    k = 10.0 ** (k_factor_db / 10.0)
+        return scattered.real * scattered.real + scattered.imag * scattered.imag  # |h|^2 (abs is a CPU's hypot)
+    k = exp10(k_factor_db / 10.0)
     h = np.sqrt(k / (k + 1.0)) + np.sqrt(1.0 / (k + 1.0)) * scattered
-    return np.abs(h) ** 2
+    return h.real * h.real + h.imag * h.imag
 
 
 def draw_distances_2d_m(
@@ -278,12 +283,12 @@ def draw_distances_2d_m(
 
     Uniform in area, so r = sqrt(U(min^2, max^2)) [R] reconstruction (papers.md §2.2 only says d ~ U).
     """
-    return np.sqrt(rng.uniform(distance_min_m**2, distance_max_m**2, size=num_devices))
+    return np.sqrt(rng.uniform(distance_min_m * distance_min_m, distance_max_m * distance_max_m, size=num_devices))
 
 
 def noise_psd_w_per_hz(noise_figure_db: float) -> float:
     """N0 * NF in W/Hz: thermal noise -174 dBm/Hz raised by the receiver noise figure (dB)."""
-    return float(10.0 ** ((THERMAL_NOISE_DBM_PER_HZ + noise_figure_db - 30.0) / 10.0))
+    return exp10((THERMAL_NOISE_DBM_PER_HZ + noise_figure_db - 30.0) / 10.0)
 
 
 def snr_per_hz(
@@ -293,7 +298,7 @@ def snr_per_hz(
 
     The SNR over a share of b Hz is snr_per_hz / b (the transmit power spread over the share).
     """
-    rx_w = 10.0 ** ((tx_power_dbm - np.asarray(pathloss_db, dtype=float) - 30.0) / 10.0)
+    rx_w = exp10_array((tx_power_dbm - np.asarray(pathloss_db, dtype=float) - 30.0) / 10.0)
     return rx_w * np.asarray(gain, dtype=float) / noise_psd_w_per_hz(noise_figure_db)
 
 

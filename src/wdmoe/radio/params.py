@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from wdmoe.radio.exactmath import exp10
 from wdmoe.radio.rate import PoolMode
 
 ChannelModel = Literal["uma", "umi", "inh", "log_distance"]
@@ -23,8 +24,8 @@ DEFAULT_DEVICE_TX_POWER_DBM = 23.0  # dBm, papers.md §2.2 placeholder [R]
 
 
 def dbm_to_w(power_dbm: float) -> float:
-    """P in W = 10^(P in dBm / 10) / 1000."""
-    return 10 ** (power_dbm / 10) / 1e3
+    """P in W = 10^(P in dBm / 10) / 1000 (radio.exactmath's 10^x: the same bits on every CPU)."""
+    return exp10(power_dbm / 10) / 1e3
 
 
 DEFAULT_BS_TX_POWER_W = dbm_to_w(DEFAULT_BS_TX_POWER_DBM)  # 19.95 W

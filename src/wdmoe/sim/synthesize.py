@@ -19,6 +19,7 @@ import numpy as np
 
 from wdmoe.placement import Placement
 from wdmoe.radio.costs import ModelCosts
+from wdmoe.radio.exactmath import log_array
 from wdmoe.sim.trace import DECODE, PREFILL, Trace
 
 
@@ -103,7 +104,7 @@ def synthesize_trace(rng: np.random.Generator, num_layers: int, num_experts: int
     weight = -np.sort(-rng.dirichlet(np.full(top_k, concentration), size=rows), axis=1)  # (N, k) decreasing
     logits = None
     if with_logits:
-        log_w = np.log(np.maximum(weight, 1e-30))
+        log_w = log_array(np.maximum(weight, 1e-30))
         floor = log_w.min(axis=1, keepdims=True) - 1e-3 - rng.exponential(1.0, size=(rows, num_experts))
         logits = floor.copy()
         np.put_along_axis(logits, index, log_w, axis=1)

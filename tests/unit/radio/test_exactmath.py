@@ -51,6 +51,7 @@ EXP10_INPUTS = np.concatenate([RNG.uniform(-307.0, 308.25, N), RNG.uniform(-3.0,
 CASES = [
     ("log1p", exactmath.log1p, exactmath.log1p_array, mpmath.log1p, LOG1P_INPUTS, 1.0),
     ("log", exactmath.log, exactmath.log_array, mpmath.log, LOG_INPUTS, 1.0),
+    ("log10", exactmath.log10, exactmath.log10_array, mpmath.log10, LOG_INPUTS, 2.5),
     ("exp", exactmath.exp, exactmath.exp_array, mpmath.exp, EXP_INPUTS, 1.5),
     ("exp10", exactmath.exp10, exactmath.exp10_array, lambda v: mpmath.power(10, v), EXP10_INPUTS, 2.0),
 ]
