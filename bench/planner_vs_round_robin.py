@@ -59,7 +59,7 @@ def accuracy(
     model_dir: Path, copies: Copies, bits: np.ndarray, req: ModelRequirement, tokens: int
 ) -> tuple[float, float]:
     """Held-out (perplexity, next-token accuracy) of the model split with these copies and widths."""
-    from wdmoe.cli.eval_cmd import heldout_documents
+    from wdmoe.eval.evaluate import heldout_documents
     from wdmoe.eval.language import language_scores
     from wdmoe.model.shipped import HELDOUT_TEXT
     from wdmoe.model.split import load_hf_model, split_model

@@ -1,18 +1,17 @@
-"""Choosing a device pool by name, for the CLI: `local` (in-process, the default) or `ray` (one actor per device).
+"""Choosing a device pool by name (`wdmoe.runtime.open`): `local` (in-process, the default) or `ray` (one actor
+per device).
 
-    root, tmp = split_dir_for(model_dir, devices)          # a split directory as-is, or a split made on the fly
     pool = make_pool("ray", root, Manifest.read(root), emulate_air=True)
     model = DistributedMoE.from_pretrained(root, pool=pool)
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from wdmoe.backends.base import DevicePool
-from wdmoe.model.shards import MANIFEST, Manifest
+from wdmoe.model.shards import Manifest
 
 BACKENDS = ("local", "ray")
 RAY_CLUSTER_OPTIONS = ("address", "token_file", "object_store_mb", "num_cpus")
@@ -40,16 +39,3 @@ def make_pool(backend: str, root: Path, manifest: Manifest, **opts: Any) -> Devi
         return RayDevicePool(root, manifest, RayOptions(**cluster), **opts)
     raise ValueError(f"backend {backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
 
-
-def split_dir_for(
-    path: Path, num_devices: int | None = None
-) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
-    """`path` if it is a split directory, else a split of the HF model at `path` over `num_devices` (default 8)
-    in a temporary directory that the caller cleans up after closing the model (the second item)."""
-    if (path / MANIFEST).is_file():
-        return path, None
-    from wdmoe.model.split import load_hf_model, split_model
-
-    tmp = tempfile.TemporaryDirectory(prefix="wdmoe-split-")
-    split_model(load_hf_model(path), Path(tmp.name) / "split", num_devices or 8, None, path)
-    return Path(tmp.name) / "split", tmp

@@ -35,15 +35,15 @@ def demo(
         import torch
         from transformers import AutoModelForCausalLM
 
-        from wdmoe.cli.eval_cmd import heldout_documents
         from wdmoe.config import Scenario
+        from wdmoe.eval.evaluate import heldout_documents
         from wdmoe.eval.language import language_scores
         from wdmoe.model import shipped
         from wdmoe.policy.factory import make_policy
-        from wdmoe.runtime.model import DistributedMoE
+        from wdmoe.runtime.open import ModelOptions, open_model
 
         model_dir = shipped.default_model_dir()
-        model = DistributedMoE.from_pretrained(model_dir, num_devices=devices)
+        model = open_model(model_dir, ModelOptions(devices=devices))
         ids = _prompt_ids(model, prompt)
         reference = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
         with torch.inference_mode():

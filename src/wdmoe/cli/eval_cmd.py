@@ -2,69 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from tqdm import tqdm
 
 from wdmoe.cli.common import console, offline, print_json, user_errors
-
-
-def evaluate(
-    model: Any,
-    documents: list[list[int]],
-    block_size: int,
-    task: Path | None,
-    unigram: list[int] | None,
-    show_progress: bool = True,
-    bos: bool = False,
-) -> dict[str, Any]:
-    """Scores of a loaded model (policy already set) on tokenized documents and an optional task file (scored by
-    `wdmoe.eval.multiple_choice.score_task`; `bos`: its BOS convention)."""
-    from wdmoe.eval.language import blocks, language_scores
-    from wdmoe.eval.multiple_choice import load_task, score_task
-    from wdmoe.eval.unigram import unigram_perplexity_from_counts
-
-    with tqdm(total=len(blocks(documents, block_size)), desc="held-out", disable=not show_progress) as bar:
-        scores = language_scores(model, documents, block_size, progress=bar.update)
-    result: dict[str, Any] = {
-        "perplexity": scores.perplexity,
-        "next_token_accuracy": scores.next_token_accuracy,
-        "tokens": scores.tokens,
-        "experts_per_token_mean": model.summary()["experts_per_token_mean"],
-    }
-    if unigram is not None:
-        targets = [i for chunk in blocks(documents, block_size) for i in chunk[1:]]  # the tokens the model predicted
-        result["unigram_perplexity"] = unigram_perplexity_from_counts(unigram, targets)
-    if task is not None:
-        items = load_task(task)
-        with tqdm(total=len(items), desc="task", disable=not show_progress) as bar:
-            task_scores = score_task(model, model.tokenizer, items, bos=bos, progress=bar.update)
-        result.update(
-            task=str(task),
-            task_accuracy=task_scores.accuracy,
-            task_accuracy_norm=task_scores.accuracy_norm,
-            task_items=task_scores.items,
-            task_bos=bos,
-        )
-    return result
-
-
-def heldout_documents(model: Any, text_file: Path, max_tokens: int) -> list[list[int]]:
-    from wdmoe.train.data import read_documents
-
-    if model.tokenizer is None:
-        raise ValueError("this model has no tokenizer, so it cannot be evaluated on text; use the shipped model")
-    documents, total = [], 0
-    for text in read_documents(text_file):
-        ids = model.tokenizer(text)["input_ids"]
-        documents.append(ids)
-        total += len(ids)
-        if total >= max_tokens:
-            break
-    return documents
 
 
 def eval_(
@@ -96,10 +39,11 @@ def eval_(
     """Held-out perplexity, next-token accuracy and task accuracy under a policy (experts on in-process devices)."""
     offline()
     with user_errors():
-        from wdmoe.config import Scenario, load_scenario
+        from wdmoe.config import load_scenario
+        from wdmoe.eval.evaluate import evaluate, heldout_documents, training_unigram_counts
         from wdmoe.model import shipped
         from wdmoe.policy.factory import make_policy
-        from wdmoe.runtime.model import DistributedMoE
+        from wdmoe.runtime.open import ModelOptions, open_model
 
         use_shipped = model_dir is None
         model_dir = model_dir or shipped.default_model_dir()
@@ -108,17 +52,16 @@ def eval_(
         text = text or shipped.HELDOUT_TEXT
         if task is None and use_shipped:
             task = shipped.CONTINUATION_TASK
-        model = DistributedMoE.from_pretrained(model_dir, num_devices=devices)
-        radio = load_scenario(scenario) if scenario else Scenario.default(num_devices=model.num_devices)
-        model.set_policy(make_policy(policy, theta=theta), radio)
-        counts_file = Path(model_dir) / shipped.UNIGRAM_COUNTS
-        unigram = json.loads(counts_file.read_text()) if counts_file.is_file() else None
+        model = open_model(model_dir, ModelOptions(
+            devices=devices, policy=make_policy(policy, theta=theta),
+            scenario=load_scenario(scenario) if scenario else None,
+        ))
         result = evaluate(
             model,
             heldout_documents(model, text, max_tokens),
             block_size,
             task,
-            unigram,
+            training_unigram_counts(model_dir),
             show_progress=not json_out,
             bos=bos,
         )

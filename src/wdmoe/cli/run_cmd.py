@@ -98,40 +98,26 @@ def run(
     with user_errors():
         import torch
 
-        from wdmoe.backends.factory import make_pool, split_dir_for
-        from wdmoe.config import Scenario, load_scenario
-        from wdmoe.model.shards import Manifest
-        from wdmoe.model.shipped import default_model_dir
+        from wdmoe.config import load_scenario
         from wdmoe.policy.factory import make_policy
-        from wdmoe.runtime.model import DistributedMoE
-
-        model_dir = model_dir or default_model_dir()
-        radio = load_scenario(scenario) if scenario else None
-        if radio is not None and devices is None and not (model_dir / "manifest.json").is_file():
-            devices = radio.num_devices  # split a HF directory over the scenario's devices
         from wdmoe.runtime.loading import device_options
+        from wdmoe.runtime.open import ModelOptions, open_model
 
         opts = device_options(device, dtype)
-        root, tmp = split_dir_for(model_dir, devices)
         ray_opts = dict(
             address=ray_address, token_file=token_file, emulate_air=emulate_air, call_timeout_s=call_timeout,
             transport=transport,
         )
-        local_opts = dict(torch_device=opts.torch_device, dtype=opts.dtype)
-        pool = make_pool(backend, root, Manifest.read(root), **(ray_opts if backend == "ray" else local_opts))
-        model = DistributedMoE.from_pretrained(
-            root, num_devices=devices, pool=pool, torch_device=opts.torch_device, dtype=opts.dtype
-        )
-        radio = radio or Scenario.default(num_devices=model.num_devices)
-        model.set_policy(make_policy(policy, theta=theta, seed=seed), radio)
+        model = open_model(model_dir, ModelOptions(
+            devices=devices, backend=backend, pool_options=ray_opts, torch_device=opts.torch_device, dtype=opts.dtype,
+            policy=make_policy(policy, theta=theta, seed=seed), scenario=load_scenario(scenario) if scenario else None,
+        ))
         ids = encode_prompt(model, prompt, prompt_ids)
         torch.manual_seed(seed)
         sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p) if do_sample else {}
         report = generate_report(model, ids, max_new_tokens, **sampling)
         report.update(policy=policy, backend=backend)
         model.close()
-        if tmp is not None:
-            tmp.cleanup()
     if json_out:
         print_json(report)
         return

@@ -39,45 +39,28 @@ PlanClusterOpt = Annotated[
 def load_engine(model_dir: Path | None, devices: int | None, policy: str, theta: float, scenario: Path | None,
                 backend: Backend, plan_cluster: Path | None = None, **ray_opts: Any) -> Engine:
     """The model behind a server: split (or load) it, set the policy over the radio scenario, wrap it."""
-    from wdmoe.backends.factory import make_pool, split_dir_for
-    from wdmoe.config import Scenario, load_scenario
-    from wdmoe.model.shards import Manifest
+    from wdmoe.config import load_scenario
     from wdmoe.model.shipped import default_model_dir
+    from wdmoe.plan.serving import planned_model
     from wdmoe.policy.factory import make_policy
-    from wdmoe.runtime.model import DistributedMoE
+    from wdmoe.runtime.open import ModelOptions, open_model
     from wdmoe.serve.engine import Engine
 
     model_dir = model_dir or default_model_dir()
     radio = load_scenario(scenario) if scenario else None
-    if radio is not None and devices is None and not (model_dir / "manifest.json").is_file():
-        devices = radio.num_devices
-    if plan_cluster is not None:
-        return _planned_engine(model_dir, plan_cluster, policy, theta, radio, backend)
-    root, _tmp = split_dir_for(model_dir, devices)  # a split made on the fly lives as long as the server
     opts = {k: v for k, v in ray_opts.items() if v is not None} if backend is Backend.ray else {}
-    model = DistributedMoE.from_pretrained(
-        root, num_devices=devices, pool=make_pool(backend.value, root, Manifest.read(root), **opts)
-    )
-    model._tmp = _tmp
-    model.set_policy(make_policy(policy, theta=theta), radio or Scenario.default(num_devices=model.num_devices))
-    engine = Engine(model, name=model_dir.name or "wdmoe")
-    model.telemetry.listeners.append(lambda step: _report_failures(engine, step))
-    return engine
-
-
-def _planned_engine(model_dir: Path, cluster: Path, policy: str, theta: float, radio: Any, backend: Backend) -> Engine:
-    """`--plan-cluster`: the planner's placement, and a new plan applied between requests (wdmoe.plan.serving)."""
-    from wdmoe.config import Scenario
-    from wdmoe.plan.serving import planned_model
-    from wdmoe.policy.factory import make_policy
-    from wdmoe.serve.engine import Engine
-
-    if backend is not Backend.local:
+    options = ModelOptions(devices=devices, backend=backend.value, pool_options=opts,
+                           policy=make_policy(policy, theta=theta), scenario=radio)
+    controller = None
+    if plan_cluster is None:
+        model = open_model(model_dir, options)  # a split made on the fly lives as long as the model
+    elif backend is not Backend.local:
         raise ValueError("--plan-cluster re-splits the model between requests: it needs --backend local")
-    model, controller = planned_model(model_dir, cluster)
-    model.set_policy(make_policy(policy, theta=theta), radio or Scenario.default(num_devices=model.num_devices))
+    else:  # the planner's placement, and a new plan applied between requests (wdmoe.plan.serving)
+        model, controller = planned_model(model_dir, plan_cluster, options)
     engine = Engine(model, name=model_dir.name or "wdmoe")
-    engine.between_requests.append(functools.partial(_update_plan, engine, controller))
+    if controller is not None:
+        engine.between_requests.append(functools.partial(_update_plan, engine, controller))
     model.telemetry.listeners.append(lambda step: _report_failures(engine, step))
     return engine
 

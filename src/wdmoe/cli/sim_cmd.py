@@ -108,16 +108,16 @@ def record(
         from wdmoe.config import load_scenario
         from wdmoe.model.shipped import default_model_dir
         from wdmoe.policy.factory import make_policy
-        from wdmoe.runtime.model import DistributedMoE
+        from wdmoe.runtime.open import ModelOptions, open_model
         from wdmoe.sim.trace import record_trace
 
         prompts = [(p, None) for p in prompt or []] + [(None, ids) for ids in prompt_ids or []]
         if not prompts:
             raise ValueError("give at least one --prompt TEXT or --prompt-ids 1,2,3")
         directory = model_dir or default_model_dir()
-        model = DistributedMoE.from_pretrained(directory, num_devices=devices)
-        if policy is not None:
-            model.set_policy(make_policy(policy, theta=theta), load_scenario(scenario) if scenario else None)
+        chosen = make_policy(policy, theta=theta) if policy is not None else None
+        radio = load_scenario(scenario) if scenario and chosen is not None else None  # --scenario goes with --policy
+        model = open_model(directory, ModelOptions(devices=devices, policy=chosen, scenario=radio))
         model.telemetry.clear()
         import torch
 

@@ -40,13 +40,11 @@ def experiment_trace(setup: Setup, progress: Progress) -> Trace:
 
 
 def _load_model(setup: Setup) -> Any:
-    from wdmoe.cli.common import offline
-    from wdmoe.runtime.model import DistributedMoE
+    from wdmoe.runtime.open import ModelOptions, open_model
 
-    offline()
     if setup.model_dir is None:
         raise ValueError("the experiment needs a model directory (Setup.model_dir) to record or score accuracy")
-    return DistributedMoE.from_pretrained(setup.model_dir, num_devices=setup.scenario.num_devices)
+    return open_model(setup.model_dir, ModelOptions(devices=setup.scenario.num_devices))
 
 
 def _text(setup: Setup) -> Path:
@@ -59,7 +57,7 @@ def record(setup: Setup, progress: Progress) -> Trace:
     """Generate `new_tokens` greedily for each of `requests` held-out prompts and record the router trace."""
     import torch
 
-    from wdmoe.cli.eval_cmd import heldout_documents
+    from wdmoe.eval.evaluate import heldout_documents
     from wdmoe.sim.trace import record_trace
 
     model = _load_model(setup)
@@ -101,7 +99,7 @@ def accuracies(setup: Setup, specs: Sequence[PolicySpec], progress: Progress) ->
 
 def _evaluate_missing(setup: Setup, specs: Sequence[PolicySpec], cache: dict[str, dict[str, float]], path: Path,
                       progress: Progress) -> None:
-    from wdmoe.cli.eval_cmd import evaluate, heldout_documents
+    from wdmoe.eval.evaluate import evaluate, heldout_documents
 
     model = _load_model(setup)
     documents = heldout_documents(model, _text(setup), setup.max_tokens)

@@ -118,6 +118,24 @@ def split_model(
     return manifest
 
 
+def split_dir_for(
+    path: Path, num_devices: int | None = None, placement: Placement | None = None
+) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+    """`path` if it is a split directory, else a split of the HF model at `path` over `num_devices` (default 8;
+    `placement`: default expert e on device e mod D) in a new temporary directory, returned second: whoever
+    holds it removes it (`DistributedMoE` takes it as `temporary=` and removes it on close())."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path, None
+    tmp = tempfile.TemporaryDirectory(prefix="wdmoe-split-")
+    try:
+        split_model(load_hf_model(path), Path(tmp.name) / "split", num_devices or 8, placement, path)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return Path(tmp.name) / "split", tmp
+
+
 def expert_bits(bits: ExpertBits, placement: Placement) -> dict[tuple[int, int], int]:
     """{(layer, expert): width} of every expert of `placement` given `bits` (split_model's argument), checked."""
     pairs = [(layer, e) for layer in placement.moe_layers for e in range(placement.num_experts)]

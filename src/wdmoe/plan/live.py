@@ -88,7 +88,11 @@ class PlanController:
         ttl_s: float = 60.0,
         source: Path | None = None,
         make_pool: PoolFactory | None = None,
+        source_model: Any = None,
     ) -> None:
+        """`source`: an HF or split directory of the model (default: the attached model's split);
+        `source_model`: the whole model (transformers) if the caller holds it in memory already (default: loaded
+        from `source` at the first re-plan); `make_pool`: builds the pool of a new split (default in-process)."""
         self.plan = plan
         self.requirement = requirement
         self.replanner = replanner or Replanner(radio)
@@ -99,7 +103,7 @@ class PlanController:
         self.declared: dict[str, ResourceStatus] = {s.device: s for s in plan.devices}
         self.left: set[str] = set()
         self.updates: list[LiveUpdate] = []
-        self._source_model: Any = None
+        self._source_model = source_model
         self._splits = 0
         for status in plan.devices:
             self.registry.publish(status)

@@ -1,14 +1,17 @@
 """Updating in the server: a model split by the planner for a cluster, with the controller that re-plans it.
 
-Contract: `planned_model(model_dir, cluster_file)` calibrates the model (an HF directory; a split directory is
-assembled back and gets uniform popularity), plans it on the cluster (`plan_deployment`), splits it with the
-plan's placement and bit widths into a temporary directory that lives as long as the model (`model._tmp`), and
-returns the model with an attached `PlanController` whose new splits go under that directory too. `wdmoe serve
---plan-cluster FILE` calls `controller.between_requests(model)` after every request.
+Contract: `planned_model(model_dir, cluster_file, options)` calibrates the model (an HF directory; a split
+directory is assembled back and gets uniform popularity), plans it on the cluster (`plan_deployment`), splits it
+with the plan's placement and bit widths into a temporary directory that the model owns (`open_model(...,
+temporary=)`: it lives as long as the model), opens it with `options` (policy, scenario, air; the plan decides the
+devices, the pool is in-process), and returns the model with an attached `PlanController` whose new splits go
+under that directory too. `wdmoe serve --plan-cluster FILE` calls `controller.between_requests(model)` after
+every request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -20,16 +23,24 @@ from wdmoe.plan.planner import plan_deployment
 
 if TYPE_CHECKING:
     from wdmoe.runtime.model import DistributedMoE
+    from wdmoe.runtime.open import ModelOptions
 
 log = logging.getLogger(__name__)
 
 
-def planned_model(model_dir: Path, cluster_file: Path) -> tuple[DistributedMoE, PlanController]:
+def planned_model(
+    model_dir: Path, cluster_file: Path, options: ModelOptions | None = None
+) -> tuple[DistributedMoE, PlanController]:
     """The model split by a plan for `cluster_file`, and its attached controller (module docstring)."""
     from wdmoe.model.split import load_hf_model, split_model
     from wdmoe.plan.calibrate import calibrate, requirement_of
     from wdmoe.plan.source import assemble_model
-    from wdmoe.runtime.model import DistributedMoE
+    from wdmoe.runtime.open import ModelOptions, open_model
+
+    options = options or ModelOptions()
+    if options.backend != "local":
+        raise ValueError(f"backend = {options.backend!r}: a plan re-splits the model between requests, so its "
+                         "devices run in-process (backend local)")
 
     model_dir = Path(model_dir)
     cluster = load_cluster(cluster_file)
@@ -46,10 +57,9 @@ def planned_model(model_dir: Path, cluster_file: Path) -> tuple[DistributedMoE, 
     placement = plan.to_placement()
     tokenizer = model_dir / "bs" if is_split else model_dir
     split_model(hf, root / "split", placement.num_devices, placement, tokenizer, plan_bits(plan))
-    model = DistributedMoE.from_pretrained(root / "split")
-    model._tmp = tmp
-    controller = PlanController(plan, requirement, cluster.radio, root / "plans", source=model_dir)
-    controller._source_model = hf  # already in memory: a re-plan re-splits from it
+    model = open_model(root / "split", dataclasses.replace(options, devices=None), temporary=tmp)
+    # hf is already in memory: a re-plan re-splits from it
+    controller = PlanController(plan, requirement, cluster.radio, root / "plans", source=model_dir, source_model=hf)
     controller.attach(model)
     log.info(
         "%s plan on %d devices of %s: expected %.4g ms/token (round-robin %.4g ms)",

@@ -19,7 +19,7 @@ from wdmoe.backends.base import DevicePool
 from wdmoe.backends.local import LocalDevicePool
 from wdmoe.errors import ShardError
 from wdmoe.model.shards import MANIFEST, Manifest
-from wdmoe.model.split import load_hf_model, split_model
+from wdmoe.model.split import split_dir_for
 from wdmoe.placement import Placement
 from wdmoe.radio.costs import ModelCosts
 from wdmoe.runtime.loading import build_bs_model, check_dtype, check_torch_device
@@ -33,7 +33,11 @@ if TYPE_CHECKING:
 
 
 class DistributedMoE:
-    """The BS engine of a split MoE model: forward and generate mirror transformers' `*ForCausalLM`."""
+    """The BS engine of a split MoE model: forward and generate mirror transformers' `*ForCausalLM`.
+
+    `temporary`: a temporary directory the model owns (a split made on the fly, a plan's splits): `close()`
+    removes it, after the pool. The model is its only owner: nothing else cleans it up.
+    """
 
     def __init__(
         self,
@@ -42,6 +46,7 @@ class DistributedMoE:
         pool: DevicePool,
         torch_device: str = "cpu",
         dtype: torch.dtype | None = None,
+        temporary: tempfile.TemporaryDirectory[str] | None = None,
     ) -> None:
         self.root = root
         self.manifest = manifest
@@ -52,7 +57,7 @@ class DistributedMoE:
         self.hf_model.register_forward_pre_hook(self._start_step, with_kwargs=True)
         self.hf_model.register_forward_hook(self._finish_step)
         self._step_start_s = 0.0
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._tmp = temporary
         self.tokenizer = _load_tokenizer(root / "bs")
         self.wireless: WirelessDecider | None = None
 
@@ -67,8 +72,10 @@ class DistributedMoE:
         policy: Policy | None = None,
         scenario: Scenario | None = None,
         dtype: torch.dtype | None = None,
+        temporary: tempfile.TemporaryDirectory[str] | None = None,
     ) -> DistributedMoE:
-        """Load a split directory, or split a Hugging Face model directory on the fly.
+        """Load a split directory, or split a Hugging Face model directory on the fly (into a temporary directory
+        the model owns).
 
         Args:
             path: a split directory (has manifest.json) or a HF `save_pretrained` directory.
@@ -82,17 +89,18 @@ class DistributedMoE:
             dtype: torch.float32, torch.bfloat16 or torch.float16: the BS weights and the in-process devices'
                 shards are cast to it at load; None (default) keeps the dtype stored in the split (fp32 for the
                 tiny models). A `pool` given by the caller loads its own shards in its own dtype.
+            temporary: the temporary directory holding the split directory `path` (the caller made the split
+                there); the model owns it and `close()` removes it. Refused with a HF directory, whose on-the-fly
+                split brings its own.
         """
         path = Path(path)
         check_torch_device(torch_device)
         check_dtype(dtype)
         if num_devices is not None and num_devices < 1:
             raise ValueError(f"num_devices = {num_devices}: need at least 1 device")
-        tmp = None
-        if not (path / MANIFEST).is_file():
-            tmp = tempfile.TemporaryDirectory(prefix="wdmoe-split-")
-            split_model(load_hf_model(path), Path(tmp.name) / "split", num_devices or 8, placement, path)
-            path = Path(tmp.name) / "split"
+        if temporary is not None and not (path / MANIFEST).is_file():
+            raise ValueError(f"temporary= holds a split the caller made, but {path} has no {MANIFEST}: give its split")
+        path, tmp = split_dir_for(path, num_devices or 8, placement)
         manifest = Manifest.read(path)
         if num_devices is not None and num_devices != manifest.placement.num_devices:
             raise ShardError(
@@ -100,8 +108,7 @@ class DistributedMoE:
                 "re-run `wdmoe split` with --devices"
             )
         pool = pool or LocalDevicePool(path, manifest, torch_device, dtype)
-        model = cls(path, manifest, pool, torch_device, dtype)
-        model._tmp = tmp
+        model = cls(path, manifest, pool, torch_device, dtype, tmp or temporary)
         if policy is not None or scenario is not None:
             model.set_policy(policy, scenario)
         return model

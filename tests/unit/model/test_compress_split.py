@@ -70,7 +70,7 @@ def test_quantized_tiny_model_runs_close_to_the_original(tmp_path: Path, tiny_mo
 
 @pytest.fixture(scope="module")
 def shipped_scores(tmp_path_factory: pytest.TempPathFactory) -> dict[int | None, LanguageScores]:
-    from wdmoe.cli.eval_cmd import heldout_documents
+    from wdmoe.eval.evaluate import heldout_documents
 
     hf = load_hf_model(shipped.SHIPPED_DIR)
     root = tmp_path_factory.mktemp("shipped")
