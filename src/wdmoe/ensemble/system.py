@@ -37,7 +37,7 @@ from wdmoe.ensemble import baselines
 from wdmoe.ensemble import crossfit as crossfit_mod
 from wdmoe.ensemble import gate as gate_mod
 from wdmoe.ensemble import scores as scores_mod
-from wdmoe.ensemble.aggregate import ensemble_accuracy, mix_option_probs
+from wdmoe.ensemble.aggregate import ensemble_accuracy
 from wdmoe.ensemble.costs import RequestCosts
 from wdmoe.ensemble.profiles import AGGREGATION_S, modeled_costs
 from wdmoe.ensemble.selection import (
@@ -168,7 +168,3 @@ class EnsembleSystem:
             float(np.mean([r[2] for r in results])),
             float(np.mean([r[0].evaluated_fraction for r in results])),
         )
-
-    def mixed_test_probs(self, subset: Collection[int]) -> np.ndarray:
-        routing = fine_select(self.test_gate, subset, self.top_k)
-        return mix_option_probs(self.test_probs, routing.index, routing.weight)

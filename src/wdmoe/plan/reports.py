@@ -15,7 +15,7 @@ for expert weights, and holding the plan's experts is not a change of resources.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,9 +85,3 @@ def live_status(
         load = float(np.clip(1.0 - reference_s_per_assignment / measured, 0.0, 0.95))
     return dataclasses.replace(declared, timestamp_s=now_s, load=load)
 
-
-def live_statuses(
-    declared: Sequence[ResourceStatus], reports: Sequence[DeviceReport], now_s: float
-) -> list[ResourceStatus]:
-    """The statuses of the reporting devices; runtime device k is `declared[k]` (the running plan's order)."""
-    return [live_status(declared[r.device], r, now_s) for r in reports if r.device < len(declared)]
