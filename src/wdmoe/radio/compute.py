@@ -110,6 +110,13 @@ def roofline_time_s(n_tokens: np.ndarray | float, flops_per_token: float, weight
     return np.where(n > 0.0, t + overhead_s, 0.0)
 
 
+def roofline_one_token_s(flops_per_token: float, weight_bytes: float, flops_per_s: float, mem_bytes_per_s: float,
+                         overhead_s: float) -> float:
+    """`roofline_time_s` for one token on Python floats (the decode solvers' form): max(F/C, W/M) + overhead,
+    the same bits as the array form at n = 1."""
+    return max(flops_per_token / flops_per_s, weight_bytes / mem_bytes_per_s) + overhead_s
+
+
 def expert_time_s(n_tokens: np.ndarray, profiles: DeviceProfiles, flops_per_token: float,
                   weight_bytes: float) -> np.ndarray:
     """`roofline_time_s` with each device's own profile; n_tokens has shape (D,) or (..., D)."""

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from wdmoe.radio.compute import PRESETS, DeviceProfile, DeviceProfiles, expert_time_s, fit_profile, roofline_time_s
+from wdmoe.radio.compute import (
+    PRESETS,
+    DeviceProfile,
+    DeviceProfiles,
+    expert_time_s,
+    fit_profile,
+    roofline_one_token_s,
+    roofline_time_s,
+)
 
 PRESET_KEYS = ("jetson-agx-orin", "jetson-orin-nx", "jetson-orin-nano", "phone-soc", "rtx4090-edge")
 
@@ -65,3 +75,10 @@ def test_fit_and_profile_errors() -> None:
         fit_profile(np.array([1, 1, 2]), np.array([1.0, 1.0, 2.0]), 1.0, 1.0)
     with pytest.raises(ValueError, match="flops_per_s"):
         DeviceProfile("bad", 0.0, 1.0, 1.0, 1.0, 1.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(f=st.floats(1e3, 1e12), w=st.floats(1e3, 1e11), c=st.floats(1e9, 1e15), m=st.floats(1e9, 1e13),
+       o=st.floats(0.0, 1e-3))
+def test_one_token_roofline_is_the_array_form_bit_for_bit(f: float, w: float, c: float, m: float, o: float) -> None:
+    assert roofline_one_token_s(f, w, c, m, o) == float(roofline_time_s(1.0, f, w, c, m, o))
