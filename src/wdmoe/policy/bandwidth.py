@@ -28,7 +28,8 @@ import numpy as np
 
 from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.selection import device_costs
-from wdmoe.radio.exactmath import LN2, exp_array, log, log1p, log1p_array
+from wdmoe.radio.exactmath import LN2, exp_array, log
+from wdmoe.radio.rate import scalar_time, time_and_inverse_slope, transfer_and_slope_into
 
 _LN2 = LN2
 
@@ -44,19 +45,6 @@ def equal_split(active: np.ndarray, budget_hz: float) -> np.ndarray:
     """budget / #active on every active device, 0 elsewhere."""
     n = int(active.sum())
     return np.where(active, budget_hz / max(n, 1), 0.0)
-
-
-def time_and_inverse_slope(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray,
-           s_ul: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """t(b) and w = 1/|dt/db|; need_* are bits * ln 2, so a transfer takes need / (b ln(1 + s/b))."""
-    y_dl = s_dl / b
-    y_ul = s_ul / b
-    l_dl = log1p_array(y_dl)  # radio.exactmath: the same bits as scalar_time's log1p, on any CPU
-    l_ul = log1p_array(y_ul)
-    t_dl = need_dl / (b * l_dl)
-    t_ul = need_ul / (b * l_ul)
-    slope = (t_dl * (l_dl - y_dl / (1.0 + y_dl)) / l_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
-    return t_dl + t_ul + base, 1.0 / slope
 
 
 def _newton(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray, s_ul: np.ndarray,
@@ -79,15 +67,7 @@ def _newton(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np
     last_step = 0.1 * math.sqrt(rtol)
     first = True
     for _ in range(max_iter):
-        np.divide(snr, b, out=y)
-        log_term[...] = log1p_array(y)
-        np.divide(need, np.multiply(log_term, b, out=work), out=transfer)
-        # b * |d transfer / db| = transfer * (1 - y / ((1 + y) * log_term)), built in `work`
-        np.add(y, 1.0, out=work)
-        np.multiply(work, log_term, out=work)
-        np.divide(y, work, out=work)
-        np.multiply(work, transfer, out=work)
-        np.subtract(transfer, work, out=work)
+        transfer_and_slope_into(b, need, snr, y, log_term, transfer, work)  # work: b * |d transfer / db|
         t = transfer[0] + transfer[1] + base
         b_slope = work[0] + work[1]  # b * |dt/db|
         w = b / b_slope  # 1 / |dt/db|
@@ -131,16 +111,6 @@ def _newton_pair(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_d
                        float(base[0]), float(base[1]), float(s_dl[0]), float(s_dl[1]), float(s_ul[0]),
                        float(s_ul[1]), budget, rtol, max_iter)
     return None if split is None else np.array(split)
-
-
-def scalar_time(b: float, need_dl: float, need_ul: float, base: float, s_dl: float,
-                s_ul: float) -> tuple[float, float]:
-    """`time_and_inverse_slope` for one device with Python floats (the decode fast path)."""
-    y_dl, y_ul = s_dl / b, s_ul / b
-    l_dl, l_ul = log1p(y_dl), log1p(y_ul)
-    t_dl, t_ul = need_dl / (b * l_dl), need_ul / (b * l_ul)
-    slope = (t_dl * (l_dl - y_dl / (1.0 + y_dl)) / l_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
-    return t_dl + t_ul + base, (1.0 / slope if slope > 0.0 else math.inf)
 
 
 # ln x = (e - 1/2) ln 2 + ln v with x = m 2^e (frexp: m in [1/2, 1)) and v = m sqrt 2 in [sqrt(1/2), sqrt(2));

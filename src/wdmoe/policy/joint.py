@@ -30,10 +30,12 @@ from typing import Literal
 
 import numpy as np
 
-from wdmoe.policy.bandwidth import minmax_split, pair_split, scalar_time, time_and_inverse_slope
+from wdmoe.policy.bandwidth import minmax_split, pair_split
 from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.selection import DeviceCosts, device_costs, device_times_s, profiles_of, renormalize
+from wdmoe.radio.compute import roofline_one_token_s
 from wdmoe.radio.exactmath import LN2
+from wdmoe.radio.rate import scalar_time, time_and_inverse_slope
 
 _LN2 = LN2
 
@@ -183,8 +185,8 @@ def _one_token(state: LayerState) -> _OneToken:
     profiles = profiles_of(state)
     device = state.expert_device[state.topk_index[0]].tolist()  # k entries: item() beats fancy indexing here
     flops, mem, overhead = profiles.flops_per_s, profiles.mem_bytes_per_s, profiles.overhead_s
-    roof = [max(state.expert_flops_per_token / flops.item(d), state.expert_weight_bytes / mem.item(d))
-            + overhead.item(d) for d in device]
+    roof = [roofline_one_token_s(state.expert_flops_per_token, state.expert_weight_bytes, flops.item(d), mem.item(d),
+                                 overhead.item(d)) for d in device]
     snr_dl, snr_ul = state.link.snr_dl_per_hz, state.link.snr_ul_per_hz
     return _OneToken(device, state.topk_weight[0].astype(float).tolist(), roof,
                      [snr_dl.item(d) for d in device], [snr_ul.item(d) for d in device])

@@ -2,7 +2,8 @@
 
 Contract: `pair_split(...)` returns, per problem, what `policy.bandwidth.pair_split` returns on the same floats (the
 same operations in the same order, elementwise), with nan where it does not converge; `approx_log`, `approx_time`,
-`pair_model_step` and `scalar_time` are the array forms of the functions of the same names there. Pure numpy.
+`pair_model_step` are the array forms of the functions of the same names there, `scalar_time` of radio.rate's.
+Pure numpy.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wdmoe.policy.bandwidth import LOG_LN2, LOG_SERIES, PRESOLVE_ITER, PRESOLVE_LAST, SQRT_TWO, time_and_inverse_slope
+from wdmoe.policy.bandwidth import LOG_LN2, LOG_SERIES, PRESOLVE_ITER, PRESOLVE_LAST, SQRT_TWO
 from wdmoe.radio.exactmath import LN2
+from wdmoe.radio.rate import time_and_inverse_slope
 
 _LN2 = LN2  # policy.joint's constant
 
 
 def scalar_time(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray,
                 s_ul: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """policy.bandwidth.scalar_time on arrays: t(b) and 1/|dt/db| (inf where the slope is not positive)."""
+    """radio.rate.scalar_time on arrays: t(b) and 1/|dt/db| (inf where the slope is not positive)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         t, inverse = time_and_inverse_slope(b, need_dl, need_ul, base, s_dl, s_ul)
     if not (inverse > 0.0).all():

@@ -10,12 +10,13 @@ the rate rises with b, is concave in b, and saturates at snr_per_hz * log2(e) (p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
 
-from wdmoe.radio.exactmath import LN2, log1p_array
+from wdmoe.radio.exactmath import LN2, log1p, log1p_array
 from wdmoe.radio.link import LinkState
 
 _LOG2_E = 1.0 / LN2
@@ -104,3 +105,50 @@ def snr_per_hz_for_rate(rate_bps: float, bandwidth_hz: float) -> float:
 def max_rate_bps(snr_per_hz: np.ndarray | float) -> np.ndarray:
     """The rate limit of an infinitely wide share, snr_per_hz * log2(e): no share moves bits faster."""
     return np.asarray(snr_per_hz, dtype=float) * _LOG2_E
+
+
+# Solver forms. The bandwidth solvers (wdmoe.policy.bandwidth, split_arrays, joint) evaluate a device's round trip
+#     t(b) = need_dl / (b ln(1 + s_dl / b)) + need_ul / (b ln(1 + s_ul / b)) + base,   need = bits * ln 2,
+# and its slope |dt/db| many times per layer step. Each transfer term is `share_time_s` of the same bits (log2
+# written as ln / ln 2). Below: that one formula on Python floats, on arrays, and in place for a solver's inner loop;
+# the scalar and array forms give the same bits (radio.exactmath's ln(1 + y)). tests/unit/radio/test_rate.py holds
+# each against share_time_s.
+
+
+def time_and_inverse_slope(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray,
+                           s_dl: np.ndarray, s_ul: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """t(b) and w = 1/|dt/db| on arrays; need_* are bits * ln 2, so a transfer takes need / (b ln(1 + s/b))."""
+    y_dl = s_dl / b
+    y_ul = s_ul / b
+    l_dl = log1p_array(y_dl)  # radio.exactmath: the same bits as scalar_time's log1p, on any CPU
+    l_ul = log1p_array(y_ul)
+    t_dl = need_dl / (b * l_dl)
+    t_ul = need_ul / (b * l_ul)
+    slope = (t_dl * (l_dl - y_dl / (1.0 + y_dl)) / l_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
+    return t_dl + t_ul + base, 1.0 / slope
+
+
+def scalar_time(b: float, need_dl: float, need_ul: float, base: float, s_dl: float,
+                s_ul: float) -> tuple[float, float]:
+    """`time_and_inverse_slope` for one device with Python floats (the decode fast path); inf where the slope is
+    not positive."""
+    y_dl, y_ul = s_dl / b, s_ul / b
+    l_dl, l_ul = log1p(y_dl), log1p(y_ul)
+    t_dl, t_ul = need_dl / (b * l_dl), need_ul / (b * l_ul)
+    slope = (t_dl * (l_dl - y_dl / (1.0 + y_dl)) / l_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
+    return t_dl + t_ul + base, (1.0 / slope if slope > 0.0 else math.inf)
+
+
+def transfer_and_slope_into(b: np.ndarray, need: np.ndarray, snr: np.ndarray, y: np.ndarray, log_term: np.ndarray,
+                            transfer: np.ndarray, work: np.ndarray) -> None:
+    """The transfer terms in place on (2, n) buffers (DL row, UL row), for a solver's inner loop: `transfer` =
+    need / (b ln(1 + y)) seconds and `work` = b |d transfer / db| = transfer (1 - y / ((1 + y) ln(1 + y))), with
+    y = snr / b (`y`, `log_term` are scratch)."""
+    np.divide(snr, b, out=y)
+    log_term[...] = log1p_array(y)
+    np.divide(need, np.multiply(log_term, b, out=work), out=transfer)
+    np.add(y, 1.0, out=work)
+    np.multiply(work, log_term, out=work)
+    np.divide(y, work, out=work)
+    np.multiply(work, transfer, out=work)
+    np.subtract(transfer, work, out=work)

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from scipy.optimize import brentq
 
 from wdmoe.policy import split_arrays
-from wdmoe.policy.bandwidth import approx_log, pair_model_step, pair_split, scalar_time
+from wdmoe.policy.bandwidth import approx_log, pair_model_step, pair_split
+from wdmoe.radio.rate import scalar_time
 
 
 def _instances(seed: int, n: int) -> list[np.ndarray]:

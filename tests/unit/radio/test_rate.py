@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wdmoe.radio.exactmath import LN2
 from wdmoe.radio.link import LinkState
 from wdmoe.radio.rate import (
     PoolMode,
@@ -14,8 +15,11 @@ from wdmoe.radio.rate import (
     pool_shares,
     rate_dl_bps,
     rate_ul_bps,
+    scalar_time,
     shannon_rate_bps,
     share_time_s,
+    time_and_inverse_slope,
+    transfer_and_slope_into,
     transfer_time_s,
 )
 
@@ -61,3 +65,31 @@ def test_pool_modes() -> None:
         pool_shares(PoolMode.SHARED, dl, dl)
     with pytest.raises(ValueError, match="shape"):
         pool_shares(PoolMode.SEPARATE, dl, np.ones(3))
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_solver_forms_are_the_share_time(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 16
+    b = 10.0 ** rng.uniform(4.0, 7.5, n)
+    bits_dl, bits_ul = 10.0 ** rng.uniform(2.0, 6.0, n), 10.0 ** rng.uniform(2.0, 6.0, n)
+    s_dl, s_ul = 10.0 ** rng.uniform(5.0, 11.0, n), 10.0 ** rng.uniform(5.0, 11.0, n)
+    base = rng.uniform(0.0, 1e-3, n)
+    need_dl, need_ul = bits_dl * LN2, bits_ul * LN2
+
+    t, inverse = time_and_inverse_slope(b, need_dl, need_ul, base, s_dl, s_ul)
+    buffers = [np.empty((2, n)) for _ in range(4)]
+    transfer_and_slope_into(b, np.stack([need_dl, need_ul]), np.stack([s_dl, s_ul]), *buffers)
+    transfer, b_slope = buffers[2], buffers[3]
+
+    reference = share_time_s(bits_dl, b, s_dl) + share_time_s(bits_ul, b, s_ul) + base
+    np.testing.assert_allclose(t, reference, rtol=1e-13)
+    for i in range(n):  # the scalar form: the same bits as the array form
+        assert scalar_time(b[i], need_dl[i], need_ul[i], base[i], s_dl[i], s_ul[i]) == (t[i], inverse[i])
+    np.testing.assert_allclose(transfer[0] + transfer[1] + base, t, rtol=1e-14)
+    np.testing.assert_allclose(b / (b_slope[0] + b_slope[1]), inverse, rtol=1e-12)
+    step = b * 1e-6  # the slope is the derivative of the share time
+    numeric = (share_time_s(bits_dl, b - step, s_dl) + share_time_s(bits_ul, b - step, s_ul)
+               - share_time_s(bits_dl, b + step, s_dl) - share_time_s(bits_ul, b + step, s_ul)) / (2 * step)
+    np.testing.assert_allclose(1.0 / inverse, numeric, rtol=1e-5)
