@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -56,3 +59,13 @@ def test_block_schedule_is_the_live_rule_over_a_replay(coherence: str) -> None:
 def test_unknown_coherence_is_refused() -> None:
     with pytest.raises(ValueError, match="scenario field 'coherence' = 'token'"):
         block_schedule(np.array([True]), 2, "token")  # type: ignore[arg-type]
+
+
+def test_radio_imports_without_config_or_pydantic() -> None:
+    """config.py builds the radio values; radio/ never imports it back (the config <-> channel cycle is gone)."""
+    code = ("import sys, wdmoe.radio, wdmoe.radio.channel, wdmoe.radio.latency, wdmoe.radio.one_token, "
+            "wdmoe.radio.params, wdmoe.radio.costs; "
+            "print(sorted(m for m in ('wdmoe.config', 'pydantic') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert result.stdout.strip() == "[]"
