@@ -137,15 +137,31 @@ def exp10(x: float) -> float:
 
 
 # Array forms: the same operations, elementwise. Arrays of a few elements go through the scalar form (numpy's
-# per-call cost times ~35 operations exceeds a Python loop there); larger ones run in place on a few buffers (at
-# 16k elements a fresh array costs more than an operation on it). Special inputs are found by two reductions and
-# patched afterwards.
+# per-call cost times ~45 operations exceeds a Python loop there); larger ones run in place on a few buffers, in
+# blocks whose temporaries stay in cache (at 16k elements about twice as fast as one pass over the whole array).
+# Special inputs are found by two reductions and patched afterwards.
 
 _SMALL = 32  # up to this many elements, the scalar form element by element
+_BLOCK = 8192  # elements per block (4096 and 16384 measured slower at 16k-32k elements)
 
 
 def _by_element(function: Callable[[float], float], x: np.ndarray) -> np.ndarray:
     return np.array([function(v) for v in x.ravel().tolist()], dtype=np.float64).reshape(x.shape)
+
+
+def _elementwise(scalar: Callable[[float], float], block: Callable[[np.ndarray], np.ndarray],
+                 x: np.ndarray) -> np.ndarray:
+    """`scalar` on each element of a small array, else `block` on blocks of the flattened array."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size <= _SMALL:
+        return _by_element(scalar, x)
+    if x.size <= _BLOCK:
+        return block(x)
+    flat = x.reshape(-1)
+    out = np.empty(flat.shape[0])
+    for start in range(0, flat.shape[0], _BLOCK):
+        out[start:start + _BLOCK] = block(flat[start:start + _BLOCK])
+    return out.reshape(x.shape)
 
 
 def _ln_core_array(f: np.ndarray, c: np.ndarray | None, k: np.ndarray, work: np.ndarray) -> np.ndarray:
@@ -196,9 +212,10 @@ def _reduce(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def log_array(x: np.ndarray) -> np.ndarray:
     """`log` elementwise on a float64 array (any shape); the same bits as `log` on each element."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size <= _SMALL:
-        return _by_element(log, x)
+    return _elementwise(log, _log_block, x)
+
+
+def _log_block(x: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         m, k = _reduce(x)
         m -= 1.0
@@ -207,9 +224,10 @@ def log_array(x: np.ndarray) -> np.ndarray:
 
 def log1p_array(y: np.ndarray) -> np.ndarray:
     """`log1p` elementwise on a float64 array (any shape); the same bits as `log1p` on each element."""
-    y = np.asarray(y, dtype=np.float64)
-    if y.size <= _SMALL:
-        return _by_element(log1p, y)
+    return _elementwise(log1p, _log1p_block, y)
+
+
+def _log1p_block(y: np.ndarray) -> np.ndarray:
     u = np.add(y, 1.0)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         m, k = _reduce(u)
@@ -257,9 +275,10 @@ def _exp_core_array(hi: np.ndarray, lo: np.ndarray | None) -> np.ndarray:
 
 def exp_array(x: np.ndarray) -> np.ndarray:
     """`exp` elementwise on a float64 array (any shape); the same bits as `exp` on each element."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size <= _SMALL:
-        return _by_element(exp, x)
+    return _elementwise(exp, _exp_block, x)
+
+
+def _exp_block(x: np.ndarray) -> np.ndarray:
     if x.min() >= _EXP_MIN and x.max() <= _EXP_MAX:
         return _exp_core_array(x, None)
     inside = (x >= _EXP_MIN) & (x <= _EXP_MAX)
@@ -270,9 +289,10 @@ def exp_array(x: np.ndarray) -> np.ndarray:
 
 def exp10_array(x: np.ndarray) -> np.ndarray:
     """`exp10` elementwise on a float64 array (any shape); the same bits as `exp10` on each element."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size <= _SMALL:
-        return _by_element(exp10, x)
+    return _elementwise(exp10, _exp10_block, x)
+
+
+def _exp10_block(x: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", over="ignore"):
         fits = (x >= -_EXP10_SPAN) & (x <= _EXP10_SPAN)
         xs = np.where(fits, x, 0.0)

@@ -77,6 +77,8 @@ def test_array_form_is_the_scalar_form_bit_for_bit(name: str, scalar: Callable[[
     for size in (1, 5, 32, 33, 200):  # both sides of the small-array path, and 2-D arrays
         part = x[:size * 2].reshape(2, size)
         assert _same_bits(array(part).ravel(), _scalar(scalar, part.ravel()))
+    many = np.resize(x, (3, 7001))  # blocks of 8192 across rows, a partial last block
+    assert _same_bits(array(many).ravel(), _scalar(scalar, many.ravel()))
 
 
 def test_special_values_follow_numpy_in_both_forms() -> None:
