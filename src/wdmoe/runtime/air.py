@@ -62,6 +62,19 @@ class AirCompression:
         return self.wire(fused), member[rows], sent.shape[0] - fused.shape[0]
 
 
+def bits_per_token(air: AirCompression | None, activation_bits: int | None, hidden_size: int,
+                   compute_bits: int) -> int:
+    """The air format: bits of one token's hidden state (or one expert output) on the air, the one number that the
+    `LayerRecord` counts and the radio model charges. The air dtype's when compression sets one; else the radio
+    scenario's `activation_bits` when a scenario is set (the model's assumption of what goes on the air); else the
+    compute dtype's (what an in-process run moves)."""
+    if air is not None and air.dtype is not None:
+        return air.bits_per_token(hidden_size, compute_bits)
+    if activation_bits is not None:
+        return activation_bits * hidden_size
+    return compute_bits * hidden_size
+
+
 def fuse_rows(x: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(cluster rows (m, H), cluster of each row of x (n,), on the CPU) for x (n, H); the module docstring has the
     rule."""

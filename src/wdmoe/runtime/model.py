@@ -121,14 +121,14 @@ class DistributedMoE:
         from wdmoe.runtime.wireless import WirelessDecider
 
         if policy is None and scenario is None:
-            self.wireless = self.dispatcher.decider = None
+            self.wireless = None
+            self.dispatcher.set_decider(None)
             return
         scenario = scenario or Scenario.default(num_devices=self.num_devices)
         self.wireless = WirelessDecider(
             scenario, policy or TopK(), self.model_costs(), self.dispatcher.primary, self.num_devices
         )
-        self.dispatcher.decider = self.wireless
-        self._air_bits_to_radio()
+        self.dispatcher.set_decider(self.wireless, scenario.activation_bits)
 
     def set_compression(self, air_dtype: str | None = None, fusion_tau: float | None = None) -> None:
         """Compress the air (`wdmoe.runtime.air`): activations sent as "fp32", "fp16" or "int8" (per token), and
@@ -138,16 +138,6 @@ class DistributedMoE:
 
         air = AirCompression(air_dtype, fusion_tau)
         self.dispatcher.air = None if air == AirCompression() else air
-        self._air_bits_to_radio()
-
-    def _air_bits_to_radio(self) -> None:
-        if self.wireless is None:
-            return
-        air, hidden = self.dispatcher.air, int(self.config.hidden_size)
-        if air is None or air.dtype is None:
-            self.wireless.bits_per_token = float(hidden * self.wireless.scenario.activation_bits)
-        else:
-            self.wireless.bits_per_token = float(air.bits_per_token(hidden, 32))
 
     def model_costs(self) -> ModelCosts:
         from wdmoe.model.families import family_for

@@ -9,8 +9,6 @@ model's.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,12 +16,11 @@ from torch import nn
 
 from wdmoe.backends.base import DeviceBatch, DeviceFailure, DevicePool, RejoiningPool
 from wdmoe.placement import Placement
-from wdmoe.runtime.air import AirCompression
+from wdmoe.radio.latency import LatencyBreakdown
+from wdmoe.runtime.air import AirCompression, bits_per_token
+from wdmoe.runtime.decider import Decider
 from wdmoe.runtime.failover import FailoverEvent, Reroute, reroute
 from wdmoe.runtime.telemetry import LayerRecord, Telemetry
-
-# decide(layer, topk_index (T,k), topk_weight (T,k), logits (T,E) | None) -> (keep (T,k) bool, weight (T,k), modeled)
-Decider = Callable[[int, np.ndarray, np.ndarray, "np.ndarray | None"], tuple[np.ndarray, np.ndarray, Any]]
 
 
 class Dispatcher:
@@ -40,6 +37,7 @@ class Dispatcher:
         self.placement = placement
         self.telemetry = telemetry
         self.decider: Decider | None = None
+        self.activation_bits: int | None = None  # the radio scenario's bits per value on the air, when one is set
         self.record_logits = True
         self.air: AirCompression | None = None  # activation dtype on the air, token fusion (wdmoe.runtime.air)
         self.fused_tokens = 0  # tokens fusion spared in the current layer step
@@ -50,6 +48,15 @@ class Dispatcher:
         self.live = {layer: table.copy() for layer, table in self.primary.items()}  # -1: no live device
         self.base_rows = {layer: table.tolist() for layer, table in self.base.items()}  # for the decode fast path
         self.zero_rows = [torch.zeros(n, dtype=torch.long) for n in range(max(self.placement.num_experts, 8) + 1)]
+
+    def set_decider(self, decider: Decider | None, activation_bits: int | None = None) -> None:
+        """Decide every layer step with `decider` (None: the model's own top-k) over a scenario that puts
+        `activation_bits` per value on the air."""
+        self.decider, self.activation_bits = decider, None if decider is None else activation_bits
+
+    def bits_per_token(self, hidden: torch.Tensor) -> int:
+        """The air format's bits per token (`wdmoe.runtime.air.bits_per_token`) for hidden states like `hidden`."""
+        return bits_per_token(self.air, self.activation_bits, hidden.shape[-1], hidden.element_size() * 8)
 
     def set_dead(self, dead: frozenset[int]) -> None:
         """Route around `dead`. `primary` (shared with the radio decider) keeps a dead device where an expert has
@@ -96,11 +103,14 @@ class Dispatcher:
                 index, weight_np, usable, rerouted = route.index, route.weight.astype(np.float32), route.keep, True
                 moved += (0, route.substitute, route.dropped)
             moved[0] += replicas
-        modeled = None
+        modeled: LatencyBreakdown | None = None
+        bits = self.bits_per_token(hidden)
         if self.decider is None:
             keep, weight = usable, weight_np
         else:
-            keep, weight, modeled = self.decider(layer, index, weight_np, logits_np)
+            decided = self.decider(layer, index, weight_np, logits_np, expert_device=self.primary[layer],
+                                   bits_per_token=float(bits))
+            keep, weight, modeled = decided.decision.keep, decided.decision.weight, decided.modeled
             keep, rerouted = keep & usable, True
         num_devices = self.placement.num_devices
         dl_s, ul_s = _air_times(modeled, num_devices)
@@ -143,9 +153,6 @@ class Dispatcher:
         else:
             weight_t = topk_weight  # the model's own weights, bit for bit
         combined = (out.view(num_tokens, k, -1) * weight_t.unsqueeze(-1)).sum(dim=1).to(hidden.dtype)
-        bits = hidden.element_size() * 8 * hidden.shape[-1]
-        if air is not None:
-            bits = air.bits_per_token(hidden.shape[-1], hidden.element_size() * 8)
         self.telemetry.add(
             LayerRecord(
                 layer=layer,
@@ -226,7 +233,7 @@ class Dispatcher:
         for d, result in zip(devices, results, strict=True):
             counts[d], tokens_down[d] = len(groups[d]), 1
             device_time_s[d] += result.compute_s
-        bits = hidden.element_size() * 8 * hidden.shape[-1]
+        bits = self.bits_per_token(hidden)
         keep = np.ones((1, len(experts)), dtype=bool)
         self.telemetry.add(
             LayerRecord(
@@ -356,9 +363,9 @@ def _on(like: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
     return index if like.device.type == "cpu" else index.to(like.device, non_blocking=True)
 
 
-def _air_times(modeled: Any, num_devices: int) -> tuple[np.ndarray, np.ndarray]:
+def _air_times(modeled: LatencyBreakdown | None, num_devices: int) -> tuple[np.ndarray, np.ndarray]:
     """(D,) modeled downlink and uplink seconds of each device (zeros without a radio model)."""
-    if modeled is None or not hasattr(modeled, "dl_s"):
+    if modeled is None:
         return np.zeros(num_devices), np.zeros(num_devices)
     return np.asarray(modeled.dl_s, dtype=float), np.asarray(modeled.ul_s, dtype=float)
 

@@ -1,7 +1,8 @@
 """Telemetry of the split runtime: one `LayerRecord` per MoE layer step, one `StepRecord` per forward step.
 
 Records hold numpy arrays only (no torch), so the simulator, the server metrics and the experiments read them
-without the model. Bits are counted at the activation dtype actually sent.
+without the model. Bits are counted in the air format (`wdmoe.runtime.air.bits_per_token`), the same number the
+radio model charges.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class LayerRecord:
         keep / weight: (T, k) what the policy kept, and the weights actually combined.
         logits: (T, E) router logits when recorded, else None.
         tokens_down: (D,) distinct tokens sent to each device; assignments: (D,) expert outputs sent back.
-        bits_down / bits_up: (D,) bits on the downlink / uplink at the activation dtype.
+        bits_down / bits_up: (D,) bits on the downlink / uplink in the air format (the radio model's bits).
         bs_time_s: measured BS wall time since the previous MoE layer (attention, norms, router, shared experts).
         device_time_s: (D,) measured expert compute time of each device (0 when idle).
         dispatch_time_s: measured wall time of the whole dispatch-and-gather.

@@ -8,8 +8,6 @@ by the scenario, so a run replays exactly. All latency and energy numbers come f
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from wdmoe.config import Scenario
@@ -19,6 +17,7 @@ from wdmoe.radio.compute import PRESETS, DeviceProfiles, dense_flops_per_token, 
 from wdmoe.radio.costs import ModelCosts
 from wdmoe.radio.latency import LatencyBreakdown, LayerLoad, layer_breakdown
 from wdmoe.radio.link import LinkState
+from wdmoe.runtime.decider import ModeledDecision
 
 
 class WirelessDecider:
@@ -50,7 +49,8 @@ class WirelessDecider:
         self.pool = self.radio.pool
         self.bs_tx_power_w = self.radio.bs_tx_power_w
         self.last_state: LayerState | None = None
-        # one token's payload in one direction; the runtime sets the air dtype's (DistributedMoE.set_compression)
+        # one token's payload in one direction when the caller gives none (the simulator); the runtime hands its
+        # air format's (`wdmoe.runtime.air.bits_per_token`) with every step
         self.bits_per_token = float(costs.hidden_size * scenario.activation_bits)
 
     def start_request(self) -> None:
@@ -76,23 +76,27 @@ class WirelessDecider:
             )
         )
 
-    def state(self, layer: int, index: np.ndarray, weight: np.ndarray, logits: np.ndarray | None) -> LayerState:
+    def state(self, layer: int, index: np.ndarray, weight: np.ndarray, logits: np.ndarray | None, *,
+              expert_device: np.ndarray | None = None, bits_per_token: float | None = None) -> LayerState:
         if redraws_at(self.radio.coherence, "layer"):
             self.link = redraw_fading(self.rng, self.link, self.radio)
-        return self.state_on(self.link, layer, index, weight, logits)
+        return self.state_on(self.link, layer, index, weight, logits, expert_device=expert_device,
+                             bits_per_token=bits_per_token)
 
     def state_on(self, link: LinkState, layer: int, index: np.ndarray, weight: np.ndarray,
-                 logits: np.ndarray | None) -> LayerState:
-        """The LayerState of one layer step over a given channel block (the simulator replays blocks it drew)."""
+                 logits: np.ndarray | None, *, expert_device: np.ndarray | None = None,
+                 bits_per_token: float | None = None) -> LayerState:
+        """The LayerState of one layer step over a given channel block (the simulator replays blocks it drew).
+        `expert_device` (E,) and `bits_per_token` are the runtime's of this step; None: the decider's own."""
         return LayerState(
             topk_index=index,
             topk_weight=weight,
-            expert_device=self.expert_device[layer],
+            expert_device=self.expert_device[layer] if expert_device is None else expert_device,
             link=link,
             profiles=self.profiles,
             expert_flops_per_token=self.costs.expert_flops_per_token,
             expert_weight_bytes=self.costs.expert_weight_bytes,
-            bits_per_token=self.bits_per_token,
+            bits_per_token=self.bits_per_token if bits_per_token is None else bits_per_token,
             bandwidth_hz=self.scenario.bandwidth_hz,
             bs_time_s=self.bs_time_s(layer, index.shape[0]),
             logits=logits,
@@ -105,9 +109,11 @@ class WirelessDecider:
                                pool=self.pool, bs_tx_power_w=self.bs_tx_power_w)
 
     def __call__(
-        self, layer: int, index: np.ndarray, weight: np.ndarray, logits: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray, Any]:
-        state = self.state(layer, index, weight, logits)
+        self, layer: int, index: np.ndarray, weight: np.ndarray, logits: np.ndarray | None, *,
+        expert_device: np.ndarray | None = None, bits_per_token: float | None = None,
+    ) -> ModeledDecision:
+        """Decide one layer step: index / weight (T, k), logits (T, E) | None; the keyword arguments as `state_on`."""
+        state = self.state(layer, index, weight, logits, expert_device=expert_device, bits_per_token=bits_per_token)
         self.last_state = state
         decision = self.policy.decide(state)
-        return decision.keep, decision.weight, self.breakdown(state, decision)
+        return ModeledDecision(decision, self.breakdown(state, decision))

@@ -101,7 +101,8 @@ def replay_exact(trace: Trace, decider: WirelessDecider, keep_records: bool = Fa
             decider.start_request()
         decider.start_step()
         for pos, layer in enumerate(layers):
-            keep, weight, bd = decider(layer, *_layer_args(trace, step, pos))
+            decided = decider(layer, *_layer_args(trace, step, pos))
+            keep, weight, bd = decided.decision.keep, decided.decision.weight, decided.modeled
             sink.put(step, pos, keep, bd)
             if records is not None:
                 records.append((keep, weight, bd))

@@ -16,6 +16,8 @@ from wdmoe.backends.local import LocalDevicePool
 from wdmoe.backends.worker import CUDA_GRAPHS_ENV, ExpertWorker
 from wdmoe.model.expert import expert_ffn
 from wdmoe.model.shards import Manifest
+from wdmoe.policy.base import Decision
+from wdmoe.runtime.decider import ModeledDecision
 from wdmoe.runtime.moe_layer import Dispatcher
 from wdmoe.runtime.telemetry import Telemetry
 
@@ -49,8 +51,8 @@ def test_cuda_graphs_default_follows_the_environment(mixtral_split: Path, monkey
     assert ExpertWorker.graphs_wanted("cuda", True) is True  # an explicit argument wins
 
 
-def _identity_decider(layer, index, weight, logits):  # routes like TopK, but sends run down its general path
-    return np.ones_like(index, dtype=bool), weight, None
+def _identity_decider(layer, index, weight, logits, **_):  # routes like TopK, but sends run down its general path
+    return ModeledDecision(Decision(np.ones_like(index, dtype=bool), weight, np.zeros(0)), None)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])
