@@ -13,7 +13,7 @@ as a replay of a `torch.cuda.CUDAGraph` of that (layer, expert)'s FFN, captured 
 input copy and one graph launch instead of the FFN's separate kernel launches, which at decode cost more host
 time than the GPU spends on them. The replay runs the same kernels on the same shapes, so its output is the eager
 output bit for bit. The returned output is the graph's static output buffer: the next one-row call of the same
-(layer, expert) on this worker overwrites it, on the same CUDA stream. The dispatcher reads every result (the
+(layer, expert) on this worker overwrites it, on the same CUDA stream. The runtime reads every result (the
 combine's kernels are queued on that stream) before it sends the next step, so its reads are ordered before
 that overwrite; a caller that keeps a result across calls must clone it. `cuda_graphs=False`, or the environment
 variable WDMOE_CUDA_GRAPHS=0 at construction, turns graphs off; the CPU never uses them.

@@ -68,13 +68,12 @@ def load_engine(model_dir: Path | None, devices: int | None, policy: str, theta:
 def _update_plan(engine: Engine, controller: Any) -> None:
     update = controller.between_requests(engine.model)
     if update.switched:
-        engine._wrap_policy()  # the radio decider was rebuilt with the new device count
         console.print(f"new plan: {len(controller.plan.devices)} devices, {update.migrated_bytes:,} bytes moved "
                       f"({update.migration_s * 1e3:.2f} ms over the radio)")
 
 
 def _report_failures(engine: Engine, step: Any) -> None:
-    """Device failures the dispatcher saw in this step reach the server's failure counter."""
+    """Device failures the runtime saw in this step reach the server's failure counter."""
     for record in step.layers:
         for event in getattr(record, "failover", ()):
             if event.kind == "failed":

@@ -125,7 +125,7 @@ def record(
             for text, ids in bar.track(prompts, description="requests"):
                 tokens = encode_prompt(model, text, ids)
                 model.generate(torch.tensor([tokens]), max_new_tokens=max_new_tokens, do_sample=False)
-        trace = record_trace(model.steps, model.model_costs(), model.dispatcher.primary, model.num_devices,
+        trace = record_trace(model.steps, model.model_costs(), model.runtime.primary, model.num_devices,
                              str(directory), with_logits=logits)
         model.close()
         trace.save(out)

@@ -72,7 +72,7 @@ def record(setup: Setup, progress: Progress) -> Trace:
         model.generate(torch.tensor([ids]), max_new_tokens=setup.new_tokens, min_new_tokens=setup.new_tokens,
                        do_sample=False)
         tick()
-    trace = record_trace(model.steps, model.model_costs(), model.dispatcher.primary, model.num_devices,
+    trace = record_trace(model.steps, model.model_costs(), model.runtime.primary, model.num_devices,
                          str(setup.model_dir))
     model.close()
     return trace

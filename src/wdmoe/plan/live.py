@@ -12,7 +12,7 @@ publish again. `between_requests(model)`, called on the model's thread when no r
    them, no migration: a dead device leaves the runtime's placement either way): `split_model` writes the new
    placement into `workdir/plan-N` from the model's weights (`wdmoe.plan.source`: the BS's split, which holds
    every expert even when its device died), and
-   `wdmoe.runtime.replace.apply_placement` swaps placement, pool and dispatcher tables in the live model.
+   `wdmoe.runtime.replace.apply_placement` rebinds the live model's runtime to the new placement and pool.
 
 It returns a `LiveUpdate` with the migration cost the replanner computed (bytes moved, seconds over the radio).
 The in-process pool is rebuilt from the new split; a Ray pool is not (the new shards would have to reach the
@@ -139,7 +139,7 @@ class PlanController:
     def perceive(self, model: DistributedMoE) -> list[DeviceReport]:
         """Every live device publishes its status now (module docstring, step 1)."""
         now_s = self.registry.clock()
-        reports = device_reports(model.pool, model.steps, model.dispatcher.dead)
+        reports = device_reports(model.pool, model.steps, model.runtime.liveness.dead)
         running = self.plan.device_names
         for report in reports:
             name = running[report.device]

@@ -1,6 +1,6 @@
 """Compression on the air (CoEL, papers.md §4.4 [R]): what the BS sends down and the devices send back, per MoE layer.
 
-Contract: `AirCompression(dtype, fusion_tau)` is the `Dispatcher`'s optional stage between planning and dispatch
+Contract: `AirCompression(dtype, fusion_tau)` is the `Runtime`'s optional stage between grouping and transport
 (None, the default, costs nothing):
 
 - dtype "fp32" | "fp16" | "int8": every hidden state sent down and every expert output sent up is converted to

@@ -18,7 +18,8 @@ from wdmoe.errors import ShardError, WdmoeError
 from wdmoe.model.families import family_for
 from wdmoe.model.shards import Manifest, config_sha256
 from wdmoe.model.split import check_placement
-from wdmoe.runtime.moe_layer import Dispatcher, RemoteExperts
+from wdmoe.runtime.layer_step import Runtime
+from wdmoe.runtime.moe_layer import RemoteExperts
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -77,9 +78,9 @@ def cast_floating(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None) -
 
 
 def build_bs_model(
-    root: Path, manifest: Manifest, dispatcher: Dispatcher, torch_device: str = "cpu", dtype: torch.dtype | None = None
+    root: Path, manifest: Manifest, runtime: Runtime, torch_device: str = "cpu", dtype: torch.dtype | None = None
 ) -> Any:
-    """The BS model of split directory `root`, with every MoE block's experts served by `dispatcher`; its weights
+    """The BS model of split directory `root`, with every MoE block's experts served by `runtime`; its weights
     are cast to `dtype` (None: the dtype stored in the split)."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
@@ -96,7 +97,7 @@ def build_bs_model(
     blocks = family.moe_blocks(model)
     check_placement(manifest.placement, list(blocks), manifest.placement.num_experts)
     for layer, block in blocks.items():
-        remote = RemoteExperts(layer, manifest.placement.num_experts, dispatcher)
+        remote = RemoteExperts(layer, manifest.placement.num_experts, runtime)
         block.experts = remote
         block.gate.register_forward_hook(_logits_hook(remote))
     model.to_empty(device=torch_device)
@@ -122,7 +123,7 @@ def _init_non_persistent_buffers(model: Any) -> None:
 
 def _logits_hook(remote: RemoteExperts) -> Any:
     def hook(_module: Any, _inputs: Any, output: Any) -> None:
-        if remote.dispatcher.record_logits:
+        if remote.runtime.record_logits:
             remote.logits = output[0]
 
     return hook

@@ -22,8 +22,8 @@ from wdmoe.model.shards import MANIFEST, Manifest
 from wdmoe.model.split import split_dir_for
 from wdmoe.placement import Placement
 from wdmoe.radio.costs import ModelCosts
+from wdmoe.runtime.layer_step import Runtime
 from wdmoe.runtime.loading import build_bs_model, check_dtype, check_torch_device
-from wdmoe.runtime.moe_layer import Dispatcher
 from wdmoe.runtime.telemetry import StepRecord, Telemetry, summarize
 
 if TYPE_CHECKING:
@@ -50,14 +50,12 @@ class DistributedMoE:
     ) -> None:
         self.root = root
         self.manifest = manifest
-        self.pool = pool
-        self.telemetry = Telemetry()
-        self.dispatcher = Dispatcher(pool, manifest.placement, self.telemetry)
-        self.hf_model = build_bs_model(root, manifest, self.dispatcher, check_torch_device(torch_device), dtype)
+        self.runtime = Runtime(pool, manifest.placement, Telemetry())  # pool, liveness, telemetry, air, scratch
+        self.hf_model = build_bs_model(root, manifest, self.runtime, check_torch_device(torch_device), dtype)
         self.hf_model.register_forward_pre_hook(self._start_step, with_kwargs=True)
         self.hf_model.register_forward_hook(self._finish_step)
         self._step_start_s = 0.0
-        self._tmp = temporary
+        self.runtime.hold(temporary)
         self.tokenizer = _load_tokenizer(root / "bs")
         self.wireless: WirelessDecider | None = None
 
@@ -122,13 +120,13 @@ class DistributedMoE:
 
         if policy is None and scenario is None:
             self.wireless = None
-            self.dispatcher.set_decider(None)
+            self.runtime.set_decider(None)
             return
         scenario = scenario or Scenario.default(num_devices=self.num_devices)
-        self.wireless = WirelessDecider(
-            scenario, policy or TopK(), self.model_costs(), self.dispatcher.primary, self.num_devices
-        )
-        self.dispatcher.set_decider(self.wireless, scenario.activation_bits)
+        # the decider's own table is the placement's (the simulator's view); each step hands it the live one
+        base = {layer: table.copy() for layer, table in self.runtime.routing.base.items()}
+        self.wireless = WirelessDecider(scenario, policy or TopK(), self.model_costs(), base, self.num_devices)
+        self.runtime.set_decider(self.wireless, scenario.activation_bits)
 
     def set_compression(self, air_dtype: str | None = None, fusion_tau: float | None = None) -> None:
         """Compress the air (`wdmoe.runtime.air`): activations sent as "fp32", "fp16" or "int8" (per token), and
@@ -137,7 +135,7 @@ class DistributedMoE:
         from wdmoe.runtime.air import AirCompression
 
         air = AirCompression(air_dtype, fusion_tau)
-        self.dispatcher.air = None if air == AirCompression() else air
+        self.runtime.air = None if air == AirCompression() else air
 
     def model_costs(self) -> ModelCosts:
         from wdmoe.model.families import family_for
@@ -149,7 +147,7 @@ class DistributedMoE:
         pending = 0.0
         for index, layer in enumerate(self.hf_model.model.layers):
             pending += float(sum(p.numel() for p in layer.parameters()))
-            if index in self.dispatcher.primary:
+            if index in self.placement.moe_layers:
                 per_layer[index], pending = pending, 0.0
         return ModelCosts.gated(hidden, inter, bytes_per_param, per_layer)
 
@@ -161,6 +159,14 @@ class DistributedMoE:
     @property
     def device(self) -> torch.device:
         return self.hf_model.device
+
+    @property
+    def pool(self) -> DevicePool:
+        return self.runtime.pool
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self.runtime.telemetry
 
     @property
     def num_devices(self) -> int:
@@ -209,17 +215,14 @@ class DistributedMoE:
         self.telemetry.start("prefill" if prefill else "decode", num_tokens)
         if self.wireless is not None:
             self.wireless.start_step()
-        self._step_start_s = self.dispatcher.mark_s = time.perf_counter()
+        self._step_start_s = self.runtime.mark_s = time.perf_counter()
 
     def _finish_step(self, _module: Any, _args: Any, _output: Any) -> None:
         now = time.perf_counter()
-        self.telemetry.finish(now - self._step_start_s, now - self.dispatcher.mark_s)
+        self.telemetry.finish(now - self._step_start_s, now - self.runtime.mark_s)
 
     def close(self) -> None:
-        self.pool.close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        self.runtime.close()
 
 
 def _load_tokenizer(bs_dir: Path) -> Any:

@@ -1,11 +1,10 @@
 """Updating, the runtime side: swap a running `DistributedMoE` onto a new placement between requests.
 
 Contract: `apply_placement(model, placement, split_dir)` takes a split directory written for `placement` (by
-`wdmoe.model.split.split_model`), builds its device pool (in-process by default), and rebinds the live model to
-it: a fresh `Dispatcher` (its primary / base / live / base_rows tables come from the new placement), every
-`RemoteExperts` block pointed at it, and the radio decider rebuilt when one was set (its scenario resized when the
-device count changed). The BS weights, the KV-cache-free model state and the telemetry stay; nothing restarts.
-Call it only between requests: a generation in flight would see two placements.
+`wdmoe.model.split.split_model`), builds its device pool (in-process by default), rebinds the model's `Runtime` to
+it (every device live, the routing table derived from the new placement), and rebuilds the radio decider when one
+was set (its scenario resized when the device count changed). The BS weights, the KV-cache-free model state and
+the telemetry stay; nothing restarts. Call it only between requests: a generation in flight would see two placements.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from wdmoe.backends.base import DevicePool
 from wdmoe.errors import PlacementError
 from wdmoe.model.shards import Manifest
 from wdmoe.placement import Placement
-from wdmoe.runtime.moe_layer import Dispatcher, RemoteExperts
 
 if TYPE_CHECKING:
     from wdmoe.runtime.model import DistributedMoE
@@ -74,17 +72,11 @@ def apply_placement(
     manifest = Manifest.read(split_dir)
     _check_same_model(model.manifest, manifest, placement)
     new_pool = pool or LocalDevicePool(split_dir, manifest, str(model.device), dtype)
-    old = model.dispatcher
-    dispatcher = Dispatcher(new_pool, placement, model.telemetry)
-    dispatcher.record_logits, dispatcher.air, dispatcher.mark_s = old.record_logits, old.air, old.mark_s
-    for module in model.hf_model.modules():
-        if isinstance(module, RemoteExperts):
-            module.dispatcher = dispatcher
     before = model.num_devices
-    old_pool, model.pool, model.dispatcher = model.pool, new_pool, dispatcher
+    old_pool = model.runtime.rebind(new_pool, placement)
     model.manifest, model.root = manifest, split_dir
     old_pool.close()
-    if model.wireless is not None:  # the decider shares the dispatcher's primary table and knows D: rebuild it
+    if model.wireless is not None:  # the decider knows D and the placement: rebuild it
         wireless = model.wireless
         scenario = wireless.scenario
         if scenario.num_devices != placement.num_devices:

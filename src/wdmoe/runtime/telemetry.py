@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from wdmoe.policy.base import Decision
+from wdmoe.radio.latency import LatencyBreakdown, request_latency, step_totals
 from wdmoe.runtime.failover import FailoverEvent
 
 Phase = Literal["prefill", "decode"]
@@ -33,6 +35,7 @@ class LayerRecord:
         device_time_s: (D,) measured expert compute time of each device (0 when idle).
         dispatch_time_s: measured wall time of the whole dispatch-and-gather.
         modeled: the radio model's `LatencyBreakdown` of this layer, when a scenario is set.
+        decision: the policy's `Decision` (its bandwidth split included), when a scenario is set.
         routed_index: (T, k) the experts actually used when failover re-routed some (None: `topk_index`).
         failover: device failures noticed and devices that rejoined during this step (`FailoverEvent`s).
         rerouted: assignments moved off dead devices in this step: (to a replica, to a substitute expert, dropped).
@@ -53,7 +56,8 @@ class LayerRecord:
     bs_time_s: float
     device_time_s: np.ndarray
     dispatch_time_s: float
-    modeled: Any = None
+    modeled: LatencyBreakdown | None = None
+    decision: Decision | None = None
     routed_index: np.ndarray | None = None
     failover: tuple[FailoverEvent, ...] = ()
     rerouted: tuple[int, int, int] = (0, 0, 0)
@@ -160,19 +164,18 @@ def summarize(steps: list[StepRecord], num_devices: int) -> dict[str, Any]:
 def modeled_summary(steps: list[StepRecord]) -> dict[str, Any] | None:
     """The radio model's view of a request (`wdmoe.radio.latency`): TTFT = the first step, TPOT = the mean of the
     others, bytes on air, energy, and per-layer means. None when a step has no modeled latency."""
-    from wdmoe.radio.latency import request_latency, step_totals
-
-    layers = [[r.modeled for r in s.layers] for s in steps]
-    if not steps or any(m is None for ms in layers for m in ms):
+    layers = [[r.modeled for r in s.layers if r.modeled is not None] for s in steps]
+    if not steps or any(len(ms) != len(s.layers) for ms, s in zip(layers, steps, strict=True)):
         return None
     totals = [step_totals(ms) for ms in layers]
     request = request_latency(totals[0], totals[1:])
-    by_layer: dict[int, list[Any]] = {}
+    by_layer: dict[int, list[LatencyBreakdown]] = {}
     measured: dict[int, list[float]] = {}  # wall time of the dispatch round(s): transport + device + (emulated) air
     measured_layer: dict[int, list[float]] = {}  # + the BS's own time since the previous MoE layer
     for step in steps:
         for rec in step.layers:
-            by_layer.setdefault(rec.layer, []).append(rec.modeled)
+            if rec.modeled is not None:
+                by_layer.setdefault(rec.layer, []).append(rec.modeled)
             measured.setdefault(rec.layer, []).append(rec.dispatch_time_s)
             measured_layer.setdefault(rec.layer, []).append(rec.dispatch_time_s + rec.bs_time_s)
     per_layer = [

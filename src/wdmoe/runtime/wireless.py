@@ -1,6 +1,6 @@
 """The runtime's radio side: per MoE layer, build the `LayerState`, ask the policy, model the latency.
 
-`WirelessDecider` is the `Dispatcher.decider` when a scenario is set. It owns the channel realization: the
+`WirelessDecider` is the `Runtime.decider` when a scenario is set. It owns the channel realization: the
 geometry and large-scale loss are drawn once (devices do not move during a run), the fast fading is redrawn per
 the scenario's coherence setting (every forward step, every layer, or once per request), from a generator seeded
 by the scenario, so a run replays exactly. All latency and energy numbers come from `wdmoe.radio.latency`.

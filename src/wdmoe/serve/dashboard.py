@@ -44,6 +44,7 @@ class DashboardState:
         self.pairs = np.zeros(num_devices, dtype=np.int64)
         self.compute_s = np.zeros(num_devices)
         self.latency_s = np.zeros(num_devices)  # last step: mean over its layers of each device's round trip
+        self.bandwidth_hz: np.ndarray | None = None  # (D,) the last layer step's split (its record's Decision)
         self.usage: dict[int, np.ndarray] = {}  # MoE layer -> (E,) kept (token, expert) pairs
         self.steps = 0
         self.requests = 0
@@ -60,6 +61,8 @@ class DashboardState:
                 kept = np.bincount(rec.topk_index[rec.keep].ravel(), minlength=num_experts)
                 self.usage[rec.layer] = self.usage.get(rec.layer, np.zeros(num_experts, dtype=np.int64)) + kept
                 latency += rec.modeled.total_s if rec.modeled is not None else rec.device_time_s
+                if rec.decision is not None:
+                    self.bandwidth_hz = np.asarray(rec.decision.bandwidth_hz, dtype=float)
             if step.layers:
                 self.latency_s = latency / len(step.layers)
             self.steps += 1
@@ -91,8 +94,9 @@ class DashboardState:
             link, scenario = wireless.link, wireless.scenario
             equal_share_hz = scenario.bandwidth_hz / model.num_devices
             snr_dl, snr_ul = _db(link.snr_dl_per_hz / equal_share_hz), _db(link.snr_ul_per_hz / equal_share_hz)
-            recorder = self.engine.recorder
-            split = recorder.last_bandwidth_hz if recorder is not None else None
+            split = self.bandwidth_hz
+            if split is not None and split.shape[0] != model.num_devices:  # from before a re-plan changed D
+                split = None
             for d, device in enumerate(devices):
                 device.update(snr_dl_db=snr_dl[d], snr_ul_db=snr_ul[d], distance_m=float(link.distance_m[d]),
                               bandwidth_hz=None if split is None else float(split[d]))

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 import torch
 
-from wdmoe.policy.base import Decision, LayerState, Policy
+from wdmoe.policy.base import Policy
 from wdmoe.runtime.telemetry import StepRecord
 
 P = ParamSpec("P")
@@ -65,20 +65,6 @@ class PromptScores:
     top_logprobs: list[dict[int, float]]  # (T-1,) the top-n tokens at each of those positions
     next_logprobs: np.ndarray  # (V,) log p of the token after the prompt
     summary: dict[str, Any]
-
-
-class RecordingPolicy:
-    """Wraps a policy and keeps its last bandwidth split, which the dashboard shows (the runtime does not keep it)."""
-
-    def __init__(self, inner: Policy) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.last_bandwidth_hz: np.ndarray | None = None
-
-    def decide(self, state: LayerState) -> Decision:
-        decision = self.inner.decide(state)
-        self.last_bandwidth_hz = np.asarray(decision.bandwidth_hz, dtype=float).copy()
-        return decision
 
 
 class _Streamer:
@@ -129,9 +115,7 @@ class Engine:
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._steps: list[StepRecord] = []
-        self.recorder: RecordingPolicy | None = None
         model.telemetry.listeners.append(self._on_step)
-        self._wrap_policy()
 
     # -- model facts -----------------------------------------------------------------------------------------
     @property
@@ -199,14 +183,6 @@ class Engine:
 
     def set_policy(self, policy: Policy | None, scenario: Any = None) -> None:
         self.submit(self.model.set_policy, policy, scenario).result()
-        self._wrap_policy()
-
-    def _wrap_policy(self) -> None:
-        wireless = self.model.wireless
-        self.recorder = None
-        if wireless is not None:
-            inner = wireless.policy.inner if isinstance(wireless.policy, RecordingPolicy) else wireless.policy
-            self.recorder = wireless.policy = RecordingPolicy(inner)
 
     def _on_step(self, step: StepRecord) -> None:
         self._steps.append(step)

@@ -155,7 +155,7 @@ def _index_dtype(num_experts: int) -> type[np.integer[Any]]:
 
 def record_trace(steps: Sequence[StepRecord], costs: ModelCosts, expert_device: dict[int, np.ndarray],
                  num_devices: int, model: str = "", with_logits: bool = True) -> Trace:
-    """A Trace of the runtime's telemetry (`DistributedMoE.steps`, `.model_costs()`, `.dispatcher.primary`).
+    """A Trace of the runtime's telemetry (`DistributedMoE.steps`, `.model_costs()`, `.runtime.primary`).
 
     Every step must hold every MoE layer of `expert_device` once, in order. Logits are kept when every layer
     recorded them and `with_logits` is set.

@@ -163,9 +163,9 @@ def wait_all_live(model: DistributedMoE, timeout_s: float = 120.0) -> None:
     import torch
 
     deadline = time.monotonic() + timeout_s
-    while model.dispatcher.dead:
+    while model.runtime.dead:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"devices {sorted(model.dispatcher.dead)} did not rejoin within {timeout_s:.0f} s")
+            raise TimeoutError(f"devices {sorted(model.runtime.dead)} did not rejoin within {timeout_s:.0f} s")
         model.generate(torch.tensor([[5, 6]]), max_new_tokens=1, do_sample=False)
         time.sleep(0.2)
 

@@ -1,13 +1,13 @@
-"""The decode path of the devices and the dispatcher: CUDA graphs stay off on the CPU (where the worker's output is
-the eager FFN's, bit for bit), and the dispatcher's one-token fast path combines exactly like its general path for
-every way k assignments can fall on the devices (other devices' order, one device holding several)."""
+"""The decode path of the devices and the runtime: CUDA graphs stay off on the CPU (where the worker's output is
+the eager FFN's, bit for bit), and the runtime's one-token grouping (`wdmoe.runtime.grouping.ONE_TOKEN`) combines
+exactly like the reference for every way k assignments can fall on the devices (other devices' order, one device
+holding several)."""
 
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,10 +16,8 @@ from wdmoe.backends.local import LocalDevicePool
 from wdmoe.backends.worker import CUDA_GRAPHS_ENV, ExpertWorker
 from wdmoe.model.expert import expert_ffn
 from wdmoe.model.shards import Manifest
-from wdmoe.policy.base import Decision
-from wdmoe.runtime.decider import ModeledDecision
-from wdmoe.runtime.moe_layer import Dispatcher
-from wdmoe.runtime.telemetry import Telemetry
+from wdmoe.runtime.grouping import ONE_TOKEN
+from wdmoe.runtime.layer_step import Runtime
 
 
 @pytest.mark.parametrize("asked", [None, True, False])
@@ -51,15 +49,11 @@ def test_cuda_graphs_default_follows_the_environment(mixtral_split: Path, monkey
     assert ExpertWorker.graphs_wanted("cuda", True) is True  # an explicit argument wins
 
 
-def _identity_decider(layer, index, weight, logits, **_):  # routes like TopK, but sends run down its general path
-    return ModeledDecision(Decision(np.ones_like(index, dtype=bool), weight, np.zeros(0)), None)
-
-
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_one_token_fast_path_equals_the_general_path_bit_for_bit(mixtral_split: Path, k: int) -> None:
+def test_one_token_grouping_equals_the_reference_bit_for_bit(mixtral_split: Path, k: int) -> None:
     manifest = Manifest.read(mixtral_split)
     placement = manifest.placement
-    dispatcher = Dispatcher(LocalDevicePool(mixtral_split, manifest), placement, Telemetry())
+    runtime = Runtime(LocalDevicePool(mixtral_split, manifest), placement)
     layer = placement.moe_layers[0]
     table = placement.primary_table(layer)
     gen = torch.Generator().manual_seed(1)
@@ -69,14 +63,14 @@ def test_one_token_fast_path_equals_the_general_path_bit_for_bit(mixtral_split: 
     for experts in itertools.permutations(range(placement.num_experts), k):
         index = torch.tensor([experts])
         weight = torch.rand(1, k, generator=gen)
-        dispatcher.decider = None
-        fast = dispatcher.run(layer, hidden, index, weight, None)
-        dispatcher.decider = _identity_decider
-        general = dispatcher.run(layer, hidden, index, weight, None)
+        runtime.decode_grouping = ONE_TOKEN
+        fast = runtime.run(layer, hidden, index, weight, None)
+        runtime.decode_grouping = None  # the reference grouping and combine
+        general = runtime.run(layer, hidden, index, weight, None)
         assert torch.equal(fast, general), experts
         devices = [int(table[e]) for e in experts]
         shapes.add((len(set(devices)), devices == sorted(devices)))
-    # every branch of the fast path's reordering was taken: one device, one per device in and out of k order
+    # every branch of the decode combine's reordering was taken: one device, one per device in and out of k order
     if k == 1:
         assert shapes == {(1, True)}
     elif k == 2:

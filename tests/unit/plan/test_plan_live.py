@@ -142,9 +142,9 @@ def test_device_leaving_mid_generation_replans_between_requests(running: Any, ti
     assert update.switched and update.error == "" and update.result is not None
     assert update.result.triggers[0][0] is Trigger.LEAVE
     assert "d1" not in controller.plan.device_names
-    assert model.num_devices == 2 and model.dispatcher.placement == controller.plan.to_placement()
-    assert not model.dispatcher.dead
-    assert all((model.dispatcher.primary[layer] >= 0).all() for layer in model.placement.moe_layers)
+    assert model.num_devices == 2 and model.runtime.placement == controller.plan.to_placement()
+    assert not model.runtime.dead
+    assert all((model.runtime.primary[layer] >= 0).all() for layer in model.placement.moe_layers)
     assert len(update.result.migrations) > 0 and update.migrated_bytes > 0 and update.migration_s > 0
     assert update.migrated_bytes == sum(m.num_bytes for m in update.result.migrations)
     assert torch.equal(again, expected)  # every expert lives somewhere again: the unsplit model's tokens
@@ -166,7 +166,7 @@ def test_device_leaving_with_replicas_keeps_the_plan_on_the_rest(running: Any, t
     update = controller.between_requests(model)
 
     assert update.switched and f"d{device}" not in controller.plan.device_names
-    assert model.dispatcher.placement == controller.plan.to_placement() and model.num_devices == 2
+    assert model.runtime.placement == controller.plan.to_placement() and model.num_devices == 2
     if lonely:  # every expert it held had a live copy: the old plan on the rest, nothing moves
         assert update.migrated_bytes == 0 and not update.result.migrations
     assert torch.equal(generate(model), expected)
@@ -191,7 +191,7 @@ def test_apply_placement_changes_the_live_placement(tmp_path: Path, running: Any
     swap = apply_placement(model, placement, tmp_path / "rr")
 
     assert (swap.devices_before, swap.devices_after) == (3, 4)
-    assert model.dispatcher.placement == placement and model.placement == placement
+    assert model.runtime.placement == placement and model.placement == placement
     assert Manifest.read(model.root).placement == placement
     assert torch.equal(generate(model), expected)
 

@@ -54,7 +54,7 @@ def test_fusion_of_exact_duplicates_changes_nothing_but_the_tokens_sent(mixtral_
     # Built at the layer, not from a batch of two equal prompts: a multithreaded GEMM may round the two copies of a
     # batch row differently, and tau = 1 merges bit-equal rows only.
     model = DistributedMoE.from_pretrained(mixtral_split)
-    layer, hidden_size = model.dispatcher.placement.moe_layers[0], int(model.config.hidden_size)
+    layer, hidden_size = model.runtime.placement.moe_layers[0], int(model.config.hidden_size)
     gen = torch.Generator().manual_seed(0)
     rows = torch.randn(6, hidden_size, generator=gen)
     index = torch.stack([torch.randperm(8, generator=gen)[:2] for _ in range(6)])
@@ -63,7 +63,7 @@ def test_fusion_of_exact_duplicates_changes_nothing_but_the_tokens_sent(mixtral_
 
     def layer_step() -> tuple[torch.Tensor, LayerRecord]:
         step = model.telemetry.start("prefill", hidden.shape[0])
-        out = model.dispatcher.run(layer, hidden, index, weight, None)
+        out = model.runtime.run(layer, hidden, index, weight, None)
         (record,) = step.layers
         model.telemetry.finish(0.0, 0.0)
         return out, record

@@ -59,7 +59,7 @@ def test_policy_and_air_are_set_as_from_pretrained_and_set_compression_set_them(
     reference = DistributedMoE.from_pretrained(mixtral_split, policy=WLRThreshold(theta=0.9))
     reference.set_compression("int8")
 
-    assert model.dispatcher.air == AirCompression("int8")
+    assert model.runtime.air == AirCompression("int8")
     assert model.wireless is not None and reference.wireless is not None
     assert model.wireless.bits_per_token == reference.wireless.bits_per_token
     assert model.wireless.scenario == Scenario.default(num_devices=3)

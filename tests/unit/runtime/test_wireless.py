@@ -41,7 +41,7 @@ def test_topk_with_radio_stays_exact_and_models_every_layer(mixtral_split: Path,
     hidden = model.config.hidden_size
     for step in model.steps:
         for rec in step.layers:
-            # Two independent counts of the same traffic: the dispatcher's and the radio model's, both at the
+            # Two independent counts of the same traffic: the runtime's and the radio model's, both at the
             # scenario's 16 bits per value on the air (the model computes in fp32).
             np.testing.assert_array_equal(rec.modeled.bits_dl, rec.tokens_down * hidden * 16)
             np.testing.assert_array_equal(rec.modeled.bits_ul, rec.assignments * hidden * 16)

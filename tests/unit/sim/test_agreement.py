@@ -24,7 +24,7 @@ def test_replay_equals_the_live_runs_telemetry_bit_for_bit(mixtral_split: Path, 
                                            scenario=scenario)
     for prompt in ([4, 5, 6, 7, 8], [9, 3]):  # two requests through one decider, as a server would run them
         model.generate(torch.tensor([prompt]), max_new_tokens=5, do_sample=False)
-    recorded = record_trace(model.steps, model.model_costs(), model.dispatcher.primary, model.num_devices)
+    recorded = record_trace(model.steps, model.model_costs(), model.runtime.primary, model.num_devices)
     trace = Trace.load(recorded.save(tmp_path / "trace.npz"))
     live = [rec for step in model.steps for rec in step.layers]
     model.close()
@@ -46,7 +46,7 @@ def test_replay_equals_the_live_runs_telemetry_bit_for_bit(mixtral_split: Path, 
 def test_other_seeds_give_other_channels(mixtral_split: Path) -> None:
     model = DistributedMoE.from_pretrained(mixtral_split, policy=make_policy("topk"))
     model.generate(torch.tensor([[4, 5, 6]]), max_new_tokens=3, do_sample=False)
-    trace = record_trace(model.steps, model.model_costs(), model.dispatcher.primary, model.num_devices)
+    trace = record_trace(model.steps, model.model_costs(), model.runtime.primary, model.num_devices)
     model.close()
     scenario = Scenario.default(num_devices=3)
 
