@@ -28,6 +28,7 @@ import numpy as np
 
 from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.selection import device_costs
+from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 from wdmoe.radio.exactmath import LN2, exp_array, log
 from wdmoe.radio.rate import scalar_time, time_and_inverse_slope, transfer_and_slope_into
 
@@ -283,6 +284,7 @@ class EqualBandwidth:
     """The budget split equally among the active devices; as a policy, the router's top-k unchanged."""
 
     name = "equal"  # a class attribute, not a field: the Policy protocol reads it as a plain str
+    order_independent = True
 
     def allocate(self, state: LayerState, keep: np.ndarray) -> np.ndarray:
         return equal_split(device_costs(state, keep).active, state.bandwidth_hz)
@@ -291,6 +293,10 @@ class EqualBandwidth:
         keep = np.ones(state.topk_index.shape, dtype=bool)
         return Decision(keep, state.topk_weight.astype(float), self.allocate(state, keep))
 
+    def decide_steps(self, steps: OneTokenSteps) -> BatchDecision | None:
+        """No batched form: the caller decides each step with `decide`."""
+        return None
+
 
 @dataclass(frozen=True)
 class MinMaxBandwidth:
@@ -298,6 +304,7 @@ class MinMaxBandwidth:
 
     rtol: float = 1e-10
     name = "minmax"  # a class attribute, not a field: the Policy protocol reads it as a plain str
+    order_independent = True
 
     def allocate(self, state: LayerState, keep: np.ndarray) -> np.ndarray:
         costs = device_costs(state, keep)
@@ -307,3 +314,7 @@ class MinMaxBandwidth:
     def decide(self, state: LayerState) -> Decision:
         keep = np.ones(state.topk_index.shape, dtype=bool)
         return Decision(keep, state.topk_weight.astype(float), self.allocate(state, keep))
+
+    def decide_steps(self, steps: OneTokenSteps) -> BatchDecision | None:
+        """No batched form: the caller decides each step with `decide`."""
+        return None

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 from wdmoe.radio.link import LinkState
 
 
@@ -68,8 +69,24 @@ class Decision:
 
 
 class Policy(Protocol):
-    """A policy decides per layer step; it must be a pure function of the state."""
+    """A policy decides per layer step. Each one says whether its decisions depend on the call order and offers a
+    batched form of one-token steps or declines it (returns None).
+
+    Attributes:
+        name: the policy's name in reports and on the command line.
+        order_independent: True when `decide` is a pure function of its state, so a caller may decide steps in any
+            order or in batches (the simulator's batched replay); False for a policy that keeps its own random
+            state (`RandomDrop`), which must see the steps in the runtime's order.
+    """
 
     name: str
 
+    @property
+    def order_independent(self) -> bool: ...
+
     def decide(self, state: LayerState) -> Decision: ...
+
+    def decide_steps(self, steps: OneTokenSteps) -> BatchDecision | None:
+        """`decide` on each of n one-token steps at once (policy.steps), or None where the policy has no batched
+        form for its configuration (a subclass that may decide otherwise declines too)."""
+        ...

@@ -13,6 +13,7 @@ import numpy as np
 from wdmoe.policy.bandwidth import BandwidthAllocator, EqualBandwidth
 from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.selection import first_argmax_mask, renormalize
+from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 from wdmoe.policy.wlr import pair_latency_s
 
 
@@ -22,11 +23,16 @@ class FastestDevices:
 
     bandwidth: BandwidthAllocator = field(default_factory=EqualBandwidth)
     name = "fastest"  # a class attribute, not a field: the Policy protocol reads it as a plain str
+    order_independent = True
 
     def decide(self, state: LayerState) -> Decision:
         keep = first_argmax_mask(-pair_latency_s(state, self.bandwidth))
         weight = state.topk_weight.astype(float)
         return Decision(keep, renormalize(weight, keep), self.bandwidth.allocate(state, keep))
+
+    def decide_steps(self, steps: OneTokenSteps) -> BatchDecision | None:
+        """No batched form: the caller decides each step with `decide`."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class RandomDrop:
     seed: int = 0
     bandwidth: BandwidthAllocator = field(default_factory=EqualBandwidth)
     name = "random"  # a class attribute, not a field: the Policy protocol reads it as a plain str
+    order_independent = False  # its generator advances with each call, so the call order matters
     _rng: np.random.Generator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -53,3 +60,7 @@ class RandomDrop:
         keep = self._rng.random(weight.shape) >= self.p
         keep |= first_argmax_mask(weight) & ~keep.any(axis=1, keepdims=True)
         return Decision(keep, renormalize(weight, keep), self.bandwidth.allocate(state, keep))
+
+    def decide_steps(self, steps: OneTokenSteps) -> BatchDecision | None:
+        """No batched form: the caller decides each step with `decide`."""
+        return None

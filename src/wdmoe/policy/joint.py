@@ -17,7 +17,8 @@ and the bandwidth b (sum b <= B), with T_layer from radio.latency. Alternating o
 3. Stop when M improves by less than tol (relative) or after max_iter rounds.
 
 Decode (one token) runs the same rounds on Python floats over the token's k routed slots: numpy's per-call
-overhead would dominate arrays of k <= 8 entries.
+overhead would dominate arrays of k <= 8 entries. `decide_steps`, the batched form (policy.steps), runs them on
+arrays over n one-token steps (`policy.joint_rounds`, and `policy.joint_top2` for k = 2).
 
 The bandwidth step never lowers M for a fixed a (T_layer is minimised), so M is non-decreasing over the rounds;
 `solve` returns the history for the tests.
@@ -32,7 +33,10 @@ import numpy as np
 
 from wdmoe.policy.bandwidth import minmax_split, pair_split
 from wdmoe.policy.base import Decision, LayerState
+from wdmoe.policy.joint_rounds import beyond_two_devices, decide_rounds
+from wdmoe.policy.joint_top2 import decide_top2
 from wdmoe.policy.selection import DeviceCosts, device_costs, device_times_s, profiles_of, renormalize
+from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 from wdmoe.radio.compute import roofline_one_token_s
 from wdmoe.radio.exactmath import LN2
 from wdmoe.radio.rate import scalar_time, time_and_inverse_slope
@@ -76,6 +80,7 @@ class JointSelectionBandwidth:
     max_iter: int = 10
     tol: float = 1e-4
     name = "joint"  # a class attribute, not a field: the Policy protocol reads it as a plain str
+    order_independent = True
 
     def __post_init__(self) -> None:
         if self.form not in ("ratio", "lagrangian"):
@@ -87,6 +92,24 @@ class JointSelectionBandwidth:
 
     def decide(self, state: LayerState) -> Decision:
         return self.solve(state).decision
+
+    def decide_steps(self, steps: OneTokenSteps) -> BatchDecision | None:
+        """Equals `JointSelectionBandwidth.decide` on each step's LayerState (None for a subclass, which may
+        decide otherwise). Steps whose slots lie on one or two devices go to `joint_top2.decide_top2` (k = 2) or
+        `joint_rounds.decide_rounds`; steps on three or more devices or with a zero payload are left `fallback`
+        for the per-state path, as are the two-device steps whose array split does not converge."""
+        if type(self) is not JointSelectionBandwidth:
+            return None
+        n, k = steps.slot_device.shape
+        fallback = beyond_two_devices(steps) | (steps.bits_per_token == 0.0)
+        if not fallback.any():
+            return _decide_two_devices(steps, self)
+        ok = np.flatnonzero(~fallback)  # solved alone: a fallback step must not share a memoised split with them
+        part = _decide_two_devices(steps.subset(ok), self)
+        keep, weight, share = np.ones((n, k), dtype=bool), steps.weight.copy(), np.zeros((n, k))
+        keep[ok], weight[ok], share[ok] = part.keep, part.weight, part.slot_share_hz
+        fallback[ok] = part.fallback
+        return BatchDecision(keep, weight, share, fallback, steps.slot_device, steps.num_devices)
 
     def solve(self, state: LayerState) -> JointSolution:
         if state.num_tokens == 1:
@@ -170,6 +193,14 @@ class JointSelectionBandwidth:
         return np.maximum(mu * point.times_s / pairs, 1e-300)
 
 
+def _decide_two_devices(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchDecision:
+    """The batched rounds for steps whose slots lie on at most two devices: top-2 by its fast version (the same
+    decisions bit for bit, by direct column arithmetic), any other k by the generic rounds."""
+    if steps.slot_device.shape[1] == 2:
+        return decide_top2(steps, policy)
+    return decide_rounds(steps, policy)
+
+
 @dataclass(frozen=True)
 class _OneToken:
     """Per routed slot of the single token: device, weight, 1-token roofline, SNRs (Python lists of length k)."""
@@ -213,7 +244,7 @@ def _evaluate_one_token(policy: JointSelectionBandwidth, state: LayerState, slot
         shares = {d: budget / len(devices) for d in devices}
     elif len(devices) == 1:
         shares = {devices[0]: budget}
-    elif len(devices) == 2:  # lower device id first: equal problems in any slot order (joint_rounds memoises)
+    elif len(devices) == 2:  # lower device id first: equal problems in any slot order (the batched rounds memoise)
         d0, d1 = min(devices), max(devices)
         split = pair_split(need, need, need * pairs[d0], need * pairs[d1], compute[d0], compute[d1],
                            snr[d0][0], snr[d1][0], snr[d0][1], snr[d1][1], budget)

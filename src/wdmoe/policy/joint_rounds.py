@@ -1,22 +1,47 @@
-"""The joint policy's one-token rounds (`policy.joint._solve_one_token`), vectorized over n decode steps.
+"""The joint policy's one-token rounds (`JointSelectionBandwidth.decide` on one token), vectorized over n steps.
 
-Contract: for each step the same greedy rounds as the reference, in the same floating-point order: evaluate
-the top-k with its min-max split; while >= 2 slots are kept, offer the kept slots whose loss keeps the guard,
-drop the lowest weight / (mu_d t_d / pairs_d), and accept when the metric rises; stop when it rises by less
-than tol (relative). Steps whose slots lie on one or two devices are solved here (the two-device min-max split
-is `policy.bandwidth.pair_split`'s safeguarded Newton, run on arrays); steps whose slots span three or more
-devices, a zero payload, or a split that does not converge are marked `fallback` for the per-state path.
+Contract: `decide_rounds(steps, policy)` equals `JointSelectionBandwidth.decide` on each step's LayerState for
+steps whose slots lie on one or two devices and have a nonzero payload (the caller, `JointSelectionBandwidth.
+decide_steps`, keeps the others for the per-state path): for each step the same greedy rounds as the reference,
+in the same floating-point order: evaluate the top-k with its min-max split; while >= 2 slots are kept, offer the
+kept slots whose loss keeps the guard, drop the lowest weight / (mu_d t_d / pairs_d), and accept when the metric
+rises; stop when it rises by less than tol (relative). The two-device min-max split is
+`policy.bandwidth.pair_split`'s safeguarded Newton, run on arrays (`policy.split_arrays`); a step whose split does
+not converge is marked `fallback`. Any k; `policy.joint_top2` is the fast version for k = 2.
+
+The rounds read the policy's settings through `JointRule`, so this module does not import policy.joint (which
+imports it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from wdmoe.policy.joint import JointSelectionBandwidth
-from wdmoe.policy.split_arrays import _LN2, _unique_pair_split, scalar_time
+from wdmoe.policy.split_arrays import pair_split_by_key, scalar_time
 from wdmoe.policy.steps import BatchDecision, OneTokenSteps
+from wdmoe.radio.exactmath import LN2
+
+
+class JointRule(Protocol):
+    """The settings of `policy.joint.JointSelectionBandwidth` that the batched rounds read (its attributes)."""
+
+    @property
+    def form(self) -> str: ...
+
+    @property
+    def lam(self) -> float: ...
+
+    @property
+    def rho(self) -> float: ...
+
+    @property
+    def max_iter(self) -> int: ...
+
+    @property
+    def tol(self) -> float: ...
 
 
 def _columns(values: np.ndarray) -> list[np.ndarray]:
@@ -79,6 +104,16 @@ def _on_a_and_b(device: list[np.ndarray], *values: list[np.ndarray]) -> tuple[li
     return on_a, firsts
 
 
+def beyond_two_devices(steps: OneTokenSteps) -> np.ndarray:
+    """(n,) bool: the steps whose slots span three or more devices (the rounds here solve at most two)."""
+    device = _columns(steps.slot_device)
+    on_a, (dev_b,) = _on_a_and_b(device)
+    third = np.zeros(steps.size, dtype=bool)
+    for col, here in zip(device, on_a, strict=True):
+        third |= ~here & (col != dev_b)
+    return third
+
+
 def _steps(steps: OneTokenSteps) -> _Steps:
     device = _columns(steps.slot_device)
     dl, ul = _columns(steps.snr_dl_per_hz), _columns(steps.snr_ul_per_hz)
@@ -111,7 +146,7 @@ class _Eval:
         return [np.where(col == self.dev0, first, second) for col in device]
 
 
-def _evaluate(policy: JointSelectionBandwidth, steps: OneTokenSteps, cols: _Steps, keep: list[np.ndarray],
+def _evaluate(policy: JointRule, steps: OneTokenSteps, cols: _Steps, keep: list[np.ndarray],
               need: np.ndarray) -> _Eval:
     """joint._evaluate_one_token for each step (kept slots on at most two devices: A, the device of slot 0, and B).
     With two active devices the lower device id comes first, as in the reference's pair split (so the same split
@@ -143,7 +178,7 @@ def _evaluate(policy: JointSelectionBandwidth, steps: OneTokenSteps, cols: _Step
         key = ((steps.channel_key.take(i) * steps.num_devices + dev0.take(i)) * steps.num_devices
                + dev1.take(i)) * width * width + counts
         ni = need.take(i)
-        split = _unique_pair_split(key, ni, ni, ni * p0.take(i), ni * p1.take(i), comp0.take(i), comp1.take(i),
+        split = pair_split_by_key(key, ni, ni, ni * p0.take(i), ni * p1.take(i), comp0.take(i), comp1.take(i),
                                    dl0.take(i), dl1.take(i), ul0.take(i), ul1.take(i), steps.bandwidth_hz.take(i))
         share0[i], share1[i], t0[i], inv0[i], t1[i], inv1[i] = (split.b0, split.b1, split.t0, split.inv0, split.t1,
                                                                 split.inv1)
@@ -169,43 +204,14 @@ def _evaluate(policy: JointSelectionBandwidth, steps: OneTokenSteps, cols: _Step
     return _Eval(metric, dev0, dev1, share0, share1, cost0, cost1, two, failed)
 
 
-def decide_joint(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchDecision:
-    """`JointSelectionBandwidth.decide` on n one-token steps (module docstring)."""
-    n, k = steps.slot_device.shape
-    device = _columns(steps.slot_device)
-    on_a, (dev_b,) = _on_a_and_b(device)
-    third = np.zeros(n, dtype=bool)
-    for col, here in zip(device, on_a, strict=True):
-        third |= ~here & (col != dev_b)
-    fallback = third | (steps.bits_per_token == 0.0)
-    if not fallback.any():
-        return _decide(steps, policy)
-    ok = np.flatnonzero(~fallback)  # solved alone: a fallback step must not share a memoised split with them
-    part = _decide(steps.subset(ok), policy)
-    keep, weight, share = np.ones((n, k), dtype=bool), steps.weight.copy(), np.zeros((n, k))
-    keep[ok], weight[ok], share[ok] = part.keep, part.weight, part.slot_share_hz
-    fallback[ok] = part.fallback
-    return BatchDecision(keep, weight, share, fallback, steps.slot_device, steps.num_devices)
-
-
-def _decide(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchDecision:
-    """`decide_joint` for steps whose slots lie on at most two devices: top-2 by `joint_top2.decide_top2`
-    (the same decisions bit for bit, by direct column arithmetic), any other k by the generic rounds."""
-    if steps.slot_device.shape[1] == 2:
-        from wdmoe.policy.joint_top2 import decide_top2  # imports this module
-
-        return decide_top2(steps, policy)
-    return _decide_rounds(steps, policy)
-
-
-def _decide_rounds(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchDecision:
-    """`decide_joint` for steps whose slots lie on at most two devices: every round evaluates a trial for all
-    steps and keeps it where the step is still running and the metric rose (no row gathers, which are slow).
-    Works on columns (`_Steps`); (n, k) arrays only at the end."""
+def decide_rounds(steps: OneTokenSteps, policy: JointRule) -> BatchDecision:
+    """`JointSelectionBandwidth.decide` on each step (module docstring: slots on at most two devices, a nonzero
+    payload). Every round evaluates a trial for all steps and keeps it where the step is still running and the
+    metric rose (no row gathers, which are slow). Works on columns (`_Steps`); (n, k) arrays only at the end."""
     n, k = steps.slot_device.shape
     cols = _steps(steps)
     weight = cols.weight
-    need = steps.bits_per_token * _LN2
+    need = steps.bits_per_token * LN2
     keep = [np.ones(n, dtype=bool) for _ in range(k)]
     point = _evaluate(policy, steps, cols, keep, need)
     fallback = point.failed.copy()

@@ -1,7 +1,9 @@
 """The joint policy's batched rounds for top-2 (k = 2, Mixtral's case) by direct column arithmetic.
 
-Contract: `decide_top2` returns what `joint_rounds._decide` returns on the same steps (keep, weight, shares and
-fallback bit for bit), without its generic round machinery. With two slots the rounds reduce to:
+Contract: `decide_top2` equals `JointSelectionBandwidth.decide` on each step's LayerState (steps on at most two
+devices, with a nonzero payload): it returns what `joint_rounds.decide_rounds`, the generic batched form, returns
+on the same steps (keep, weight, shares and fallback bit for bit; tests/unit/policy/test_joint_top2.py), without
+its generic round machinery. With two slots the rounds reduce to:
 
 1. the top-2 point: both slots on one device (one time, 2 pairs, the band all there) or on two (the memoised
    pair split, lower device id first, as the generic path keys it);
@@ -20,12 +22,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from wdmoe.policy.joint import JointSelectionBandwidth
-from wdmoe.policy.split_arrays import _LN2, _unique_pair_split, scalar_time
+from wdmoe.policy.joint_rounds import JointRule
+from wdmoe.policy.split_arrays import pair_split_by_key, scalar_time
 from wdmoe.policy.steps import BatchDecision, OneTokenSteps
+from wdmoe.radio.exactmath import LN2
 
 
-def _metric(policy: JointSelectionBandwidth, kept_weight: np.ndarray, layer_s: np.ndarray) -> np.ndarray:
+def _metric(policy: JointRule, kept_weight: np.ndarray, layer_s: np.ndarray) -> np.ndarray:
     if policy.form == "ratio":
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(layer_s > 0.0, kept_weight / layer_s, np.inf)
@@ -33,8 +36,8 @@ def _metric(policy: JointSelectionBandwidth, kept_weight: np.ndarray, layer_s: n
         return kept_weight - policy.lam * layer_s
 
 
-def decide_top2(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchDecision:
-    """`joint_rounds._decide` for k = 2 (module docstring); steps with a nonzero payload."""
+def decide_top2(steps: OneTokenSteps, policy: JointRule) -> BatchDecision:
+    """`joint_rounds.decide_rounds` for k = 2 (module docstring); steps with a nonzero payload."""
     n = steps.slot_device.shape[0]
     d0, d1 = (np.ascontiguousarray(steps.slot_device[:, j]) for j in range(2))
     w0, w1 = (np.ascontiguousarray(steps.weight[:, j]) for j in range(2))
@@ -42,7 +45,7 @@ def decide_top2(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchD
     dl0, dl1 = (np.ascontiguousarray(steps.snr_dl_per_hz[:, j]) for j in range(2))
     ul0, ul1 = (np.ascontiguousarray(steps.snr_ul_per_hz[:, j]) for j in range(2))
     budget, bs = steps.bandwidth_hz, steps.bs_time_s
-    need = steps.bits_per_token * _LN2
+    need = steps.bits_per_token * LN2
     total = w0 + 0.0  # the generic left-to-right sum from 0.0
     total += w1
     same = d0 == d1
@@ -66,7 +69,7 @@ def decide_top2(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchD
         key *= 9
         key += 4  # (pairs 1, 1) in the generic key's base k + 1 = 3
         ni = sub(need)
-        split = _unique_pair_split(key, ni, ni, ni * 1.0, ni * 1.0, np.where(first, c0, c1), np.where(first, c1, c0),
+        split = pair_split_by_key(key, ni, ni, ni * 1.0, ni * 1.0, np.where(first, c0, c1), np.where(first, c1, c0),
                                    np.where(first, a0, a1), np.where(first, a1, a0), np.where(first, u0, u1),
                                    np.where(first, u1, u0), sub(budget))
         if every:

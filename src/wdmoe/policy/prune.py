@@ -17,6 +17,7 @@ import numpy as np
 from wdmoe.policy.bandwidth import BandwidthAllocator, EqualBandwidth
 from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.selection import first_argmax_mask, renormalize
+from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class GateThreshold:
     threshold: float
     bandwidth: BandwidthAllocator = field(default_factory=EqualBandwidth)
     name = "prune"  # a class attribute, not a field: the Policy protocol reads it as a plain str
+    order_independent = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -37,3 +39,7 @@ class GateThreshold:
         share = np.divide(weight, total, out=np.zeros_like(weight), where=total > 0.0)
         keep = (share >= self.threshold) | first_argmax_mask(weight)
         return Decision(keep, renormalize(weight, keep), self.bandwidth.allocate(state, keep))
+
+    def decide_steps(self, steps: OneTokenSteps) -> BatchDecision | None:
+        """No batched form: the caller decides each step with `decide`."""
+        return None

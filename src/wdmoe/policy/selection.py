@@ -1,7 +1,7 @@
 """Shared steps of the policies: a state's per-device costs for a selection, and the re-weighting of kept experts.
 
 Contract: pure numpy; every function takes a `LayerState` (or its arrays) and a keep mask (T, k) and never
-drops an expert itself.
+drops an expert itself. `one_token_steps` stacks one-token states into the input of the batched forms.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import cast
 import numpy as np
 
 from wdmoe.policy.base import LayerState
-from wdmoe.radio.compute import DeviceProfiles
+from wdmoe.policy.steps import OneTokenSteps
+from wdmoe.radio.compute import DeviceProfiles, roofline_time_s
 from wdmoe.radio.latency import DeviceCosts as DeviceCosts
 from wdmoe.radio.latency import LayerLoad, device_times
 from wdmoe.radio.latency import device_costs as radio_device_costs
@@ -66,3 +67,21 @@ def first_argmax_mask(score: np.ndarray) -> np.ndarray:
     if score.shape[0]:
         mask[np.arange(score.shape[0]), np.argmax(score, axis=1)] = True
     return mask
+
+
+def one_token_steps(states: list[LayerState]) -> OneTokenSteps:
+    """Stack one-token LayerStates of the same k and D into `OneTokenSteps`, each its own channel key (the
+    per-state path's inputs to a batched form, for tests and tools)."""
+    rows = []
+    for state in states:
+        if state.num_tokens != 1:
+            raise ValueError(f"OneTokenSteps holds one-token steps; a state has {state.num_tokens} tokens")
+        p = profiles_of(state)
+        device = state.expert_device[state.topk_index[0]]
+        roof = roofline_time_s(1.0, state.expert_flops_per_token, state.expert_weight_bytes, p.flops_per_s,
+                               p.mem_bytes_per_s, p.overhead_s)  # (D,)
+        rows.append((device, state.topk_weight[0].astype(float), roof[device], state.link.snr_dl_per_hz[device],
+                     state.link.snr_ul_per_hz[device], state.bits_per_token, state.bandwidth_hz, state.bs_time_s))
+    c = [np.array(column, dtype=float if i else np.int64) for i, column in enumerate(zip(*rows, strict=True))]
+    return OneTokenSteps(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], np.arange(len(states)),
+                         states[0].num_devices if states else 0)

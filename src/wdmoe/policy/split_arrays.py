@@ -13,10 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wdmoe.policy.bandwidth import LOG_LN2, LOG_SERIES, PRESOLVE_ITER, PRESOLVE_LAST, SQRT_TWO
-from wdmoe.radio.exactmath import LN2
 from wdmoe.radio.rate import time_and_inverse_slope
-
-_LN2 = LN2  # policy.joint's constant
 
 
 def scalar_time(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray,
@@ -208,7 +205,7 @@ def _pair_split_block(out: list[np.ndarray], params: np.ndarray, budget: np.ndar
         b = np.where((lo < step) & (step < hi), step, 0.5 * (lo + hi))
 
 
-def _unique_pair_split(key: np.ndarray, *args: np.ndarray) -> PairSplit:
+def pair_split_by_key(key: np.ndarray, *args: np.ndarray) -> PairSplit:
     """`pair_split` solved once per distinct key (equal keys have equal arguments) and spread back."""
     _, first, back = np.unique(key, return_index=True, return_inverse=True)
     if first.shape[0] == key.shape[0]:

@@ -20,6 +20,8 @@ import numpy as np
 from wdmoe.policy.bandwidth import BandwidthAllocator, EqualBandwidth
 from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.selection import device_costs, device_times_s, first_argmax_mask, renormalize
+from wdmoe.policy.steps import BatchDecision, OneTokenSteps, all_kept, batch_decision, equal_shares, slot_groups
+from wdmoe.radio.rate import share_time_s
 
 _TINY_S = 1e-30  # a device that needs no time at all still gets a finite ratio
 
@@ -32,6 +34,17 @@ def pair_latency_s(state: LayerState, bandwidth: BandwidthAllocator) -> np.ndarr
     return np.maximum(times[state.expert_device[state.topk_index]], _TINY_S)
 
 
+def pair_latency_steps_s(steps: OneTokenSteps) -> np.ndarray:
+    """(n, k) `pair_latency_s` with EqualBandwidth on n one-token steps: each slot's device round trip under the
+    top-k."""
+    groups = slot_groups(steps, all_kept(steps))
+    bits = steps.bits_per_token[:, None]
+    share = (steps.bandwidth_hz / groups.first.sum(axis=1))[:, None]  # policy.bandwidth.equal_split
+    times = (share_time_s(bits, share, steps.snr_dl_per_hz) + groups.compute_s
+             + share_time_s(groups.pairs * bits, share, steps.snr_ul_per_hz))
+    return np.maximum(times, _TINY_S)
+
+
 @dataclass(frozen=True)
 class WLRThreshold:
     """WLR (reconstructed), papers.md §2.3: keep experts whose normalised WLR reaches theta."""
@@ -40,6 +53,7 @@ class WLRThreshold:
     normalize: Literal["max", "sum"] = "max"
     bandwidth: BandwidthAllocator = field(default_factory=EqualBandwidth)
     name = "wlr"  # a class attribute, not a field: the Policy protocol reads it as a plain str
+    order_independent = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.theta <= 1.0:
@@ -56,3 +70,17 @@ class WLRThreshold:
         if self.theta < 1.0:
             keep |= normalised >= self.theta
         return Decision(keep, renormalize(weight, keep), self.bandwidth.allocate(state, keep))
+
+    def decide_steps(self, steps: OneTokenSteps) -> BatchDecision | None:
+        """Equals `WLRThreshold.decide` on each step's LayerState, with `EqualBandwidth` (None with another
+        allocator, and for a subclass, which may decide otherwise): the same operations row by row."""
+        if type(self) is not WLRThreshold or type(self.bandwidth) is not EqualBandwidth:
+            return None
+        weight = steps.weight
+        ratio = weight / pair_latency_steps_s(steps)  # (n, k)
+        norm = ratio.max(axis=1, keepdims=True) if self.normalize == "max" else ratio.sum(axis=1, keepdims=True)
+        normalised = np.divide(ratio, norm, out=np.zeros_like(ratio), where=norm > 0.0)
+        keep = first_argmax_mask(ratio)
+        if self.theta < 1.0:
+            keep |= normalised >= self.theta
+        return batch_decision(steps, keep, renormalize(weight, keep), equal_shares(steps, keep))

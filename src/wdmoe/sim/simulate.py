@@ -7,8 +7,10 @@ each prefill, start_step at each step, then each layer), so for the trace and th
 reproduces that run's modeled latency and decisions bit for bit (tests/unit/sim/test_agreement.py). The batched
 mode (default) gives the same numbers faster: the channel blocks are fixed by the trace's shape alone, so they
 are drawn up front (`sim.blocks`, bit-identical), multi-token steps go through the per-state path, and the
-one-token layer steps of every decode step are decided together by `policy.steps`; a policy that keeps its
-own random state (`RandomDrop`) depends on the call order and is always replayed in exact mode.
+one-token layer steps of every decode step are decided together by the policy's batched form,
+`policy.decide_steps` (policy.steps; per state where it declines). The batched mode decides steps out of order,
+so a policy that is not `order_independent` (`RandomDrop`, whose generator advances with each call) is always
+replayed in exact mode.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ import numpy as np
 
 from wdmoe.config import Scenario
 from wdmoe.policy.base import Policy
-from wdmoe.policy.baselines import RandomDrop
-from wdmoe.policy.steps import BatchDecision, OneTokenSteps, decide_batch, supports
+from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 from wdmoe.radio.compute import roofline_time_s
 from wdmoe.radio.latency import LatencyBreakdown
 from wdmoe.radio.one_token import OneTokenLoad, one_token_latency
@@ -127,9 +128,7 @@ def replay_batched(trace: Trace, decider: WirelessDecider, chunk: int = CHUNK) -
             per_state(step, pos)
     ones = np.flatnonzero(one)  # (n,) step-major (step, layer) pairs, without numpy's slow 2-D nonzero
     steps_1, pos_1 = np.repeat(ones, trace.num_layers), np.tile(np.arange(trace.num_layers), ones.shape[0])
-    if not supports(decider.policy):
-        for step, pos in zip(steps_1.tolist(), pos_1.tolist(), strict=True):
-            per_state(step, pos)
+    if steps_1.size == 0:
         return sink.replay(decider.policy.name, decider.scenario.seed)
     probe = decider.state_on(block_link(blocks, 0), layers[0], *_layer_args(trace, 0, 0))
     profiles = decider.profiles
@@ -152,8 +151,11 @@ def replay_batched(trace: Trace, decider: WirelessDecider, chunk: int = CHUNK) -
                               blocks.snr_dl_per_hz.ravel().take(slot), blocks.snr_ul_per_hz.ravel().take(slot),
                               np.full(n, probe.bits_per_token), np.full(n, probe.bandwidth_hz), bs_1.take(p), block,
                               devices)
-        decision = decide_batch(decider.policy, batch)
-        assert decision is not None
+        decision = decider.policy.decide_steps(batch)
+        if decision is None:  # no batched form for this policy: per state, in the same order
+            for step, pos in zip(s.tolist(), p.tolist(), strict=True):
+                per_state(step, pos)
+            continue
         lat = one_token_latency(one_token_load(batch, decision), profiles.tx_power_w, profiles.compute_power_w,
                                 decider.bs_tx_power_w, decider.pool)
         flat["layer_s"][at], flat["energy_j"][at] = lat.layer_s, lat.energy_j
@@ -171,6 +173,6 @@ def replay(trace: Trace, scenario: Scenario, policy: Policy, seed: int | None = 
            keep_records: bool = False) -> Replay:
     """Replay `trace` over `scenario` (seed replaced by `seed` when given) under `policy` (module docstring)."""
     decider = make_decider(trace, scenario, policy, seed)
-    if batched and not keep_records and not isinstance(policy, RandomDrop):
+    if batched and not keep_records and policy.order_independent:
         return replay_batched(trace, decider)
     return replay_exact(trace, decider, keep_records)

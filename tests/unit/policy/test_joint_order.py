@@ -10,7 +10,7 @@ import pytest
 from tests.unit.policy.states import random_state
 from wdmoe.policy import JointSelectionBandwidth
 from wdmoe.policy.base import LayerState
-from wdmoe.policy.steps import OneTokenSteps, decide_batch
+from wdmoe.policy.selection import one_token_steps
 
 
 def two_device_states(count: int) -> list[LayerState]:
@@ -41,7 +41,7 @@ def test_pair_split_is_the_same_in_either_slot_order(rho: float) -> None:
             np.testing.assert_array_equal(a.bandwidth_hz, b.bandwidth_hz)
         np.testing.assert_array_equal(a.keep[0], b.keep[0][::-1])
     both = states + [swapped(s) for s in states]
-    batch = decide_batch(policy, OneTokenSteps.from_states(both))
+    batch = policy.decide_steps(one_token_steps(both))
     assert batch is not None and not batch.fallback.any()
     for i, state in enumerate(both):
         reference = policy.decide(state)

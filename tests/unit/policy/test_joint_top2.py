@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from tests.unit.policy.states import random_state
 from wdmoe.policy import JointSelectionBandwidth
-from wdmoe.policy.joint_rounds import _decide_rounds, decide_joint
+from wdmoe.policy.joint_rounds import decide_rounds
 from wdmoe.policy.joint_top2 import decide_top2
-from wdmoe.policy.steps import BatchDecision, OneTokenSteps, decide_batch
+from wdmoe.policy.selection import one_token_steps
+from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 
 # dead links (zero SNR) give inf and nan times: the generic rounds warn on them, and so would the fast path
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -62,11 +63,11 @@ def assert_bitwise_equal(a: BatchDecision, b: BatchDecision) -> None:
 @pytest.mark.parametrize("seed", range(4))
 def test_top2_equals_the_generic_rounds_bit_for_bit(policy: JointSelectionBandwidth, seed: int) -> None:
     steps = random_steps(seed, 3000)
-    fast, generic = decide_top2(steps, policy), _decide_rounds(steps, policy)
+    fast, generic = decide_top2(steps, policy), decide_rounds(steps, policy)
 
     assert_bitwise_equal(fast, generic)
     distinct = steps.subset(np.flatnonzero(steps.slot_device[:, 0] != steps.slot_device[:, 1]))  # no same-device
-    assert_bitwise_equal(decide_top2(distinct, policy), _decide_rounds(distinct, policy))
+    assert_bitwise_equal(decide_top2(distinct, policy), decide_rounds(distinct, policy))
     if policy.max_iter >= 1 and policy.rho < 1.0 and policy.lam > 0.0:
         assert 0 < (~fast.keep).sum(axis=1).astype(bool).sum() < steps.size  # both outcomes are exercised
 
@@ -87,22 +88,23 @@ def test_the_cases_are_exercised() -> None:
 def test_top2_equals_the_generic_rounds_on_random_batches(seed: int, devices: int, n: int,
                                                           policy: JointSelectionBandwidth) -> None:
     steps = random_steps(seed, n, devices, blocks=max(n // 4, 1))
-    assert_bitwise_equal(decide_top2(steps, policy), _decide_rounds(steps, policy))
+    assert_bitwise_equal(decide_top2(steps, policy), decide_rounds(steps, policy))
 
 
-def test_decide_joint_dispatches_top2_and_keeps_zero_payload_steps_for_the_fallback() -> None:
+def test_decide_steps_dispatches_top2_and_keeps_zero_payload_steps_for_the_fallback() -> None:
     steps = random_steps(5, 500)
     bits = steps.bits_per_token.copy()
     bits[::7] = 0.0
     steps = OneTokenSteps(steps.slot_device, steps.weight, steps.roof_s, steps.snr_dl_per_hz, steps.snr_ul_per_hz,
                           bits, steps.bandwidth_hz, steps.bs_time_s, np.arange(steps.size), steps.num_devices)
     policy = JointSelectionBandwidth()
-    batch = decide_joint(steps, policy)
+    batch = policy.decide_steps(steps)
+    assert batch is not None
     ok = np.flatnonzero(bits > 0.0)
 
     assert batch.fallback[bits == 0.0].all()
-    assert_bitwise_equal(decide_top2(steps.subset(ok), policy), _decide_rounds(steps.subset(ok), policy))
-    np.testing.assert_array_equal(batch.keep[ok], _decide_rounds(steps.subset(ok), policy).keep)
+    assert_bitwise_equal(decide_top2(steps.subset(ok), policy), decide_rounds(steps.subset(ok), policy))
+    np.testing.assert_array_equal(batch.keep[ok], decide_rounds(steps.subset(ok), policy).keep)
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: f"{p.form}-{p.lam}-{p.rho}-{p.max_iter}")
@@ -110,7 +112,7 @@ def test_decide_joint_dispatches_top2_and_keeps_zero_payload_steps_for_the_fallb
 def test_top2_equals_the_per_state_policy(policy: JointSelectionBandwidth, devices: int) -> None:
     states = [random_state(i, 1, 2, num_experts=6, num_devices=devices, weight_scale=(1.0, 2.5)[i % 2])
               for i in range(150)]
-    batch = decide_batch(policy, OneTokenSteps.from_states(states))
+    batch = policy.decide_steps(one_token_steps(states))
 
     assert batch is not None and not batch.fallback.any()
     for i, state in enumerate(states):

@@ -14,6 +14,7 @@ from wdmoe import DistributedMoE
 from wdmoe.config import Scenario
 from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.factory import make_policy
+from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 from wdmoe.policy.topk import TopK
 from wdmoe.radio.latency import LayerLoad, layer_breakdown
 from wdmoe.runtime.telemetry import StepRecord
@@ -24,11 +25,15 @@ class KeepFirst:
     """A real (if simple) policy: keep only each token's first routed expert, at weight 1, equal bandwidth."""
 
     name: str = field(default="keep-first", init=False)
+    order_independent = True
 
     def decide(self, state: LayerState) -> Decision:
         keep = np.zeros(state.topk_index.shape, dtype=bool)
         keep[:, 0] = True
         return Decision(keep, keep.astype(float), np.full(state.num_devices, state.bandwidth_hz / state.num_devices))
+
+    def decide_steps(self, steps: OneTokenSteps) -> BatchDecision | None:
+        return None
 
 
 def test_topk_with_radio_stays_exact_and_models_every_layer(mixtral_split: Path, tiny_models) -> None:

@@ -9,15 +9,24 @@ from hypothesis import strategies as st
 
 from tests.unit.policy.states import random_state
 from wdmoe.config import Scenario
-from wdmoe.policy import JointSelectionBandwidth, TopK, WLRThreshold
-from wdmoe.policy.base import Policy
+from wdmoe.policy import (
+    EqualBandwidth,
+    FastestDevices,
+    JointSelectionBandwidth,
+    MinMaxBandwidth,
+    RandomDrop,
+    TopK,
+    WLRThreshold,
+)
+from wdmoe.policy.base import Decision, LayerState, Policy
 from wdmoe.policy.evaluate import layer_breakdown
-from wdmoe.policy.selection import profiles_of
-from wdmoe.policy.steps import OneTokenSteps, decide_batch, supports
+from wdmoe.policy.prune import GateThreshold
+from wdmoe.policy.selection import one_token_steps, profiles_of, renormalize
 from wdmoe.radio.channel import redraw_fading, sample_links
 from wdmoe.radio.one_token import one_token_latency
 from wdmoe.sim.blocks import draw_blocks
-from wdmoe.sim.simulate import one_token_load
+from wdmoe.sim.simulate import one_token_load, replay
+from wdmoe.sim.synthesize import synthesize_trace
 
 POLICIES: list[Policy] = [TopK(), WLRThreshold(0.0), WLRThreshold(0.4), WLRThreshold(1.0),
                           WLRThreshold(0.3, normalize="sum"), JointSelectionBandwidth(),
@@ -30,9 +39,9 @@ POLICIES: list[Policy] = [TopK(), WLRThreshold(0.0), WLRThreshold(0.4), WLRThres
 def test_batched_decisions_equal_per_state_decisions(seed: int, top_k: int, num_devices: int, scale: float) -> None:
     states = [random_state(seed + i, 1, top_k, num_experts=top_k + 4, num_devices=num_devices, weight_scale=scale)
               for i in range(16)]
-    steps = OneTokenSteps.from_states(states)
+    steps = one_token_steps(states)
     for policy in POLICIES:
-        batch = decide_batch(policy, steps)
+        batch = policy.decide_steps(steps)
         assert batch is not None
         for i, state in enumerate(states):
             if batch.fallback[i]:
@@ -48,7 +57,7 @@ def test_joint_falls_back_only_for_three_devices() -> None:
     states = [random_state(i, 1, 3, num_experts=9, num_devices=8) for i in range(200)]
     devices = np.array([len(set(s.expert_device[s.topk_index[0]].tolist())) for s in states])
 
-    batch = decide_batch(JointSelectionBandwidth(), OneTokenSteps.from_states(states))
+    batch = JointSelectionBandwidth().decide_steps(one_token_steps(states))
 
     assert batch is not None
     np.testing.assert_array_equal(batch.fallback, devices >= 3)
@@ -59,8 +68,8 @@ def test_joint_falls_back_only_for_three_devices() -> None:
 @given(seed=st.integers(0, 2**31 - 1), top_k=st.integers(1, 3), num_devices=st.integers(1, 8))
 def test_one_token_latency_equals_radio_latency(seed: int, top_k: int, num_devices: int) -> None:
     states = [random_state(seed + i, 1, top_k, num_experts=top_k + 3, num_devices=num_devices) for i in range(16)]
-    steps = OneTokenSteps.from_states(states)
-    batch = decide_batch(JointSelectionBandwidth(), steps)
+    steps = one_token_steps(states)
+    batch = JointSelectionBandwidth().decide_steps(steps)
     assert batch is not None
     tx = np.stack([profiles_of(s).tx_power_w for s in states])
     compute = np.stack([profiles_of(s).compute_power_w for s in states])
@@ -78,11 +87,46 @@ def test_one_token_latency_equals_radio_latency(seed: int, top_k: int, num_devic
         assert decision.keep.sum() == batch.keep[i].sum()
 
 
-def test_only_policies_with_a_batched_form_are_batched() -> None:
-    from wdmoe.policy import FastestDevices, MinMaxBandwidth, RandomDrop
+class FirstExpertWLR(WLRThreshold):
+    """A subclass that decides otherwise (keeps each token's first routed expert): its parent's batched form does
+    not apply to it."""
 
-    assert all(supports(p) for p in POLICIES)
-    assert not any(supports(p) for p in (FastestDevices(), RandomDrop(0.3), TopK(bandwidth=MinMaxBandwidth())))
+    def decide(self, state: LayerState) -> Decision:
+        keep = np.zeros(state.topk_index.shape, dtype=bool)
+        keep[:, 0] = True
+        weight = state.topk_weight.astype(float)
+        return Decision(keep, renormalize(weight, keep), self.bandwidth.allocate(state, keep))
+
+
+def test_only_policies_with_a_batched_form_decide_steps() -> None:
+    states = [random_state(i, 1, 2, num_experts=6, num_devices=4) for i in range(8)]
+    steps = one_token_steps(states)
+
+    assert all(p.decide_steps(steps) is not None for p in POLICIES)
+    declined = (FastestDevices(), RandomDrop(0.3), GateThreshold(0.2), TopK(bandwidth=MinMaxBandwidth()),
+                WLRThreshold(0.5, bandwidth=MinMaxBandwidth()), EqualBandwidth(), MinMaxBandwidth(),
+                FirstExpertWLR(0.5))
+    assert all(p.decide_steps(steps) is None for p in declined)
+
+
+def test_only_the_random_baseline_depends_on_the_call_order() -> None:
+    others = (*POLICIES, FastestDevices(), GateThreshold(0.2), EqualBandwidth(), MinMaxBandwidth())
+
+    assert not RandomDrop(0.3).order_independent
+    assert all(p.order_independent for p in others)
+
+
+@pytest.mark.parametrize("policy", [FirstExpertWLR(0.5), RandomDrop(0.4, seed=3)], ids=["subclass", "random"])
+def test_a_policy_without_a_batched_form_replays_as_in_exact_mode(policy: Policy) -> None:
+    trace = synthesize_trace(np.random.default_rng(2), 3, 6, 2, 3, 4, 6, num_devices=4)
+    scenario = Scenario.default(4)
+    twin = FirstExpertWLR(0.5) if isinstance(policy, FirstExpertWLR) else RandomDrop(0.4, seed=3)
+
+    batched, exact = replay(trace, scenario, policy, seed=5), replay(trace, scenario, twin, seed=5, batched=False)
+
+    for name in ("layer_s", "energy_j", "bits_dl", "bits_ul", "kept"):
+        np.testing.assert_array_equal(getattr(batched, name), getattr(exact, name))
+    assert (batched.kept < batched.routed).any()  # the subclass's and the baseline's own decisions, not the top-k
 
 
 @pytest.mark.parametrize("fading", [{"model": "rayleigh"}, {"model": "rician"},
