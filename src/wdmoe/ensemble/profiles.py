@@ -24,6 +24,7 @@ from wdmoe.ensemble.scores import TaskScores
 from wdmoe.ensemble.task import CATEGORIES
 from wdmoe.radio.channel import sample_links
 from wdmoe.radio.compute import PRESETS, DeviceProfile
+from wdmoe.radio.latency import energy_parts_j
 from wdmoe.radio.link import LinkState
 
 DEPLOYMENT = {  # expert -> the server preset that hosts it [R]
@@ -85,6 +86,5 @@ def measured_costs(
         ]
     )  # (N, C)
     power = np.array([e.server.compute_power_w for e in dep.experts])[:, None]  # (N, 1)
-    return RequestCosts(
-        radio.expert_names, radio.category_names, radio.delay_s + compute, radio.energy_j + power * compute
-    )
+    _, compute_j, _ = energy_parts_j(0.0, compute, 0.0, power, 0.0, dep.bs_tx_power_w)  # radio.latency's energy
+    return RequestCosts(radio.expert_names, radio.category_names, radio.delay_s + compute, radio.energy_j + compute_j)
