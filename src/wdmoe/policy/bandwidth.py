@@ -29,6 +29,7 @@ import numpy as np
 from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.selection import device_costs
 from wdmoe.policy.steps import BatchDecision, OneTokenSteps
+from wdmoe.radio.approx import approx_time
 from wdmoe.radio.exactmath import LN2, exp_array, log
 from wdmoe.radio.rate import scalar_time, time_and_inverse_slope, transfer_and_slope_into
 
@@ -114,38 +115,8 @@ def _newton_pair(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_d
     return None if split is None else np.array(split)
 
 
-# ln x = (e - 1/2) ln 2 + ln v with x = m 2^e (frexp: m in [1/2, 1)) and v = m sqrt 2 in [sqrt(1/2), sqrt(2));
-# ln v = 2 atanh z, z = (v - 1) / (v + 1), |z| <= 0.1716, by the series to z^13 (1, 1/3, ..., 1/13): the rest is
-# < 5e-13. Only frexp and +, -, *, / (no branch), so Python floats and numpy arrays give the same bits.
-LOG_SERIES = tuple(1.0 / (2 * j + 1) for j in range(7))
-SQRT_TWO = math.sqrt(2.0)
-LOG_LN2 = _LN2  # approx_log's ln 2, shared with split_arrays
 PRESOLVE_LAST = 3e-5  # from an approximate relative gap this small, one more step lands at ~1e-11 (quadratic)
 PRESOLVE_ITER = 10
-_C0, _C1, _C2, _C3, _C4, _C5, _C6 = LOG_SERIES
-_frexp = math.frexp
-
-
-def approx_log(x: float) -> float:
-    """ln x (x > 0, finite) to ~5e-13 absolute, by frexp and the atanh series (`LOG_SERIES`): cheap on arrays
-    (split_arrays' array form does the same operations), unlike log1p, and used only to find a starting point."""
-    m, e = _frexp(x)
-    v = m * SQRT_TWO
-    z = (v - 1.0) / (v + 1.0)
-    z2 = z * z
-    return (e - 0.5) * LOG_LN2 + 2.0 * z * ((((((_C6 * z2 + _C5) * z2 + _C4) * z2 + _C3) * z2 + _C2) * z2 + _C1) * z2
-                                            + _C0)
-
-
-def approx_time(b: float, need_dl: float, need_ul: float, base: float, s_dl: float,
-                s_ul: float) -> tuple[float, float]:
-    """`scalar_time` with `approx_log` for log1p: t(b) and the slope |dt/db| (not its inverse)."""
-    y_dl, y_ul = s_dl / b, s_ul / b
-    o_dl, o_ul = 1.0 + y_dl, 1.0 + y_ul
-    l_dl, l_ul = approx_log(o_dl), approx_log(o_ul)
-    t_dl, t_ul = need_dl / (b * l_dl), need_ul / (b * l_ul)
-    slope = (t_dl * (l_dl - y_dl / o_dl) / l_dl + t_ul * (l_ul - y_ul / o_ul) / l_ul) / b
-    return t_dl + t_ul + base, slope
 
 
 def pair_model_step(b: float, e: float, t0: float, slope0: float, t1: float, slope1: float, budget: float) -> float:

@@ -1,9 +1,9 @@
 """The min-max pair split of `policy.bandwidth` on arrays: n two-device problems solved at once, iterate for iterate.
 
 Contract: `pair_split(...)` returns, per problem, what `policy.bandwidth.pair_split` returns on the same floats (the
-same operations in the same order, elementwise), with nan where it does not converge; `approx_log`, `approx_time`,
-`pair_model_step` are the array forms of the functions of the same names there, `scalar_time` of radio.rate's.
-Pure numpy.
+same operations in the same order, elementwise), with nan where it does not converge; `pair_model_step` is the
+array form of the function of the same name there, `scalar_time` of radio.rate's (the presolve's approximate time
+is radio.approx's). Pure numpy.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wdmoe.policy.bandwidth import LOG_LN2, LOG_SERIES, PRESOLVE_ITER, PRESOLVE_LAST, SQRT_TWO
+from wdmoe.policy.bandwidth import PRESOLVE_ITER, PRESOLVE_LAST
+from wdmoe.radio.approx import approx_time_array
 from wdmoe.radio.rate import time_and_inverse_slope
 
 
@@ -37,48 +38,6 @@ class PairSplit:
     inv0: np.ndarray
     t1: np.ndarray
     inv1: np.ndarray
-
-
-def approx_log(x: np.ndarray) -> np.ndarray:
-    """policy.bandwidth.approx_log on an array, operation for operation (in place on a few buffers: arrays this
-    size cost more in allocation than in arithmetic)."""
-    m, e = np.frexp(x)
-    v = np.multiply(m, SQRT_TWO, out=m)
-    z = np.subtract(v, 1.0)
-    np.add(v, 1.0, out=v)
-    np.divide(z, v, out=z)
-    z2 = np.multiply(z, z, out=v)
-    c = LOG_SERIES
-    s = np.multiply(z2, c[6])
-    for coefficient in (c[5], c[4], c[3], c[2], c[1]):
-        s += coefficient
-        s *= z2
-    s += c[0]
-    np.multiply(z, 2.0, out=z)
-    np.multiply(z, s, out=z)
-    out = np.subtract(e, 0.5, out=s)  # int32 - 0.5 in float64, as (e - 0.5)
-    out *= LOG_LN2
-    out += z
-    return out
-
-
-def approx_time(b: np.ndarray, need: np.ndarray, base: np.ndarray, snr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """policy.bandwidth.approx_time on arrays: b (2, m) shares, need and snr (2, 2, m) with the DL row first, base
-    (2, m); both directions go through each operation at once (elementwise, the reference's operations)."""
-    y = np.divide(snr, b)
-    o = np.add(y, 1.0)
-    log_term = approx_log(o)
-    transfer = np.multiply(log_term, b)
-    np.divide(need, transfer, out=transfer)
-    part = np.divide(y, o, out=y)  # transfer * (log_term - y / o) / log_term
-    np.subtract(log_term, part, out=part)
-    part *= transfer
-    part /= log_term
-    t = np.add(transfer[0], transfer[1])
-    t += base
-    slope = np.add(part[0], part[1])
-    slope /= b
-    return t, slope
 
 
 def pair_model_step(b: np.ndarray, e: np.ndarray, t0: np.ndarray, slope0: np.ndarray, t1: np.ndarray,
@@ -123,7 +82,7 @@ def _pair_start(b: np.ndarray, budget: np.ndarray, need: np.ndarray, base: np.nd
         shares[0] = b
         e = np.subtract(budget, b, out=shares[1])
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            t, slope = approx_time(shares, need, base, snr)
+            t, slope = approx_time_array(shares, need, base, snr)
             near = np.abs(t[0] - t[1]) <= PRESOLVE_LAST * np.maximum(t[0], t[1])
         step = pair_model_step(b, e, t[0], slope[0], t[1], slope[1], budget)
         ok = (step > 0.0) & (step < budget)
