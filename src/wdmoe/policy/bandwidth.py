@@ -33,8 +33,6 @@ from wdmoe.radio.approx import approx_time
 from wdmoe.radio.exactmath import LN2, exp_array, log
 from wdmoe.radio.rate import scalar_time, time_and_inverse_slope, transfer_and_slope_into
 
-_LN2 = LN2
-
 
 class BandwidthAllocator(Protocol):
     @property
@@ -234,9 +232,9 @@ def minmax_split(bits_dl: np.ndarray, bits_ul: np.ndarray, compute_s: np.ndarray
         out[need] = budget_hz
         return out
     if count == need.shape[0]:  # the common case: skip the fancy indexing (decisions take microseconds)
-        args = (bits_dl * _LN2, bits_ul * _LN2, compute_s, snr_dl_per_hz, snr_ul_per_hz, float(budget_hz))
+        args = (bits_dl * LN2, bits_ul * LN2, compute_s, snr_dl_per_hz, snr_ul_per_hz, float(budget_hz))
     else:
-        args = (bits_dl[need] * _LN2, bits_ul[need] * _LN2, compute_s[need], snr_dl_per_hz[need],
+        args = (bits_dl[need] * LN2, bits_ul[need] * LN2, compute_s[need], snr_dl_per_hz[need],
                 snr_ul_per_hz[need], float(budget_hz))
     if count == 2:
         b = _newton_pair(*args, rtol=rtol, max_iter=max_iter)

@@ -41,8 +41,6 @@ from wdmoe.radio.compute import roofline_one_token_s
 from wdmoe.radio.exactmath import LN2
 from wdmoe.radio.rate import scalar_time, time_and_inverse_slope
 
-_LN2 = LN2
-
 
 @dataclass(frozen=True)
 class JointSolution:
@@ -185,7 +183,7 @@ class JointSelectionBandwidth:
         mu = np.where(costs.active, 1.0, 0.0)
         if need.any():
             _, inv_slope = time_and_inverse_slope(
-                point.bandwidth_hz[need], costs.bits_dl[need] * _LN2, costs.bits_ul[need] * _LN2,
+                point.bandwidth_hz[need], costs.bits_dl[need] * LN2, costs.bits_ul[need] * LN2,
                 costs.compute_s[need], link.snr_dl_per_hz[need], link.snr_ul_per_hz[need])
             mu = np.zeros_like(mu)
             mu[need] = inv_slope / inv_slope.sum()
@@ -226,7 +224,7 @@ def _one_token(state: LayerState) -> _OneToken:
 def _evaluate_one_token(policy: JointSelectionBandwidth, state: LayerState, slots: _OneToken,
                         keep: list[bool]) -> tuple[float, dict[int, float], dict[int, float], dict[int, float]]:
     """(metric, share per active device, time per device, KKT weight mu per device) for one token's keep."""
-    need = state.bits_per_token * _LN2
+    need = state.bits_per_token * LN2
     pairs: dict[int, int] = {}
     compute: dict[int, float] = {}
     snr: dict[int, tuple[float, float]] = {}
