@@ -19,10 +19,11 @@ subnormal spacing). numpy's and the C library's own functions are within about 0
 Method: ln x = k ln 2 + ln(1 + f) with x = 2^k (1 + f), 1 + f in [sqrt(1/2), sqrt(2)) (frexp, exact);
 ln(1 + f) = 2 atanh(s) with s = f / (2 + f), |s| <= 0.1716, written f - (f^2/2 - s (f^2/2 + R(s^2))) with
 R(z) = sum_{j=1..9} 2 z^j / (2j + 1) (the series' tail is below 3e-17 of the result), the classic arrangement that
-keeps the rounding of the small terms away from the leading f. ln(1 + y) adds the exact rounding error of 1 + y
-(TwoSum) as a correction c / u. e^x = 2^k e^r with k = rint(x / ln 2), r = x - k ln 2 in two parts, |r| <= 0.347,
-e^r by its Taylor series to r^13 (tail below 5e-18); 10^x = e^(x ln 10) with x ln 10 as an exact two-term product
-(Dekker), so the argument's rounding does not grow with |x|.
+keeps the rounding of the small terms away from the leading f. ln(1 + y) takes k from frexp(u sqrt(1/2)), u = 1 + y
+(no masked select: numpy's masked loops are slow), and adds the exact rounding error of u (TwoSum) as c / u.
+e^x = 2^k e^r with k = rint(x / ln 2), r = x - k ln 2 in two parts, |r| <= 0.347, e^r by its Taylor series to r^13
+(tail below 5e-18); 10^x = e^(x ln 10) with x ln 10 as an exact two-term product (Dekker), so the argument's
+rounding does not grow with |x|.
 """
 
 from __future__ import annotations
@@ -85,11 +86,8 @@ def log1p(y: float) -> float:
     u = 1.0 + y
     if not 0.0 < u < _INF:
         return _ln_special(u)
-    m, k = _frexp(u)
-    if m < _SQRT_HALF:
-        m, k = m + m, k - 1
-    if k == 0:  # 1 + y in [sqrt(1/2), sqrt(2)): f = y exactly, no correction
-        return _ln_core(y, 0.0, 0)
+    k = _frexp(u * _SQRT_HALF)[1]  # u = 2^k m, m in [sqrt(1/2), sqrt(2)) but for the product's rounding (harmless)
+    m = _ldexp(u, -k)  # exact; u >= 2^-53 is never subnormal
     b = u - 1.0
     c = ((1.0 - (u - b)) + (y - b)) / u  # (1 + y) - u exactly (TwoSum), relative to u
     return _ln_core(m - 1.0, c, k)
@@ -205,7 +203,7 @@ def _reduce(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x = 2^k m with m in [sqrt(1/2), sqrt(2)) (frexp, then m doubled and k lowered where m < sqrt(1/2))."""
     m, k = np.frexp(x)
     low = m < _SQRT_HALF
-    np.add(m, m, out=m, where=low)
+    m = np.where(low, m + m, m)  # not a masked add (out=, where=): numpy's masked loops are several times slower
     np.subtract(k, low, out=k)
     return m, k
 
@@ -230,17 +228,16 @@ def log1p_array(y: np.ndarray) -> np.ndarray:
 def _log1p_block(y: np.ndarray) -> np.ndarray:
     u = np.add(y, 1.0)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        m, k = _reduce(u)
+        m = np.multiply(u, _SQRT_HALF)
+        k = np.frexp(m)[1]
+        np.ldexp(u, np.negative(k), out=m)
         m -= 1.0
-        near = k == 0
         c = np.subtract(u, 1.0)  # b = u - 1; c = ((1 - (u - b)) + (y - b)) / u
         work = np.subtract(u, c)
         np.subtract(1.0, work, out=work)
         np.subtract(y, c, out=c)
         c += work
         c /= u
-        np.copyto(m, y, where=near)  # f = y where 1 + y is in [sqrt(1/2), sqrt(2)), with no correction
-        np.copyto(c, 0.0, where=near)
         return _ln_special_array(u, _ln_core_array(m, c, k, work))
 
 
