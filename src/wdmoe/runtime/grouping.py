@@ -20,6 +20,7 @@ import torch
 
 from wdmoe.backends.base import DeviceBatch
 from wdmoe.runtime.air import AirCompression
+from wdmoe.runtime.liveness import RoutingTable
 
 Answer = tuple[np.ndarray, torch.Tensor]  # (m,) flat positions t * k + j of a batch's assignments, (m, H) outputs
 
@@ -54,8 +55,8 @@ class Dispatch:
 
 
 class GroupFn(Protocol):
-    def __call__(self, layer: int, hidden: torch.Tensor, index: np.ndarray, send: np.ndarray, table: np.ndarray,
-                 air: AirPlan) -> Dispatch: ...
+    def __call__(self, layer: int, hidden: torch.Tensor, index: np.ndarray, send: np.ndarray,
+                 routing: RoutingTable, air: AirPlan) -> Dispatch: ...
 
 
 CombineFn = Callable[[Sequence[Answer], int, int, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -71,12 +72,12 @@ class Grouping:
     applies: Callable[[int], bool]
 
 
-def group(layer: int, hidden: torch.Tensor, index: np.ndarray, send: np.ndarray, table: np.ndarray,
+def group(layer: int, hidden: torch.Tensor, index: np.ndarray, send: np.ndarray, routing: RoutingTable,
           air: AirPlan) -> Dispatch:
-    """The batches for the assignments `send` (T, k) of experts `index` (T, k) on devices `table[index]`; each
-    device gets its distinct tokens once (hidden (T, H)) and the expert of each assignment."""
+    """The batches for the assignments `send` (T, k) of experts `index` (T, k) on their primary devices of
+    `routing`; each device gets its distinct tokens once (hidden (T, H)) and the expert of each assignment."""
     k = index.shape[1]
-    device_of = np.where(send, table[index], -1).ravel()  # (T*k,)
+    device_of = np.where(send, routing.primary[layer][index], -1).ravel()  # (T*k,)
     order = np.argsort(device_of, kind="stable")
     counts = np.bincount(device_of[device_of >= 0], minlength=air.num_devices)
     batches, positions = [], []
@@ -113,18 +114,19 @@ def combine(answers: Sequence[Answer], num_tokens: int, k: int, weight: torch.Te
     return (out.view(num_tokens, k, -1) * weight.unsqueeze(-1)).sum(dim=1).to(like.dtype)
 
 
-_ZERO_ROWS: dict[int, torch.Tensor] = {}  # read-only (n,) zeros: every assignment of a one-token batch uses row 0
+# Read-only values the decode form reuses across steps (host-side cost is most of a decode step's overhead):
+_ZERO_ROWS: dict[int, torch.Tensor] = {}  # (n,) zeros: every assignment of a one-token batch uses row 0
+_POSITIONS: dict[tuple[int, ...], np.ndarray] = {}  # positions j of a batch's assignments, at most 2^k keys
 
 
-def group_one_token(layer: int, hidden: torch.Tensor, index: np.ndarray, send: np.ndarray, table: np.ndarray,
+def group_one_token(layer: int, hidden: torch.Tensor, index: np.ndarray, send: np.ndarray, routing: RoutingTable,
                     air: AirPlan) -> Dispatch:
     """`group` for one token (hidden (1, H)): the same batches, grouped with Python lists instead of sorting."""
-    experts = index[0].tolist()
-    devices = np.where(send[0], table[index[0]], -1).tolist()
+    experts, table = index[0].tolist(), routing.primary_rows[layer]
     groups: dict[int, list[int]] = {}
-    for j, device in enumerate(devices):
-        if device >= 0:
-            groups.setdefault(device, []).append(j)
+    for j, (expert, sent_j) in enumerate(zip(experts, send[0].tolist(), strict=True)):
+        if sent_j:
+            groups.setdefault(table[expert], []).append(j)
     sent = hidden if air.compression is None else air.compression.wire(hidden)
     counts = np.zeros(air.num_devices, dtype=np.int64)
     tokens_down = np.zeros(air.num_devices, dtype=np.int64)
@@ -134,9 +136,13 @@ def group_one_token(layer: int, hidden: torch.Tensor, index: np.ndarray, send: n
         rows = _ZERO_ROWS.get(len(js))
         if rows is None:
             rows = _ZERO_ROWS[len(js)] = torch.zeros(len(js), dtype=torch.long)
+        pos = _POSITIONS.get(tuple(js))
+        if pos is None:
+            pos = _POSITIONS[tuple(js)] = np.array(js, dtype=np.int64)  # never written; not flagged read-only, as
+            # torch.from_numpy warns on those
         batches.append(DeviceBatch(device, layer, sent, rows, torch.tensor([experts[j] for j in js]),
                                    _seconds(air.dl_s, device), _seconds(air.ul_s, device)))
-        positions.append(np.array(js, dtype=np.int64))
+        positions.append(pos)
         counts[device], tokens_down[device] = len(js), 1
     return Dispatch(batches, positions, tokens_down, counts)
 
@@ -145,7 +151,10 @@ def combine_one_token(answers: Sequence[Answer], num_tokens: int, k: int, weight
                       like: torch.Tensor) -> torch.Tensor:
     """`combine` for one token: the outputs stacked in k order (no zeroed buffer, no scatter), then the same
     weighted sum over k. A step with a dropped assignment takes the reference."""
-    if sum(pos.shape[0] for pos, _ in answers) != k:
+    answered = 0
+    for pos, _ in answers:
+        answered += pos.shape[0]
+    if answered != k:
         return combine(answers, num_tokens, k, weight, like)
     if len(answers) == 1:  # one device answered all k: its rows are in k order already
         stacked = answers[0][1]

@@ -66,7 +66,7 @@ class Runtime:
         step = self.decide(layer, router, bits)  # Route (T, k) + Decision + LatencyBreakdown (the radio model's)
         grouping = self.grouping_for(hidden.shape[0])  # the decode form for one token, else the reference
         group = functools.partial(grouping.group, layer, hidden, air=self.air_plan(step.modeled))
-        dispatch = group(step.route.index, step.route.keep, step.routing.primary[layer])  # a DeviceBatch per device
+        dispatch = group(step.route.index, step.route.keep, step.routing)  # one DeviceBatch per device
         delivery, step = deliver(self.pool, dispatch, step, group, self.placement, self.air)  # failover rounds
         out = grouping.combine(delivery.answers, *router.shape, _combine_weight(step, hidden), hidden)  # (T, H)
         self.telemetry.add(layer_record(step, delivery, bits, bs_time_s))  # the only place a record is built
@@ -79,7 +79,7 @@ class Runtime:
         the policy's decision over the radio model, when a decider is set."""
         events = self._rejoin() if self.liveness.dead else ()
         routing = self.routing
-        route = Route(router.index, router.weight, np.ones_like(router.index, dtype=bool), routers_weight=True)
+        route = Route(router.index, router.weight, np.ones(router.index.shape, dtype=bool), routers_weight=True)
         moved = (0, 0, 0)
         if self.liveness.dead:
             route, moved = _route_around_dead(router, routing.primary[layer], routing.live[layer],

@@ -47,14 +47,14 @@ class RoutingTable:
             every replica is dead (so every entry is a valid device id, which the radio model needs).
         live: the first live replica, -1 where every replica is dead.
         base: the placement's first device, whatever is dead.
-        base_rows: `base` as Python lists (the decode grouping reads them without numpy).
+        primary_rows: `primary` as Python lists (the decode grouping reads them without numpy).
     """
 
     liveness: Liveness
     primary: Mapping[int, np.ndarray]
     live: Mapping[int, np.ndarray]
     base: Mapping[int, np.ndarray]
-    base_rows: Mapping[int, list[int]]
+    primary_rows: Mapping[int, list[int]]
 
 
 def routing_table(placement: Placement, liveness: Liveness) -> RoutingTable:
@@ -69,7 +69,7 @@ def routing_table(placement: Placement, liveness: Liveness) -> RoutingTable:
         base[layer] = _frozen(placement.primary_table(layer))
         live[layer] = _frozen(placement.primary_table(layer, liveness.dead)) if liveness.dead else base[layer]
         primary[layer] = _frozen(np.where(live[layer] >= 0, live[layer], base[layer]))
-    rows = {layer: table.tolist() for layer, table in base.items()}
+    rows = {layer: table.tolist() for layer, table in primary.items()}
     return RoutingTable(liveness, primary, live, base, rows)
 
 

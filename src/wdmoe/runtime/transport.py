@@ -22,11 +22,11 @@ from wdmoe.placement import Placement
 from wdmoe.runtime.air import AirCompression
 from wdmoe.runtime.failover import FailoverEvent, Reroute, reroute
 from wdmoe.runtime.grouping import Answer, Dispatch
-from wdmoe.runtime.liveness import apply_all, routing_table
+from wdmoe.runtime.liveness import RoutingTable, apply_all, routing_table
 from wdmoe.runtime.route import LayerPlan, Route
 
-# (index (T, k), send (T, k) bool, expert -> device table (E,)) -> the batches of a further round
-Regroup = Callable[[np.ndarray, np.ndarray, np.ndarray], Dispatch]
+# (index (T, k), send (T, k) bool, the routing table after the failure) -> the batches of a further round
+Regroup = Callable[[np.ndarray, np.ndarray, RoutingTable], Dispatch]
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,10 @@ def deliver(pool: DevicePool, dispatch: Dispatch, step: LayerPlan, regroup: Regr
             results = pool.dispatch(pending.batches)
         except DeviceFailure as exc:
             failure, results = exc, exc.results
-        done = {r.device for r in results}
-        answered = [pos for b, pos in zip(pending.batches, pending.positions, strict=True) if b.device in done]
+        answered = pending.positions  # every batch answered, in order
+        if failure is not None:
+            done = {r.device for r in results}
+            answered = [pos for b, pos in zip(pending.batches, pending.positions, strict=True) if b.device in done]
         for pos, result in zip(answered, results, strict=True):
             answers.append((pos, result.output if air is None else air.wire(result.output)))
             device_time_s[result.device] += result.compute_s
@@ -75,8 +77,7 @@ def deliver(pool: DevicePool, dispatch: Dispatch, step: LayerPlan, regroup: Regr
         for b, pos in zip(pending.batches, pending.positions, strict=True):
             affected[pos] |= b.device not in done
         step = _fail_over(step, failure, affected.reshape(num_tokens, k), placement)
-        pending = regroup(step.route.index, affected.reshape(num_tokens, k) & step.route.keep,
-                          step.routing.primary[step.layer])
+        pending = regroup(step.route.index, affected.reshape(num_tokens, k) & step.route.keep, step.routing)
         tokens_down, assignments = tokens_down + pending.tokens_down, assignments + pending.assignments
         fused += pending.fused_tokens
     delivery = Delivery(answers, device_time_s, time.perf_counter() - start, tokens_down, assignments, fused)
