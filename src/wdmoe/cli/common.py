@@ -10,12 +10,20 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from wdmoe.errors import WdmoeError
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def progress_bar(enabled: bool) -> Progress:
+    """A progress bar on stderr (stdout stays clean for --json) with an estimate of the time left; silent when
+    disabled."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err_console, disable=not enabled, transient=True)
 
 
 def offline() -> None:

@@ -6,16 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from wdmoe.cli.common import console, err_console, offline, print_json, user_errors
-
-
-def _progress(enabled: bool) -> Progress:
-    """A progress bar on stderr (stdout stays clean for --json); silent when disabled."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err_console, disable=not enabled, transient=True)
+from wdmoe.cli.common import console, offline, print_json, progress_bar, user_errors
 
 
 def simulate(
@@ -54,7 +47,7 @@ def simulate(
         scenarios = ({path.stem: load_scenario(path) for path in scenario} if scenario
                      else {"default": Scenario.default(num_devices=loaded.num_devices)})
         total = len(scenarios) * len(policies) * realizations
-        with _progress(total >= 4) as bar:
+        with progress_bar(total >= 4) as bar:
             task = bar.add_task("replays", total=total)
             summaries = simulate_grid(loaded, scenarios, policies, theta, realizations, batched=not exact,
                                       on_replay=lambda: bar.advance(task))
@@ -121,7 +114,7 @@ def record(
         model.telemetry.clear()
         import torch
 
-        with _progress(len(prompts) > 1) as bar:
+        with progress_bar(len(prompts) > 1) as bar:
             for text, ids in bar.track(prompts, description="requests"):
                 tokens = encode_prompt(model, text, ids)
                 model.generate(torch.tensor([tokens]), max_new_tokens=max_new_tokens, do_sample=False)

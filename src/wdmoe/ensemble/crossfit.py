@@ -14,11 +14,13 @@ labels to check). Nothing of the test split is read. `save` / `load` round-trip 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from wdmoe.atomic import write_atomic
 from wdmoe.ensemble import gate as gate_mod
 from wdmoe.ensemble import scores as scores_mod
 from wdmoe.errors import WdmoeError
@@ -76,8 +78,10 @@ def crossfit(
     folds: int = FOLDS,
     repeats: int = REPEATS,
     config: gate_mod.GateConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CrossFit:
-    """Out-of-fold gate and option probabilities of every train + val item; see the module docstring."""
+    """Out-of-fold gate and option probabilities of every train + val item; see the module docstring.
+    `progress(done, total)` is called after each of the repeats x folds gate fits."""
     if folds < 3:
         raise WdmoeError(f"cross-fitting needs 3+ folds (train, early stopping, held out), got {folds}")
     pool = subset_items(scores, np.isin(scores.splits, POOL_SPLITS))
@@ -97,18 +101,25 @@ def crossfit(
             temperatures = scores_mod.fit_temperatures(rest)
             gates[r, held] = gate.probs(pool.embeddings[held])
             options[r][:, held] = scores_mod.option_probs(pool.mean_logprobs[:, held], temperatures)
+            if progress is not None:
+                progress(r * folds + k + 1, repeats * folds)
     return CrossFit(pool.answers, pool.categories, np.array(fold_table), gates, options)
 
 
-def save(fit: CrossFit, path: Path = CROSSFIT_FILE) -> None:
-    np.savez_compressed(
-        path,
-        answers=fit.answers,
-        categories=fit.categories,
-        folds=fit.folds,
-        gate_probs=fit.gate_probs.astype(np.float32),
-        option_probs=fit.option_probs.astype(np.float32),
-    )
+def save(fit: CrossFit, path: Path) -> None:
+    write_atomic(path, lambda tmp: _savez(fit, tmp))
+
+
+def _savez(fit: CrossFit, tmp: Path) -> None:
+    with tmp.open("wb") as handle:
+        np.savez_compressed(
+            handle,
+            answers=fit.answers,
+            categories=fit.categories,
+            folds=fit.folds,
+            gate_probs=fit.gate_probs.astype(np.float32),
+            option_probs=fit.option_probs.astype(np.float32),
+        )
 
 
 def load(path: Path = CROSSFIT_FILE) -> CrossFit:

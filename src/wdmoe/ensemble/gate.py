@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from wdmoe.atomic import write_atomic, write_json_atomic
 from wdmoe.errors import WdmoeError
 
 GATE_DIR = Path(__file__).resolve().parent.parent / "data" / "ensemble" / "gate"
@@ -129,11 +130,12 @@ def train_gate(
     return gate, GateFit(best[1], best[2], best[0])
 
 
-def save_gate(gate: Gate, directory: Path = GATE_DIR, fit: GateFit | None = None) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in gate.state_dict().items()}, directory / "gate.safetensors")
+def save_gate(gate: Gate, directory: Path, fit: GateFit | None = None) -> None:
+    """Write `gate.safetensors` then `gate.json` atomically (gate.json last: `load_gate` looks for it first)."""
+    tensors = {k: v.contiguous() for k, v in gate.state_dict().items()}
+    write_atomic(directory / "gate.safetensors", lambda tmp: save_file(tensors, tmp))
     meta = {"config": asdict(gate.config), "expert_names": list(gate.expert_names), "fit": asdict(fit) if fit else None}
-    (directory / "gate.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    write_json_atomic(directory / "gate.json", meta)
 
 
 def load_gate(directory: Path = GATE_DIR) -> Gate:

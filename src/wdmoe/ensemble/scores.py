@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wdmoe.atomic import write_atomic, write_json_atomic
 from wdmoe.ensemble.embed import SentenceEncoder
 from wdmoe.ensemble.experts import BOS, ExpertWorker
 from wdmoe.ensemble.task import CATEGORIES, CategorizedItem
@@ -114,18 +115,23 @@ def precompute(
     )
 
 
-def save(scores: TaskScores, path: Path = SCORES_FILE) -> None:
-    np.savez_compressed(
-        path,
-        expert_names=np.array(scores.expert_names),
-        logprobs=scores.logprobs.astype(np.float32),
-        choice_tokens=scores.choice_tokens.astype(np.int16),
-        compute_s=scores.compute_s.astype(np.float32),
-        embeddings=scores.embeddings.astype(np.float16),
-        answers=scores.answers,
-        categories=scores.categories,
-        splits=scores.splits,
-    )
+def save(scores: TaskScores, path: Path) -> None:
+    write_atomic(path, lambda tmp: _savez(scores, tmp))
+
+
+def _savez(scores: TaskScores, tmp: Path) -> None:
+    with tmp.open("wb") as handle:
+        np.savez_compressed(
+            handle,
+            expert_names=np.array(scores.expert_names),
+            logprobs=scores.logprobs.astype(np.float32),
+            choice_tokens=scores.choice_tokens.astype(np.int16),
+            compute_s=scores.compute_s.astype(np.float32),
+            embeddings=scores.embeddings.astype(np.float16),
+            answers=scores.answers,
+            categories=scores.categories,
+            splits=scores.splits,
+        )
 
 
 def load(path: Path = SCORES_FILE) -> TaskScores:
@@ -153,8 +159,8 @@ def task_meta(workers: Sequence[ExpertWorker], items: Sequence[CategorizedItem])
     return {"num_parameters": [w.info.num_parameters for w in workers], "prompt_tokens": tokens}
 
 
-def save_meta(meta: dict[str, list[int]], path: Path = META_FILE) -> None:
-    path.write_text(json.dumps(meta) + "\n", encoding="utf-8")
+def save_meta(meta: dict[str, list[int]], path: Path) -> None:
+    write_json_atomic(path, meta, indent=None)
 
 
 def load_meta(path: Path = META_FILE) -> dict[str, list[int]]:

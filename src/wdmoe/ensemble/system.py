@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -89,19 +90,27 @@ class EnsembleSystem:
             self.oracle = SubsetOracle(fitted.gate_probs, fitted.option_probs, fitted.answers, top_k)
 
     @classmethod
-    def load(cls, categories_costs: RequestCosts | None = None, estimator: str = "crossfit") -> EnsembleSystem:
+    def load(
+        cls,
+        categories_costs: RequestCosts | None = None,
+        estimator: str = "crossfit",
+        gate_dir: Path = gate_mod.GATE_DIR,
+    ) -> EnsembleSystem:
+        """The shipped parts, or a gate directory `wdmoe ensemble train-gate --out` wrote (its own scores too when
+        it was trained with --rescore)."""
         from wdmoe.ensemble.experts import EXPERT_NAMES
         from wdmoe.ensemble.profiles import deployment, task_categories
 
-        scores = scores_mod.load()
+        own_scores = (gate_dir / scores_mod.SCORES_FILE.name).is_file()
+        scores = scores_mod.load(gate_dir / scores_mod.SCORES_FILE.name if own_scores else scores_mod.SCORES_FILE)
         if categories_costs is None:
-            meta = scores_mod.load_meta()
+            meta = scores_mod.load_meta(gate_dir / scores_mod.META_FILE.name if own_scores else scores_mod.META_FILE)
             dep = deployment(EXPERT_NAMES, meta["num_parameters"])
             categories_costs = modeled_costs(dep, task_categories(np.array(meta["prompt_tokens"]), scores.categories))
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator {estimator!r}: expected one of {ESTIMATORS}")
-        fitted = crossfit_mod.load() if estimator == "crossfit" else None
-        return cls(scores, gate_mod.load_gate(), categories_costs, fitted=fitted)
+        fitted = crossfit_mod.load(gate_dir / crossfit_mod.CROSSFIT_FILE.name) if estimator == "crossfit" else None
+        return cls(scores, gate_mod.load_gate(gate_dir), categories_costs, fitted=fitted)
 
     def accuracy(self, subset: Collection[int]) -> float:
         """A(T) of the chosen estimator (cached)."""

@@ -39,7 +39,7 @@ def evaluate(
         "perplexity": scores.perplexity,
         "next_token_accuracy": scores.next_token_accuracy,
         "tokens": scores.tokens,
-        "experts_per_token_mean": model.summary()["experts_per_token_mean"],
+        "experts_per_token_mean": model.summary(model.steps)["experts_per_token_mean"],
     }
     if unigram is not None:
         targets = [i for chunk in blocks(documents, block_size) for i in chunk[1:]]  # the tokens the model predicted

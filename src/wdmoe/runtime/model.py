@@ -24,7 +24,7 @@ from wdmoe.placement import Placement
 from wdmoe.radio.costs import ModelCosts
 from wdmoe.runtime.layer_step import Runtime
 from wdmoe.runtime.loading import build_bs_model, check_dtype, check_torch_device
-from wdmoe.runtime.telemetry import StepRecord, Telemetry, summarize
+from wdmoe.runtime.telemetry import StepRecord, Telemetry, last_request, summarize
 
 if TYPE_CHECKING:
     from wdmoe.config import Scenario
@@ -203,8 +203,10 @@ class DistributedMoE:
         return self.telemetry.steps
 
     def summary(self, steps: list[StepRecord] | None = None) -> dict[str, Any]:
-        """Totals of `steps` (default: all recorded): per-device load, and the modeled latency when radio is on."""
-        return summarize(self.telemetry.steps if steps is None else steps, self.num_devices)
+        """Totals of `steps`: per-device load, and the modeled latency ("latency", TTFT/TPOT...) when every step
+        was run with a radio scenario. Default: the last request, i.e. the steps from the most recent prefill on
+        (so a `generate` after `set_policy` is summarized alone); pass `model.steps` for everything recorded."""
+        return summarize(last_request(self.telemetry.steps) if steps is None else steps, self.num_devices)
 
     def _start_step(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)

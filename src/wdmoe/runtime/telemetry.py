@@ -120,6 +120,12 @@ class Telemetry:
         self.steps.clear()
 
 
+def last_request(steps: list[StepRecord]) -> list[StepRecord]:
+    """The steps from the most recent prefill on (a request: its prefill and the decode steps after it)."""
+    starts = [i for i, s in enumerate(steps) if s.phase == "prefill"]
+    return steps[starts[-1]:] if starts else list(steps)
+
+
 def summarize(steps: list[StepRecord], num_devices: int) -> dict[str, Any]:
     """Totals over steps: per-device tokens, bits, measured compute, and experts per token."""
     tokens = np.zeros(num_devices, dtype=np.int64)

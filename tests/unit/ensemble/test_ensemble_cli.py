@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 from typer.testing import CliRunner
 
 from wdmoe.cli.ensemble_cmd import app
 from wdmoe.ensemble.experts import EXPERT_NAMES
+from wdmoe.ensemble.gate import GATE_DIR
 
 runner = CliRunner()
 
@@ -51,3 +54,27 @@ def test_run_generates_with_the_gate_chosen_experts() -> None:
     out = json.loads(result.output)
     assert 1 <= len(out["experts"]) <= 2 and abs(sum(out["experts"].values()) - 1.0) < 1e-6
     assert set(out["compute_s"]) == set(out["experts"]) and out["tokens"] >= 1
+
+
+def test_select_reads_a_gate_directory_and_refuses_one_without_a_gate(tmp_path: Path) -> None:
+    copy = tmp_path / "gate"
+    shutil.copytree(GATE_DIR, copy)
+    shipped = json.loads(runner.invoke(app, ["select", "--energy-budget", "0.02", "--json"]).output)
+    own = runner.invoke(app, ["select", "--energy-budget", "0.02", "--gate", str(copy), "--json"])
+    empty = runner.invoke(app, ["select", "--gate", str(tmp_path / "none"), "--json"])
+
+    assert own.exit_code == 0, own.output
+    assert json.loads(own.output) == shipped
+    assert empty.exit_code == 2
+    assert "--gate" in empty.output and "gate.json" in empty.output
+
+
+def test_train_gate_refuses_an_out_that_is_a_file_before_training(tmp_path: Path) -> None:
+    a_file = tmp_path / "gate.txt"
+    a_file.write_text("x")
+
+    result = runner.invoke(app, ["train-gate", "--out", str(a_file), "--json"])
+
+    assert result.exit_code == 2
+    assert "--out" in result.output and "not a directory" in result.output
+    assert a_file.read_text() == "x"

@@ -16,6 +16,7 @@ from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.factory import make_policy
 from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 from wdmoe.policy.topk import TopK
+from wdmoe.policy.wlr import WLRThreshold
 from wdmoe.radio.latency import LayerLoad, layer_breakdown
 from wdmoe.runtime.telemetry import StepRecord
 
@@ -139,3 +140,24 @@ def test_step_records_carry_the_phase(mixtral_split: Path) -> None:
     model.telemetry.listeners.append(seen.append)
     model.generate(torch.tensor([[4, 5]]), max_new_tokens=3, do_sample=False)
     assert [s.phase for s in seen] == ["prefill", "decode", "decode"]
+
+
+def test_summary_defaults_to_the_last_request_so_a_generate_after_set_policy_has_its_latency(
+    mixtral_split: Path,
+) -> None:
+    """The README's "Use it" flow: steps run before set_policy have no radio figures, the request after has."""
+    model = DistributedMoE.from_pretrained(mixtral_split)
+    ids = torch.tensor([[4, 5, 6]])
+    model.generate(ids, max_new_tokens=3, do_sample=False)
+    model(ids)
+    model.set_policy(WLRThreshold(theta=0.5))
+    model.generate(ids, max_new_tokens=4, do_sample=False)
+
+    last = model.summary()
+    everything = model.summary(model.steps)
+
+    assert len(model.steps) == 3 + 1 + 4
+    assert len(last["latency"]["per_step_s"]) == 4  # its prefill + 3 decode steps
+    assert last["latency"]["ttft_s"] == pytest.approx(sum(r.modeled.layer_s for r in model.steps[4].layers))
+    assert "latency" not in everything  # the steps before set_policy have no modeled latency
+    assert sum(everything["tokens_per_device"]) > sum(last["tokens_per_device"])
