@@ -116,7 +116,7 @@ def test_the_readme_python_example_runs_as_written() -> None:
     import torch
 
     namespace: dict[str, object] = {"input_ids": torch.tensor([[5, 6, 7, 8]])}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example, as a user runs it
+    exec(compile(code, "README.md", "exec"), namespace)  # the README's own example, as a user runs it
     model = namespace["model"]
     summary = model.summary()  # type: ignore[attr-defined]
     assert summary["latency"]["ttft_s"] > 0 and summary["latency"]["tpot_s"] > 0
