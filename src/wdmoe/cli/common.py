@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,6 +17,11 @@ from wdmoe.errors import WdmoeError
 
 console = Console()
 err_console = Console(stderr=True)
+
+# A switch (`--json` / `--no-json`), shown without typer's `<bool>` placeholder: `--json true` is not a form it takes.
+JsonOut = Annotated[
+    bool, typer.Option("--json/--no-json", metavar="", help="Print one JSON object (stdout holds nothing else).")
+]
 
 
 def progress_bar(enabled: bool) -> Progress:

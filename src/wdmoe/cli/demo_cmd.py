@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from wdmoe.cli.common import console, device_table, offline, print_json, user_errors
+from wdmoe.cli.common import JsonOut, console, device_table, offline, print_json, user_errors
 from wdmoe.cli.run_cmd import generate_report
 
 DEMO_POLICIES = ("topk", "wlr", "joint")
@@ -27,7 +27,7 @@ def demo(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 24,
     theta: Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold.")] = 0.5,
     heldout_tokens: Annotated[int, typer.Option(min=2, help="Held-out tokens scored per policy.")] = 2048,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Run the shipped model over in-process devices; check it against HF; compare TopK, WLR and joint."""
     offline()

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from wdmoe.cli.common import console, offline, print_json, progress_bar, user_errors
+from wdmoe.cli.common import JsonOut, console, offline, print_json, progress_bar, user_errors
 from wdmoe.errors import WdmoeError
 
 app = typer.Typer(
@@ -21,7 +21,6 @@ app = typer.Typer(
 
 EnergyBudget = Annotated[float, typer.Option(help="E_max: joules per request (worst case over the top-k).")]
 DelayBudget = Annotated[float, typer.Option(help="T_max: seconds per request, the same for every category.")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
 def _gate_kwargs(gate_dir: Path | None) -> dict[str, Any]:
@@ -46,8 +45,11 @@ def train_gate(
                            "atomically). Use it with `--gate` in select/run/eval.")
     ] = Path("wdmoe-gate"),
     rescore: Annotated[
-        bool, typer.Option("--rescore/--no-rescore", help="Run every expert on the task again first (minutes); the "
-                           "scores go to --out too.")
+        bool,
+        typer.Option(
+            "--rescore/--no-rescore", metavar="", help="Run every expert on the task again first (minutes); the "
+            "scores go to --out too."
+        ),
     ] = False,
     repeats: Annotated[
         int, typer.Option(min=1, help="Cross-fitting repeats (5 folds each); fewer is faster and noisier.")

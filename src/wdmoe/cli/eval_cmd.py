@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from wdmoe.cli.common import console, offline, print_json, user_errors
+from wdmoe.cli.common import JsonOut, console, offline, print_json, user_errors
 
 
 def eval_(
@@ -29,12 +29,13 @@ def eval_(
         bool,
         typer.Option(
             "--bos/--no-bos",
+            metavar="",
             help="Task: prefix BOS to each context (the shipped model's "
             "training convention; lm-eval's add_bos_token=True). Default: no BOS, as "
             "lm-eval's local-completions scores against `wdmoe serve`.",
         ),
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Held-out perplexity, next-token accuracy and task accuracy under a policy (experts on in-process devices)."""
     offline()

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from wdmoe.cli.common import console, err_console, offline, print_json, user_errors
+from wdmoe.cli.common import JsonOut, console, err_console, offline, print_json, user_errors
 
 
 class _RichProgress:
@@ -39,7 +39,7 @@ def experiment(
     requests: Annotated[int, typer.Option(min=1, help="Requests in the recorded trace.")] = 8,
     prompt_tokens: Annotated[int, typer.Option(min=1, help="Prompt tokens per recorded request.")] = 32,
     new_tokens: Annotated[int, typer.Option(min=1, help="Generated tokens per recorded request.")] = 32,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Run an experiment: writes NAME.csv and NAME.png into --out-dir (traces and accuracies cached there)."""
     offline()

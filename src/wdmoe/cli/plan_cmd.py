@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from wdmoe.cli.common import console, offline, print_json, user_errors
+from wdmoe.cli.common import JsonOut, console, offline, print_json, user_errors
 
 
 def plan(
@@ -17,7 +17,7 @@ def plan(
         Path | None, typer.Option("--model", "-m", help="A Hugging Face model directory (default: the shipped model).")
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="The plan file to write.")] = Path("plan.toml"),
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: JsonOut = False,
     bits: Annotated[
         int | None, typer.Option(help="Bit width of every expert: 32, 16, 8 or 4 (default: the model's dtype).")
     ] = None,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from wdmoe.cli.common import console, device_table, latency_table, offline, print_json, user_errors
+from wdmoe.cli.common import JsonOut, console, device_table, latency_table, offline, print_json, user_errors
 
 
 def parse_prompt_ids(text: str) -> list[int]:
@@ -68,7 +68,7 @@ def run(
     prompt_ids: Annotated[str | None, typer.Option(help="Prompt token ids, e.g. 1,2,3.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens to generate.")] = 16,
     devices: Annotated[int | None, typer.Option(help="Devices, when splitting a HF directory on the fly.")] = None,
-    do_sample: Annotated[bool, typer.Option(help="Sample instead of greedy decoding.")] = False,
+    do_sample: Annotated[bool, typer.Option(metavar="", help="Sample instead of greedy decoding.")] = False,
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 1.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed (and the random policy's).")] = 0,
@@ -84,14 +84,16 @@ def run(
     token_file: Annotated[
         Path | None, typer.Option(help="Ray cluster token file, mode 0600 (default ~/.ray/auth_token).")
     ] = None,
-    emulate_air: Annotated[bool, typer.Option(help="Ray: devices wait the modeled downlink/uplink air time.")] = False,
+    emulate_air: Annotated[
+        bool, typer.Option(metavar="", help="Ray: devices wait the modeled downlink/uplink air time.")
+    ] = False,
     call_timeout: Annotated[float, typer.Option(min=0.1, help="Ray: seconds before a silent device is failed.")] = 2.0,
     transport: Annotated[
         str, typer.Option(help="Ray data path: direct (a socket per device), compiled (Ray Compiled Graphs) or plain.")
     ] = "direct",
     device: Annotated[str, typer.Option(help="BS and in-process devices compute on: cpu, cuda, cuda:N.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="Weight precision: fp32, bf16, fp16 or auto (as stored).")] = "fp32",
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Generate with the experts on devices (in-process or Ray); print the text, device load and modeled latency."""
     offline()

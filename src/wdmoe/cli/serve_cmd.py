@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from wdmoe.cli.common import console, offline, print_json, user_errors
+from wdmoe.cli.common import JsonOut, console, offline, print_json, user_errors
 
 if TYPE_CHECKING:
     from wdmoe.serve.engine import Engine
@@ -143,7 +143,7 @@ def bench(
     theta: ThetaOpt = 0.5,
     scenario: ScenarioOpt = None,
     api_key_file: ApiKeyOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Benchmark a server: TTFT, TPOT and end-to-end latency (mean, p50, p95), tokens/s, bytes on air and energy
     per token."""

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from wdmoe.cli.common import console, offline, print_json, progress_bar, user_errors
+from wdmoe.cli.common import JsonOut, console, offline, print_json, progress_bar, user_errors
 
 
 def simulate(
@@ -25,9 +25,9 @@ def simulate(
         int, typer.Option(min=1, help="Channel realizations per scenario (seeds seed .. seed + n - 1).")
     ] = 10,
     exact: Annotated[
-        bool, typer.Option(help="Replay call by call as the runtime does (slower, same numbers).")
+        bool, typer.Option(metavar="", help="Replay call by call as the runtime does (slower, same numbers).")
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: JsonOut = False,
     csv: Annotated[Path | None, typer.Option(help="Also write one CSV row per (scenario, policy) here.")] = None,
 ) -> None:
     """Replay a router trace through the radio model and the policies; report latency percentiles, TTFT/TPOT,
@@ -91,8 +91,8 @@ def record(
     policy: Annotated[str | None, typer.Option(help="Record under this policy (default: the model's top-k).")] = None,
     theta: Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold (wlr only).")] = 0.5,
     scenario: Annotated[Path | None, typer.Option(help="Radio scenario TOML, with --policy.")] = None,
-    logits: Annotated[bool, typer.Option(help="Store the router logits too.")] = True,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    logits: Annotated[bool, typer.Option(metavar="", help="Store the router logits too.")] = True,
+    json_out: JsonOut = False,
 ) -> None:
     """Generate greedily for each prompt and record the router's choices of every layer step to a trace file."""
     offline()
@@ -139,8 +139,8 @@ def synthesize(
         str | None, typer.Option(help="Explicit popularity per expert, e.g. 4,2,1,1 (overrides --zipf).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    logits: Annotated[bool, typer.Option(help="Store router logits consistent with the weights.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    logits: Annotated[bool, typer.Option(metavar="", help="Store router logits consistent with the weights.")] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Write a synthetic trace with a given expert popularity (Mixtral-8x7B-shaped costs)."""
     with user_errors():

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from wdmoe.cli.common import console, offline, print_json, user_errors
+from wdmoe.cli.common import JsonOut, console, offline, print_json, user_errors
 
 
 def split(
@@ -16,7 +16,7 @@ def split(
         int | None, typer.Option("--devices", "-n", help="Number of expert devices (default 8, or the plan's).")
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="The split directory to write.")] = Path("split"),
-    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+    json_out: JsonOut = False,
     plan: Annotated[
         Path | None, typer.Option("--plan", help="A plan.toml from `wdmoe plan`: use its placement.")
     ] = None,
@@ -75,6 +75,7 @@ def make_tiny(
     hidden: Annotated[int, typer.Option(help="Hidden size.")] = 64,
     layers: Annotated[int, typer.Option(help="Decoder layers.")] = 2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    json_out: JsonOut = False,
 ) -> None:
     """Save a tiny random MoE model of a supported family (for trying wdmoe without a real checkpoint)."""
     offline()
@@ -83,4 +84,10 @@ def make_tiny(
 
         model = tiny_model(family, seed=seed, hidden_size=hidden, num_hidden_layers=layers)
         model.save_pretrained(out)
-    console.print(f"saved a tiny random {family} model (hidden {hidden}, {layers} layers) to {out}")
+        parameters = sum(p.numel() for p in model.parameters())
+    if json_out:
+        print_json({"family": family, "hidden_size": hidden, "layers": layers, "seed": seed, "parameters": parameters,
+                    "out": str(out)})
+        return
+    console.print(f"saved a tiny random {family} model (hidden {hidden}, {layers} layers, {parameters:,} parameters) "
+                  f"to {out}", highlight=False)

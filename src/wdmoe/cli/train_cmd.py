@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from wdmoe.cli.common import console, offline, print_json, user_errors
+from wdmoe.cli.common import JsonOut, console, offline, print_json, user_errors
 
 
 class Device(StrEnum):
@@ -44,7 +44,7 @@ def train(
         str | None,
         typer.Option(help="Train on one text domain only (MoE² experts; see `wdmoe.train.domains`), e.g. jargon."),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Train the Mixtral-family MoE that wdmoe ships, on offline text (Debian fortunes and the Jargon File)."""
     offline()

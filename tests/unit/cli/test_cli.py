@@ -15,8 +15,10 @@ runner = CliRunner()
 
 
 def test_make_tiny_split_and_run_json_match_the_unsplit_model(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["make-tiny", "--out", str(tmp_path / "hf"), "--family", "qwen3_moe"])
+    result = runner.invoke(app, ["make-tiny", "--out", str(tmp_path / "hf"), "--family", "qwen3_moe", "--json"])
     assert result.exit_code == 0, result.output
+    made = json.loads(result.stdout)
+    assert made["family"] == "qwen3_moe" and made["out"] == str(tmp_path / "hf") and made["parameters"] > 0
     result = runner.invoke(app, ["split", str(tmp_path / "hf"), "--devices", "4", "--out", str(tmp_path / "split")])
     assert result.exit_code == 0, result.output
     assert Manifest.read(tmp_path / "split").placement.num_devices == 4
