@@ -13,6 +13,9 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+# The Ray data paths (`RayDevicePool(transport=...)`), here so the CLI checks --transport without importing Ray.
+TRANSPORTS = ("direct", "compiled", "plain")
+
 
 @dataclass(frozen=True)
 class DeviceBatch:

@@ -25,15 +25,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from wdmoe.backends.base import DeviceBatch, DeviceFailure, DeviceResult
+from wdmoe.backends.base import TRANSPORTS, DeviceBatch, DeviceFailure, DeviceResult
 from wdmoe.backends.direct import DirectError, DirectLink, direct_round
 from wdmoe.backends.ray_actor import ActorInfo, DeviceActor
 from wdmoe.backends.ray_cluster import NAMESPACE, RayOptions, connect, device_resource
 from wdmoe.backends.ray_compiled import CompiledRound
 from wdmoe.backends.wire import decode_result, encode_batch
 from wdmoe.model.shards import Manifest
-
-TRANSPORTS = ("direct", "compiled", "plain")
 
 
 class RayDevicePool:

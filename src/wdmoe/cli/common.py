@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -31,10 +32,18 @@ def progress_bar(enabled: bool) -> Progress:
                     console=err_console, disable=not enabled, transient=True)
 
 
+def check_choice(option: str, value: str, choices: Sequence[str]) -> None:
+    """Refuse an option value outside `choices` before any long work starts (model loading, a cluster)."""
+    if value not in choices:
+        raise WdmoeError(f"{option} {value!r} is unknown; choose one of {', '.join(choices)}")
+
+
 def offline() -> None:
     """wdmoe never reaches a model hub: everything is loaded from local directories."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # transformers' "Loading weights" bars (read at its import; `wdmoe --verbose` turns them back on)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @contextmanager
@@ -43,7 +52,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (WdmoeError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)  # "[scenario]" is text, not markup
         raise typer.Exit(2) from exc
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Annotated
+
 import typer
 
 from wdmoe.cli import (
@@ -25,6 +28,19 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _global(
+    verbose: Annotated[
+        bool, typer.Option("--verbose/--quiet", metavar="", help="Show libraries' progress bars and info logs.")
+    ] = False,
+) -> None:
+    if verbose:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "0"
+        os.environ["TRANSFORMERS_VERBOSITY"] = "info"
+
+
 app.command("demo")(demo_cmd.demo)
 app.command("run")(run_cmd.run)
 app.command("split")(split_cmd.split)

@@ -8,7 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
-from wdmoe.cli.common import JsonOut, console, device_table, latency_table, offline, print_json, user_errors
+from wdmoe.cli.common import (
+    JsonOut,
+    check_choice,
+    console,
+    device_table,
+    latency_table,
+    offline,
+    print_json,
+    user_errors,
+)
 
 
 def parse_prompt_ids(text: str) -> list[int]:
@@ -21,9 +30,16 @@ def parse_prompt_ids(text: str) -> list[int]:
     return ids
 
 
-def encode_prompt(model: Any, prompt: str | None, prompt_ids: str | None) -> list[int]:
+def check_prompt(prompt: str | None, prompt_ids: str | None) -> None:
+    """What can be checked before the model loads: one of the two, and ids that parse."""
     if (prompt is None) == (prompt_ids is None):
         raise ValueError("give exactly one of --prompt TEXT or --prompt-ids 1,2,3")
+    if prompt_ids is not None:
+        parse_prompt_ids(prompt_ids)
+
+
+def encode_prompt(model: Any, prompt: str | None, prompt_ids: str | None) -> list[int]:
+    check_prompt(prompt, prompt_ids)
     if prompt_ids is not None:
         ids = parse_prompt_ids(prompt_ids)
     elif model.tokenizer is None:
@@ -98,21 +114,31 @@ def run(
     """Generate with the experts on devices (in-process or Ray); print the text, device load and modeled latency."""
     offline()
     with user_errors():
-        import torch
-
+        from wdmoe.backends.base import TRANSPORTS
+        from wdmoe.backends.factory import BACKENDS
         from wdmoe.config import load_scenario
         from wdmoe.policy.factory import make_policy
         from wdmoe.runtime.loading import device_options
+
+        # Every option and input file is checked before the model loads (seconds to minutes).
+        check_prompt(prompt, prompt_ids)
+        check_choice("--backend", backend, BACKENDS)
+        check_choice("--transport", transport, TRANSPORTS)
+        chosen = make_policy(policy, theta=theta, seed=seed)
+        radio = load_scenario(scenario) if scenario else None
+        opts = device_options(device, dtype)
+
+        import torch
+
         from wdmoe.runtime.open import ModelOptions, open_model
 
-        opts = device_options(device, dtype)
         ray_opts = dict(
             address=ray_address, token_file=token_file, emulate_air=emulate_air, call_timeout_s=call_timeout,
             transport=transport,
         )
         model = open_model(model_dir, ModelOptions(
             devices=devices, backend=backend, pool_options=ray_opts, torch_device=opts.torch_device, dtype=opts.dtype,
-            policy=make_policy(policy, theta=theta, seed=seed), scenario=load_scenario(scenario) if scenario else None,
+            policy=chosen, scenario=radio,
         ))
         ids = encode_prompt(model, prompt, prompt_ids)
         torch.manual_seed(seed)
