@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from wdmoe.atomic import write_text_atomic
 from wdmoe.cli.common import JsonOut, console, offline, print_json, progress_bar, user_errors
 
 
@@ -44,15 +45,24 @@ def simulate(
         unknown = [p for p in policies if p not in POLICY_NAMES]
         if unknown:
             raise ValueError(f"--policy {unknown[0]!r} is unknown; choose from {', '.join(POLICY_NAMES)}")
-        scenarios = ({path.stem: load_scenario(path) for path in scenario} if scenario
-                     else {"default": Scenario.default(num_devices=loaded.num_devices)})
+        # Every scenario is read and checked against the trace before the first replay (a grid runs for minutes).
+        given = [(path, load_scenario(path)) for path in scenario or []]
+        misfits = [f"{path} has num_devices = {sc.num_devices}" for path, sc in given
+                   if sc.num_devices != loaded.num_devices]
+        if misfits:
+            raise ValueError(f"{'; '.join(misfits)}, but the trace {trace} was recorded over {loaded.num_devices} "
+                             "devices: give scenarios with that many devices, or a trace recorded (wdmoe trace record "
+                             "--devices N) or synthesized (wdmoe trace synthesize --devices N) for theirs")
+        scenarios = {path.stem: sc for path, sc in given} or {"default": Scenario.default(loaded.num_devices)}
+        if len(scenarios) < len(given):
+            raise ValueError("two --scenario files share a name: the report labels each run by the file's stem")
         total = len(scenarios) * len(policies) * realizations
         with progress_bar(total >= 4) as bar:
             task = bar.add_task("replays", total=total)
             summaries = simulate_grid(loaded, scenarios, policies, theta, realizations, batched=not exact,
                                       on_replay=lambda: bar.advance(task))
         if csv is not None:
-            csv.write_text(rows_csv(summaries), encoding="utf-8")
+            write_text_atomic(csv, rows_csv(summaries))
     report = {"trace": str(trace), "model": loaded.model, "decisions_per_replay": loaded.num_decisions,
               "runs": summaries}
     if json_out:

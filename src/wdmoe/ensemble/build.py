@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from wdmoe.atomic import write_json_atomic
 from wdmoe.train.config import EXPERT_VOCAB_SIZE, PRESETS
 from wdmoe.train.data import read_documents
 from wdmoe.train.domains import DOMAINS, domain_names, prepare_domain_corpus
@@ -64,7 +65,7 @@ def train_expert(recipe: Recipe, root: Path, device: str = "cpu", progress: bool
     out = root / "experts" / recipe.name
     result = train(cfg, root / "corpora" / recipe.domain, out, progress=progress, tokenizer=tokenizer)
     summary = {**asdict(recipe), **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}}
-    (out / "recipe.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_json_atomic(out / "recipe.json", summary)
     return summary
 
 

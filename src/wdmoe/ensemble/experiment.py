@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
+from wdmoe.atomic import write_json_atomic
 from wdmoe.ensemble import gate as gate_mod
 from wdmoe.ensemble import scores as scores_mod
 from wdmoe.ensemble.aggregate import ensemble_accuracy
@@ -213,7 +214,7 @@ def run_experiment(out_dir: Path) -> dict[str, Any]:
         1e3,
         out_dir / "ensemble-delay.png",
     )
-    (out_dir / "ensemble-results.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_json_atomic(out_dir / "ensemble-results.json", result)
     return result
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wdmoe.atomic import write_text_atomic
 from wdmoe.errors import WdmoeError
 from wdmoe.eval.multiple_choice import Item
 from wdmoe.train.data import read_documents
@@ -90,7 +91,7 @@ def save_task(items: list[CategorizedItem], path: Path = TASK_FILE) -> None:
         for c in items
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def load_categorized(path: Path = TASK_FILE) -> list[CategorizedItem]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wdmoe.atomic import write_text_atomic
 from wdmoe.eval.multiple_choice import Item
 
 
@@ -43,4 +44,4 @@ def continuation_task(documents: list[str], num_items: int = 200, context_words:
 def save_task(items: list[Item], path: Path) -> None:
     lines = [json.dumps({"context": it.context, "choices": list(it.choices), "answer": it.answer}) for it in items]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from wdmoe.atomic import write_json_atomic, write_text_atomic
 from wdmoe.experiments.policies import PolicySpec
 from wdmoe.experiments.setup import Progress, Setup
 from wdmoe.sim.trace import Trace
@@ -112,7 +113,7 @@ def _evaluate_missing(setup: Setup, specs: Sequence[PolicySpec], cache: dict[str
         scores = evaluate(model, documents, setup.block_size, task, None, show_progress=False)
         scores.setdefault("task_accuracy", float("nan"))
         cache[accuracy_key(setup, spec)] = {k: float(scores[k]) for k in ACCURACY_KEYS}
-        path.write_text(json.dumps(cache, indent=1))  # after each policy: an interrupted run keeps its work
+        write_json_atomic(path, cache)  # after each policy: an interrupted run keeps its work
         tick()
     model.close()
 
@@ -122,5 +123,5 @@ def _first_items(setup: Setup, task: Path) -> Path:
     lines = [line for line in task.read_text(encoding="utf-8").splitlines() if line.strip()]
     out = setup.cache_dir / f"{task.stem}-first{setup.task_items}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines[: setup.task_items]) + "\n", encoding="utf-8")
+    write_text_atomic(out, "\n".join(lines[: setup.task_items]) + "\n")
     return out

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wdmoe.atomic import write_json_atomic
 from wdmoe.errors import ShardError
 from wdmoe.placement import Placement
 
@@ -106,7 +107,7 @@ class Manifest:
         return data
 
     def write(self, root: Path) -> None:
-        (root / MANIFEST).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        write_json_atomic(root / MANIFEST, self.to_json())
 
     @classmethod
     def read(cls, root: Path) -> Manifest:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from wdmoe.atomic import write_atomic
 from wdmoe.errors import WdmoeError
 from wdmoe.radio.costs import ModelCosts
 from wdmoe.runtime.telemetry import StepRecord
@@ -123,8 +124,7 @@ class Trace:
             "topk_weight": self.topk_weight}
         if self.logits is not None:
             arrays["logits"] = self.logits
-        with path.open("wb") as f:
-            np.savez_compressed(f, **arrays)
+        write_atomic(path, lambda tmp: _savez(tmp, arrays))
         return path
 
     @classmethod
@@ -192,3 +192,8 @@ def record_trace(steps: Sequence[StepRecord], costs: ModelCosts, expert_device: 
                  np.array(phase, dtype=np.int64), np.array(tokens, dtype=np.int64), np.array(request, dtype=np.int64),
                  np.concatenate(index).astype(np.int64), np.concatenate(weight).astype(np.float32, copy=False),
                  np.concatenate(kept).astype(np.float32, copy=False) if keep_logits else None)
+
+
+def _savez(tmp: Path, arrays: dict[str, Any]) -> None:
+    with tmp.open("wb") as handle:
+        np.savez_compressed(handle, **arrays)

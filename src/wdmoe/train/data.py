@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import re
 import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from wdmoe.atomic import write_bytes_atomic, write_json_atomic
 from wdmoe.errors import WdmoeError
 
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
@@ -189,7 +189,7 @@ def prepare_corpus(
     digests = {}
     for name, part in (("train.txt", train), ("heldout.txt", heldout)):
         data = join_documents([doc.text for doc in part]).encode("utf-8")
-        (out_dir / name).write_bytes(data)
+        write_bytes_atomic(out_dir / name, data)
         digests[name] = hashlib.sha256(data).hexdigest()
     info = CorpusInfo(
         train_documents=len(train),
@@ -203,7 +203,7 @@ def prepare_corpus(
         marker=DOC_MARKER,
         sources=_source_stats(docs, fortune_dir, jargon_file),
     )
-    (out_dir / "corpus.json").write_text(json.dumps(info.to_json(), indent=1) + "\n", encoding="utf-8")
+    write_json_atomic(out_dir / "corpus.json", info.to_json())
     return info
 
 

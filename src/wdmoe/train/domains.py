@@ -12,11 +12,11 @@ domain). The `all` domain is the union of the others (the generalist expert).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from wdmoe.atomic import write_json_atomic, write_text_atomic
 from wdmoe.train.data import (
     FORTUNE_DIR,
     JARGON_FILE,
@@ -120,7 +120,7 @@ def prepare_domain_corpus(
     parts = split_three(docs)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, part in parts.items():
-        (out_dir / f"{name}.txt").write_text(join_documents([d.text for d in part]), encoding="utf-8")
+        write_text_atomic(out_dir / f"{name}.txt", join_documents([d.text for d in part]))
     counts = {name: len(part) for name, part in parts.items()}
     info = {
         "domain": domain,
@@ -128,5 +128,5 @@ def prepare_domain_corpus(
         "documents": counts,
         "characters": {name: sum(len(d.text) for d in part) for name, part in parts.items()},
     }
-    (out_dir / "corpus.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    write_json_atomic(out_dir / "corpus.json", info)
     return counts

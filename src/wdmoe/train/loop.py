@@ -13,7 +13,6 @@ the lowest held-out loss (the corpus is small: a long run overfits, and the ship
 from __future__ import annotations
 
 import copy
-import json
 import math
 import platform
 import time
@@ -27,6 +26,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import MixtralForCausalLM, PreTrainedTokenizerFast
 
+from wdmoe.atomic import write_json_atomic
 from wdmoe.train.config import BOS_ID, EOS_ID, PAD_ID, TrainConfig, build_model, save_dtype
 from wdmoe.train.data import read_documents
 from wdmoe.train.tokenizer import encode_documents, train_tokenizer, unigram_perplexity_from_ids
@@ -230,7 +230,7 @@ def train(
                 "steps_done": step + 1, "best": asdict(best), "evals": [asdict(e) for e in evals], "losses": losses,
             }
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / LOG_FILE).write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
+            write_json_atomic(out_dir / LOG_FILE, log)
     bar.close()
     return TrainResult(
         model_dir=out_dir / MODEL_DIR, log_path=out_dir / LOG_FILE, num_parameters=num_parameters,

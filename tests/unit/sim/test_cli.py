@@ -72,3 +72,22 @@ def test_record_from_a_model_then_simulate(mixtral_split: Path, tmp_path: Path) 
     result = runner.invoke(app, ["simulate", "--trace", str(out), "--realizations", "1", "--exact", "--json"])
     assert result.exit_code == 0, result.output
     assert [r["policy"] for r in json.loads(result.output)["runs"]] == ["topk", "wlr", "joint"]
+
+
+def test_simulate_checks_every_scenario_before_the_first_replay(tmp_path: Path) -> None:
+    out = tmp_path / "t.npz"
+    runner.invoke(app, ["trace", "synthesize", "--out", str(out), "--layers", "2", "--devices", "4"])
+    good = tmp_path / "four.toml"
+    good.write_text("num_devices = 4\n", encoding="utf-8")
+    bad = tmp_path / "sixteen.toml"
+    bad.write_text("num_devices = 16\n", encoding="utf-8")
+    csv = tmp_path / "rows.csv"
+
+    result = runner.invoke(app, ["simulate", "--trace", str(out), "--scenario", str(good), "--scenario", str(bad),
+                                 "--csv", str(csv)])
+
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert f"{bad} has num_devices = 16" in message and "recorded over 4 devices" in message
+    assert str(good) not in message  # only the misfit is named
+    assert not csv.exists()  # nothing ran: the misfit was found before the first replay
