@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -16,8 +17,10 @@ from rich.table import Table
 
 from wdmoe.errors import WdmoeError
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output keeps its table columns and one line per message: Rich would wrap at 80 columns off a terminal.
+_PIPE_WIDTH = None if "COLUMNS" in os.environ else 200
+console = Console(width=None if sys.stdout.isatty() else _PIPE_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPE_WIDTH)
 
 # A switch (`--json` / `--no-json`), shown without typer's `<bool>` placeholder: `--json true` is not a form it takes.
 JsonOut = Annotated[

@@ -113,16 +113,23 @@ def serve(
     offline()
     with user_errors():
         from wdmoe.serve import Limits, create_app
-        from wdmoe.serve.server import StoppingServer, uvicorn_config
+        from wdmoe.serve.server import StoppingServer, listen, uvicorn_config
 
         key = read_api_key(api_key_file)
-        engine = load_engine(model_dir, devices, policy, theta, scenario, backend, plan_cluster, address=ray_address,
-                             token_file=token_file, transport=transport)
+        sock = listen(host, port)  # before the model loads: a busy port fails at once, and nothing was announced
+        try:
+            engine = load_engine(model_dir, devices, policy, theta, scenario, backend, plan_cluster,
+                                 address=ray_address, token_file=token_file, transport=transport)
+        except BaseException:
+            sock.close()
+            raise
         app = create_app(engine, api_key=key, limits=Limits(max_prompt_tokens, max_tokens, max_queue=max_queue))
+    bound = sock.getsockname()[1]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
     console.print(f"serving [bold]{engine.name}[/bold] on {engine.model.num_devices} devices ({policy}): "
-                  f"http://{host}:{port}/ (dashboard), /v1 (OpenAI API{', key required' if key else ''})")
+                  f"{url}/ (dashboard), {url}/v1 (OpenAI API{', key required' if key else ''})", highlight=False)
     try:
-        StoppingServer(uvicorn_config(app, host, port, log_level="info")).run()
+        StoppingServer(uvicorn_config(app, host, bound, log_level="info")).run(sockets=[sock])
     finally:
         engine.close()
         engine.model.close()

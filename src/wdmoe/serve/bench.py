@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from wdmoe.errors import WdmoeError
+
 DEFAULT_VOCAB = 100  # token ids used against a server that does not tell its vocabulary
 
 
@@ -39,10 +41,31 @@ class RequestResult:
         return (self.e2e_s - self.ttft_s) / (self.completion_tokens - 1) if self.completion_tokens > 1 else None
 
 
+def check_url(url: str) -> str:
+    """The base URL without a trailing slash; refused (naming the option) unless it is http(s)://HOST[:PORT]."""
+    parsed = httpx.URL(url) if "://" in url else None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise WdmoeError(f"--url {url!r}: expected http://HOST:PORT or https://HOST:PORT, e.g. http://127.0.0.1:8000")
+    return url.rstrip("/")
+
+
 async def _model_card(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
-    response = await client.get(f"{url}/v1/models")
-    response.raise_for_status()
-    return dict(response.json()["data"][0])
+    """The served model's card, or one line saying why the server could not be asked."""
+    try:
+        response = await client.get(f"{url}/v1/models")
+    except httpx.TransportError as exc:
+        raise WdmoeError(f"--url {url}: no server answered ({type(exc).__name__}: {exc}); is `wdmoe serve` "
+                         "running there?") from exc
+    if response.status_code == 401:
+        raise WdmoeError(f"--url {url}: the server wants an API key (401); give --api-key-file with the key it "
+                         "was started with")
+    if response.status_code != 200:
+        raise WdmoeError(f"--url {url}: GET /v1/models answered {response.status_code}, not an OpenAI-compatible "
+                         "model list")
+    try:
+        return dict(response.json()["data"][0])
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise WdmoeError(f"--url {url}: GET /v1/models did not return an OpenAI model list") from exc
 
 
 def make_prompts(num: int, vocab: int, prompt_len: int, seed: int) -> list[list[int]]:
@@ -86,7 +109,7 @@ async def run_bench(url: str, concurrency: int = 4, num_requests: int = 32, max_
                     prompt_len: int = 32, seed: int = 0, api_key: str | None = None,
                     timeout_s: float = 600.0) -> dict[str, Any]:
     """Run the benchmark against the server at `url` and return `summarize_bench`'s report."""
-    url = url.rstrip("/")
+    url = check_url(url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with httpx.AsyncClient(headers=headers, timeout=timeout_s) as client:
         card = await _model_card(client, url)

@@ -6,6 +6,7 @@ and stops it on exit (open SSE streams get `GRACE_S` seconds before they are cut
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from typing import Any
 
 import uvicorn
 
+from wdmoe.errors import WdmoeError
+
 GRACE_S = 2
 START_TIMEOUT_S = 60.0
 
@@ -21,6 +24,17 @@ START_TIMEOUT_S = 60.0
 def uvicorn_config(app: Any, host: str, port: int, log_level: str = "warning") -> uvicorn.Config:
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off",
                           timeout_graceful_shutdown=GRACE_S)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, bound before the model loads and before the URL is announced, so a busy
+    port fails at once with a message (uvicorn would log it and exit after the load)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise WdmoeError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); choose another "
+                         "--port (0: any free port) or stop what holds it") from exc
 
 
 class StoppingServer(uvicorn.Server):
