@@ -35,6 +35,9 @@ def eval_(
             "lm-eval's local-completions scores against `wdmoe serve`.",
         ),
     ] = False,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Score only the task's first N items (default: all of them).")
+    ] = None,
     json_out: JsonOut = False,
 ) -> None:
     """Held-out perplexity, next-token accuracy and task accuracy under a policy (experts on in-process devices)."""
@@ -53,10 +56,13 @@ def eval_(
         text = text or shipped.HELDOUT_TEXT
         if task is None and use_shipped:
             task = shipped.CONTINUATION_TASK
-        model = open_model(model_dir, ModelOptions(
-            devices=devices, policy=make_policy(policy, theta=theta),
-            scenario=load_scenario(scenario) if scenario else None,
-        ))
+        # Everything is checked before the model loads (the default run scores for minutes).
+        for option, path in (("--text", text), ("--task", task)):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{option} {path}: no such file")
+        chosen = make_policy(policy, theta=theta)
+        radio = load_scenario(scenario) if scenario else None
+        model = open_model(model_dir, ModelOptions(devices=devices, policy=chosen, scenario=radio))
         result = evaluate(
             model,
             heldout_documents(model, text, max_tokens),
@@ -65,6 +71,7 @@ def eval_(
             training_unigram_counts(model_dir),
             show_progress=not json_out,
             bos=bos,
+            limit=limit,
         )
         result.update(policy=policy, theta=theta if policy == "wlr" else None, model=str(model_dir))
         model.close()

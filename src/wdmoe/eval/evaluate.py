@@ -30,6 +30,7 @@ def evaluate(
     unigram: list[int] | None,
     show_progress: bool = True,
     bos: bool = False,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """Scores of a loaded model (policy already set) on tokenized documents and an optional task file (scored by
     `wdmoe.eval.multiple_choice.score_task`; `bos`: its BOS convention)."""
@@ -45,7 +46,7 @@ def evaluate(
         targets = [i for chunk in blocks(documents, block_size) for i in chunk[1:]]  # the tokens the model predicted
         result["unigram_perplexity"] = unigram_perplexity_from_counts(unigram, targets)
     if task is not None:
-        items = load_task(task)
+        items = load_task(task)[:limit]  # limit: the first N items (None: all)
         with tqdm(total=len(items), desc="task", disable=not show_progress) as bar:
             task_scores = score_task(model, model.tokenizer, items, bos=bos, progress=bar.update)
         result.update(

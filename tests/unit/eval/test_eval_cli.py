@@ -63,3 +63,29 @@ def test_heldout_documents_stop_once_enough_tokens_are_read(tiny_lm: tuple[Path,
     assert len(few) == 1 and len(every) == 8
     first = text.read_text(encoding="utf-8").split(DOC_END)[0]
     assert few[0] == every[0] == list(model.tokenizer(first)["input_ids"])
+
+
+def test_limit_scores_the_first_items_and_equals_a_task_cut_to_them(tiny_lm: tuple[Path, Path, Path],
+                                                                   tmp_path: Path) -> None:
+    model_dir, text, task = tiny_lm
+    first_two = tmp_path / "two.jsonl"
+    first_two.write_text("".join(task.read_text(encoding="utf-8").splitlines(keepends=True)[:2]), encoding="utf-8")
+    common = ["eval", "--model", str(model_dir), "--text", str(text), "--max-tokens", "20", "--block-size", "16",
+              "--json"]
+
+    limited = runner.invoke(app, [*common, "--task", str(task), "--limit", "2"])
+    cut = runner.invoke(app, [*common, "--task", str(first_two)])
+
+    assert limited.exit_code == 0 and cut.exit_code == 0, limited.output + cut.output
+    ours, theirs = json.loads(limited.stdout), json.loads(cut.stdout)
+    assert ours["task_items"] == 2
+    assert {k: v for k, v in ours.items() if k != "task"} == {k: v for k, v in theirs.items() if k != "task"}
+
+
+def test_a_missing_task_file_is_named_before_the_model_loads(tiny_lm: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, text, _ = tiny_lm
+    result = runner.invoke(app, ["eval", "--model", str(tmp_path / "no-model"), "--text", str(text), "--task",
+                                 str(tmp_path / "none.jsonl")])
+
+    assert result.exit_code == 2
+    assert f"--task {tmp_path / 'none.jsonl'}: no such file" in " ".join(result.output.split())
