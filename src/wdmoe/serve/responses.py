@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from wdmoe.serve.engine import Engine, Generation, PromptScores
@@ -50,10 +51,12 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 def completion_choice(engine: Engine, index: int, gen: Generation, scores: PromptScores | None, echo: bool,
                       top_n: int | None, stop: tuple[str, ...]) -> dict[str, Any]:
     """One /v1/completions choice; with `echo` the prompt's tokens (and their logprobs) come first."""
-    text, stopped = cut_at_stop(engine.decode(gen.tokens), stop)
-    finish = "stop" if stopped else gen.finish_reason
+    completion, prompt_text = engine.decode(gen.tokens), ""
     if echo:
-        text = engine.decode(gen.prompt_ids) + text
+        prompt_text, completion = split_echo(engine.decode, gen.prompt_ids, gen.tokens)
+    text, stopped = cut_at_stop(completion, stop)
+    finish = "stop" if stopped else gen.finish_reason
+    text = prompt_text + text
     logprobs = None
     if top_n is not None:
         with_prompt = echo and scores is not None
@@ -66,12 +69,30 @@ def completion_choice(engine: Engine, index: int, gen: Generation, scores: Promp
         token_lps += gen.logprobs
         tops += [_named(engine, t) for t in gen.top_logprobs]
         strings = [engine.token_text(i) for i in ids]
-        offsets, position = [], 0
-        for piece in strings:
-            offsets.append(position)
-            position += len(piece)
+        offsets = text_offsets(engine.decode, ids)
         logprobs = {"tokens": strings, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def split_echo(decode: Callable[[list[int]], str], prompt_ids: list[int], tokens: list[int]) -> tuple[str, str]:
+    """(prompt text, completion text) such that their concatenation is the decoding of prompt + completion: the
+    completion decoded alone can lose the separator (a space between token ids, a word-initial space)."""
+    prompt_text, joined = decode(prompt_ids), decode(prompt_ids + tokens)
+    if joined.startswith(prompt_text):
+        return prompt_text, joined[len(prompt_text):]
+    return prompt_text, decode(tokens)
+
+
+def text_offsets(decode: Callable[[list[int]], str], ids: list[int]) -> list[int]:
+    """Each token's character offset in decode(ids): where the decoded text of the tokens before it stops agreeing
+    with the whole (a character split over several byte-level tokens starts at the same offset for each of them)."""
+    whole = decode(ids)
+    return [_agreeing_chars(decode(ids[:i]), whole) for i in range(len(ids))]
+
+
+def _agreeing_chars(prefix: str, whole: str) -> int:
+    n = min(len(prefix), len(whole))
+    return next((i for i in range(n) if prefix[i] != whole[i]), n)
 
 
 def _named(engine: Engine, top: dict[int, float]) -> dict[str, float]:

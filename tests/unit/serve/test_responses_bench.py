@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from wdmoe.model.shipped import SHIPPED_DIR
 from wdmoe.serve.bench import RequestResult, make_prompts, summarize_bench
-from wdmoe.serve.responses import cut_at_stop, radio_report, sse, usage
+from wdmoe.serve.responses import cut_at_stop, radio_report, split_echo, sse, text_offsets, usage
 
 
 @pytest.mark.parametrize(
@@ -82,3 +83,40 @@ def test_make_prompts_is_seeded_and_within_bounds() -> None:
     assert prompts == make_prompts(20, vocab=50, prompt_len=10, seed=3)
     assert prompts != make_prompts(20, vocab=50, prompt_len=10, seed=4)
     assert all(5 <= len(p) <= 10 and all(1 <= t < 50 for t in p) for p in prompts)
+
+
+def _ids_decode(ids: list[int]) -> str:
+    return " ".join(str(i) for i in ids)  # the server's decoding for a model without a tokenizer
+
+
+def test_echo_of_token_id_prompts_keeps_the_separator() -> None:
+    prompt_text, completion = split_echo(_ids_decode, [1, 2], [348, 42])
+
+    assert prompt_text + completion == "1 2 348 42"
+    assert completion == " 348 42"
+
+
+def test_text_offsets_index_the_text_also_for_characters_split_over_byte_tokens() -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(SHIPPED_DIR)
+
+    def decode(ids: list[int]) -> str:
+        return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+    text = "Café ünïcode: 東京 naïve — ok"
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    whole = decode(ids)
+    offsets = text_offsets(decode, ids)
+
+    assert whole == text
+    assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] < len(whole)
+    split = 0
+    for i, token in enumerate(ids):
+        piece = decode([token])
+        if "\ufffd" in piece:  # part of a multi-byte character: it starts where that character starts
+            split += 1
+            assert whole[offsets[i]] not in "\ufffd" and ord(whole[offsets[i]]) > 127
+        else:
+            assert whole[offsets[i]:].startswith(piece), (i, piece)
+    assert split > 0  # the text really has characters that byte-level BPE splits
