@@ -1,8 +1,9 @@
 """The live dashboard: state aggregated from the engine's telemetry, a JSON snapshot, and an SSE stream of it.
 
 `DashboardState.update(step)` runs on the engine's worker thread; `snapshot()` on the event loop; a lock keeps
-them apart. The page (`static/index.html`, plain JS, no build step) draws the BS, the devices with their link
-SNR, modeled latency, load and bandwidth share, and the expert-usage heatmap per MoE layer.
+them apart. The page (`static/index.html`, plain JS, no build step) paints the `/dashboard/state` snapshot at once,
+then follows the SSE stream: the BS, the devices with their link SNR, modeled latency, load and bandwidth share, the
+expert-usage heatmap per MoE layer (dropped pairs marked), and sparklines of the last steps.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from wdmoe.runtime.telemetry import StepRecord
 from wdmoe.serve.engine import Engine
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+HISTORY = 120  # forward steps kept for the sparklines
 STREAM_MAX_S = 600.0  # an SSE connection ends after this; EventSource reconnects by itself
 HEARTBEAT_S = 5.0
 POLL_S = 0.2
@@ -33,7 +36,13 @@ def _db(linear: np.ndarray) -> list[float]:
 
 
 class DashboardState:
-    """Cumulative load and expert usage, and the last step's per-device latency and bandwidth split."""
+    """Cumulative load, expert usage (kept and dropped pairs), the last step's per-device figures, and a short
+    per-step history for the sparklines.
+
+    Scopes, as the page labels them: `tokens`, `pairs`, `compute_s`, `usage`, `dropped` are totals since the server
+    started; `latency_s` and `bandwidth_hz` are the last forward step's, each the mean over that step's MoE layers
+    (the modeled round trip DL + compute + UL, the policy's bandwidth share); `history` holds the last HISTORY steps.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -43,28 +52,46 @@ class DashboardState:
         self.tokens = np.zeros(num_devices, dtype=np.int64)
         self.pairs = np.zeros(num_devices, dtype=np.int64)
         self.compute_s = np.zeros(num_devices)
-        self.latency_s = np.zeros(num_devices)  # last step: mean over its layers of each device's round trip
-        self.bandwidth_hz: np.ndarray | None = None  # (D,) the last layer step's split (its record's Decision)
+        self.latency_s = np.zeros(num_devices)
+        self.bandwidth_hz: np.ndarray | None = None
         self.usage: dict[int, np.ndarray] = {}  # MoE layer -> (E,) kept (token, expert) pairs
+        self.dropped: dict[int, np.ndarray] = {}  # MoE layer -> (E,) pairs the router chose and the policy dropped
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
         self.steps = 0
         self.requests = 0
         self.last_step: dict[str, Any] = {}
 
     def update(self, step: StepRecord) -> None:
+        num_experts = self.engine.model.placement.num_experts
         with self.lock:
             latency = np.zeros_like(self.latency_s)
+            bandwidth: list[np.ndarray] = []
+            modeled_s, bits, kept_pairs, dropped_pairs, tokens = 0.0, 0, 0, 0, 0
             for rec in step.layers:
                 self.tokens += rec.tokens_down
                 self.pairs += rec.assignments
                 self.compute_s += rec.device_time_s
-                num_experts = self.engine.model.placement.num_experts
                 kept = np.bincount(rec.topk_index[rec.keep].ravel(), minlength=num_experts)
+                dropped = np.bincount(rec.topk_index[~rec.keep].ravel(), minlength=num_experts)
                 self.usage[rec.layer] = self.usage.get(rec.layer, np.zeros(num_experts, dtype=np.int64)) + kept
+                self.dropped[rec.layer] = self.dropped.get(rec.layer, np.zeros(num_experts, dtype=np.int64)) + dropped
                 latency += rec.modeled.total_s if rec.modeled is not None else rec.device_time_s
+                modeled_s += rec.modeled.layer_s if rec.modeled is not None else 0.0
+                bits += int(rec.bits_down.sum() + rec.bits_up.sum())
+                kept_pairs, dropped_pairs = kept_pairs + int(kept.sum()), dropped_pairs + int(dropped.sum())
+                tokens += rec.num_tokens
                 if rec.decision is not None:
-                    self.bandwidth_hz = np.asarray(rec.decision.bandwidth_hz, dtype=float)
+                    bandwidth.append(np.asarray(rec.decision.bandwidth_hz, dtype=float))
             if step.layers:
                 self.latency_s = latency / len(step.layers)
+            if bandwidth and len({b.shape for b in bandwidth}) == 1:
+                self.bandwidth_hz = np.mean(bandwidth, axis=0)
+            modeled = bool(step.layers) and all(rec.modeled is not None for rec in step.layers)
+            self.history.append({
+                "step": self.steps, "phase": step.phase, "tokens": step.num_tokens, "wall_s": step.wall_s,
+                "modeled_s": modeled_s if modeled else None, "bytes_on_air": bits / 8,
+                "experts_per_token": kept_pairs / tokens if tokens else None, "dropped_pairs": dropped_pairs,
+            })
             self.steps += 1
             self.last_step = {"phase": step.phase, "tokens": step.num_tokens, "wall_s": step.wall_s}
             self.version += 1
@@ -84,10 +111,11 @@ class DashboardState:
                 for d in range(model.num_devices)
             ]
             usage = {str(layer): counts.tolist() for layer, counts in sorted(self.usage.items())}
+            dropped = {str(layer): counts.tolist() for layer, counts in sorted(self.dropped.items())}
             state: dict[str, Any] = {
                 "version": self.version, "model": self.engine.name, "steps": self.steps, "requests": self.requests,
-                "queue": self.engine.pending, "last_step": dict(self.last_step), "usage": usage,
-                "num_experts": model.placement.num_experts,
+                "queue": self.engine.pending, "last_step": dict(self.last_step), "usage": usage, "dropped": dropped,
+                "num_experts": model.placement.num_experts, "history": list(self.history),
             }
         state["radio"] = wireless is not None
         if wireless is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.serve.conftest import LIMITS
+from tests.integration.serve.conftest import LIMITS, NUM_DEVICES, load_engine
 from wdmoe.serve import Engine, create_app
 from wdmoe.serve.server import serve_in_thread
 
@@ -55,3 +55,47 @@ def test_dashboard_shows_every_device_and_updates_live(engine: Engine, tmp_path:
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_dashboard_paints_from_the_snapshot_with_history_and_dropped_experts(text_model_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    """With the live stream blocked, the first paint alone (GET /dashboard/state) fills every figure."""
+    from playwright.sync_api import sync_playwright
+
+    engine = load_engine(text_model_dir, name="wlr", theta=0.7)
+    try:
+        with serve_in_thread(create_app(engine, limits=LIMITS)) as url, sync_playwright() as pw:
+            httpx.post(f"{url}/v1/completions", json={"prompt": "paint me", "max_tokens": 6, "temperature": 0},
+                       timeout=60)
+            state = httpx.get(f"{url}/dashboard/state").json()
+            dropped = sum(sum(v) for v in state["dropped"].values())
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1300, "height": 1000})
+                page.route("**/dashboard/events", lambda route: route.abort())
+                page.goto(url + "/")
+                page.wait_for_selector(".device", timeout=20_000)
+
+                assert page.locator("#model").inner_text() == "tiny-mixtral"
+                assert page.locator("#steps").inner_text() == str(state["steps"]) == str(len(state["history"]))
+                assert page.locator("#dropped").inner_text() == str(dropped) and dropped > 0
+                assert page.locator(".device").count() == NUM_DEVICES
+                assert page.locator("#device-0 b.band").inner_text().endswith("MHz")
+                assert page.locator("table.heat .drop").count() > 0  # dropped pairs marked in the heatmap
+                assert page.locator("#spark-latency polyline").count() == 2  # modeled and wall
+                points = page.locator("#spark-air polyline").get_attribute("points") or ""
+                assert len(points.split()) == len(state["history"])
+                assert "kB" in page.locator("#spark-air .last").inner_text()
+                assert page.locator("#conn").inner_text() != "live"  # the stream never opened: all from the snapshot
+                shot = tmp_path / "dashboard.png"
+                page.screenshot(path=str(shot), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        engine.close()
+        engine.model.close()
+    from PIL import Image
+
+    colours = set(Image.open(shot).convert("RGB").getdata())
+    for line in ((0xF7, 0x90, 0x09), (0x2E, 0x90, 0xFA), (0x12, 0xB7, 0x6A)):  # the three sparklines' strokes
+        assert line in colours, f"no {line} in the screenshot: a sparkline was not drawn"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
-from tests.integration.serve.conftest import LIMITS
+from tests.integration.serve.conftest import LIMITS, load_engine
 from wdmoe.serve import Engine, create_app
 from wdmoe.serve.server import serve_in_thread
 
@@ -86,3 +88,32 @@ def test_dashboard_state_follows_the_requests(url: str, engine: Engine) -> None:
     assert sum(d["tokens"] for d in after["devices"]) > sum(d["tokens"] for d in before["devices"])
     assert sum(after["usage"]["0"]) == sum(before["usage"].get("0", [0])) + 2 * (4 + 1)  # top-2 pairs, 5 tokens
     assert all(d["bandwidth_hz"] is not None and "snr_dl_db" in d for d in after["devices"])
+
+
+def test_dashboard_history_and_dropped_pairs_add_up_to_the_step_records(text_model_dir: Path) -> None:
+    """The sparkline history and the dropped-pair counts against the model's own step records (WLR drops some)."""
+    engine = load_engine(text_model_dir, name="wlr", theta=0.7)
+    steps: list[Any] = []
+    engine.model.telemetry.listeners.append(steps.append)  # the engine clears model.steps after each request
+    try:
+        with serve_in_thread(create_app(engine, limits=LIMITS)) as base:
+            httpx.post(f"{base}/v1/completions", json={"prompt": "drop some", "max_tokens": 5, "temperature": 0},
+                       timeout=60)
+            state = httpx.get(f"{base}/dashboard/state").json()
+        assert [h["step"] for h in state["history"]] == list(range(len(steps)))
+        for entry, step in zip(state["history"], steps, strict=True):
+            assert entry["phase"] == step.phase and entry["tokens"] == step.num_tokens
+            assert entry["bytes_on_air"] == sum(int(r.bits_down.sum() + r.bits_up.sum()) for r in step.layers) / 8
+            assert entry["modeled_s"] == pytest.approx(sum(r.modeled.layer_s for r in step.layers))
+            pairs = sum(int(r.keep.sum()) for r in step.layers)
+            assert entry["experts_per_token"] == pytest.approx(pairs / (step.num_tokens * len(step.layers)))
+        dropped = {layer: sum(int((~r.keep).sum()) for s in steps for r in s.layers if r.layer == int(layer))
+                   for layer in state["dropped"]}
+        assert {layer: sum(v) for layer, v in state["dropped"].items()} == dropped
+        assert sum(dropped.values()) > 0  # theta 0.7 drops experts: the figure is not trivially zero
+        last = steps[-1].layers
+        mean_band = np.mean([r.decision.bandwidth_hz for r in last], axis=0)
+        assert [d["bandwidth_hz"] for d in state["devices"]] == pytest.approx(mean_band.tolist())
+    finally:
+        engine.close()
+        engine.model.close()

@@ -1,4 +1,5 @@
-// Live dashboard: one EventSource on /dashboard/events; each message is a full state snapshot.
+// Live dashboard: the /dashboard/state snapshot paints the page at once; then one EventSource on
+// /dashboard/events, each message a full state snapshot.
 "use strict";
 const COLORS = ["#2e90fa", "#12b76a", "#f79009", "#7a5af8", "#f04438", "#0ba5ec", "#ee46bc", "#667085"];
 const $ = (id) => document.getElementById(id);
@@ -14,10 +15,10 @@ function deviceCard(dev) {
   card.innerHTML = `<h3>Device ${dev.id}</h3>
     <div class="row"><span>SNR DL / UL</span><b class="snr">-</b></div><div class="bar snr"><div></div></div>
     <div class="row"><span>distance</span><b class="dist">-</b></div>
-    <div class="row"><span>bandwidth</span><b class="band">-</b></div>
-    <div class="row"><span>latency</span><b class="lat">-</b></div><div class="bar lat"><div></div></div>
-    <div class="row"><span>tokens (load)</span><b class="tokens">0</b></div><div class="bar load"><div></div></div>
-    <div class="row"><span>compute</span><b class="compute">-</b></div>`;
+    <div class="row"><span>bandwidth (step)</span><b class="band">-</b></div>
+    <div class="row"><span>latency (step)</span><b class="lat">-</b></div><div class="bar lat"><div></div></div>
+    <div class="row"><span>tokens (total)</span><b class="tokens">0</b></div><div class="bar load"><div></div></div>
+    <div class="row"><span>compute (total)</span><b class="compute">-</b></div>`;
   $("devices").appendChild(card);
   return card;
 }
@@ -65,15 +66,45 @@ function drawHeatmap(state) {
   table.innerHTML = head + "</tr>";
   for (const layer of layers) {
     const counts = state.usage[layer];
+    const dropped = (state.dropped || {})[layer] || counts.map(() => 0);
     const top = Math.max(1, ...counts);
     const row = document.createElement("tr");
-    row.innerHTML = `<th>${layer}</th>` + counts.map((c) => {
+    row.innerHTML = `<th>${layer}</th>` + counts.map((c, e) => {
       const a = (0.08 + 0.92 * (c / top)).toFixed(2);
-      return `<td class="cell" title="layer ${layer}, expert: ${c} pairs" style="background: rgba(46,144,250,${a})">${c}</td>`;
+      const drop = dropped[e] ? `<span class="drop">-${dropped[e]}</span>` : "";
+      return `<td class="cell" title="layer ${layer}, expert ${e}: ${c} pairs kept, ${dropped[e]} dropped" ` +
+        `style="background: rgba(46,144,250,${a})">${c}${drop}</td>`;
     }).join("");
     table.appendChild(row);
   }
   $("heatmap").replaceChildren(layers.length ? table : document.createTextNode("no MoE step yet"));
+}
+
+function sparkline(id, series, unit, digits) {
+  // series: [{values, color}], values may hold nulls (a step without that figure)
+  const box = $(id);
+  const svg = box.querySelector("svg");
+  const width = Number(svg.getAttribute("width")), height = Number(svg.getAttribute("height"));
+  const all = series.flatMap((s) => s.values.filter((v) => v !== null && v !== undefined));
+  const top = Math.max(1e-12, ...all);
+  svg.innerHTML = series.map((s) => {
+    const n = s.values.length;
+    const points = s.values.map((v, i) => (v === null || v === undefined ? null :
+      `${(n > 1 ? (i * (width - 2)) / (n - 1) : 0) + 1},${height - 1 - (v / top) * (height - 2)}`)).filter(Boolean);
+    return `<polyline class="line" stroke="${s.color}" points="${points.join(" ")}"></polyline>`;
+  }).join("");
+  const last = series.map((s) => s.values[s.values.length - 1]).map((v) => fmt(v, digits));
+  box.querySelector(".last").textContent = all.length ? `last: ${last.join(", ")} ${unit}; max ${fmt(top, digits)}` : "no step yet";
+}
+
+function drawHistory(state) {
+  const h = state.history || [];
+  sparkline("spark-latency", [
+    { values: h.map((s) => (s.modeled_s === null ? null : s.modeled_s * 1e3)), color: "#f79009" },
+    { values: h.map((s) => s.wall_s * 1e3), color: "#667085" },
+  ], "ms", 2);
+  sparkline("spark-air", [{ values: h.map((s) => s.bytes_on_air / 1e3), color: "#2e90fa" }], "kB", 1);
+  sparkline("spark-experts", [{ values: h.map((s) => s.experts_per_token), color: "#12b76a" }], "", 2);
 }
 
 function draw(state) {
@@ -89,6 +120,9 @@ function draw(state) {
   drawDevices(state);
   drawSplit(state);
   drawHeatmap(state);
+  drawHistory(state);
+  const dropped = Object.values(state.dropped || {}).flat().reduce((a, b) => a + b, 0);
+  $("dropped").textContent = dropped;
 }
 
 function connect() {
@@ -97,4 +131,5 @@ function connect() {
   source.onmessage = (event) => draw(JSON.parse(event.data));
   source.onerror = () => { $("conn").textContent = "reconnecting"; $("conn").className = "down"; };
 }
-connect();
+// First paint from the snapshot, so nothing shows "-" until the first live update.
+fetch("/dashboard/state").then((r) => r.json()).then(draw).catch(() => {}).finally(connect);
