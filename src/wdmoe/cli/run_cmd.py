@@ -88,8 +88,13 @@ def run(
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 1.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed (and the random policy's).")] = 0,
-    policy: Annotated[str, typer.Option(help="Expert selection: topk, wlr, joint, fastest, random or prune.")] = "topk",
-    theta: Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold; prune: the pruned gate share.")] = 0.5,
+    policy: Annotated[str, typer.Option(help=(
+        "Expert selection: topk, wlr, joint, fastest, random, prune, or the field's baselines as OUR "
+        "reconstructions [R] from secondary descriptions [S] (papers.md §10): wlr-cum (cumulative-gate WLR), "
+        "straggler (CAEE-like straggler-drop), energy (DES/JESA-like energy-min selection + band)."))] = "topk",
+    theta: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
+        "WLR threshold; prune: the pruned gate share; wlr-cum: the gate mass kept in WLR order; straggler and "
+        "energy: the gate mass every token keeps."))] = 0.5,
     scenario: Annotated[
         Path | None, typer.Option(help="Radio scenario TOML (default: built-in default, one per device).")
     ] = None,

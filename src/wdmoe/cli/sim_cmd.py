@@ -19,9 +19,14 @@ def simulate(
     ] = None,
     policy: Annotated[
         list[str] | None,
-        typer.Option(help="Policy, repeatable: topk, wlr, joint, fastest, random (default: the first three)."),
+        typer.Option(help=(
+            "Policy, repeatable: topk, wlr, joint, fastest, random, prune, or OUR reconstructions [R] of the "
+            "field's baselines from secondary descriptions [S] (papers.md §10): wlr-cum, straggler, energy "
+            "(default: topk, wlr, joint).")),
     ] = None,
-    theta: Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold (wlr only).")] = 0.5,
+    theta: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
+        "WLR threshold; prune: the pruned gate share; wlr-cum: the gate mass kept in WLR order; straggler and "
+        "energy: the gate mass every token keeps."))] = 0.5,
     realizations: Annotated[
         int, typer.Option(min=1, help="Channel realizations per scenario (seeds seed .. seed + n - 1).")
     ] = 10,

@@ -13,12 +13,28 @@ from wdmoe.experiments import plots
 from wdmoe.experiments.inputs import accuracies, experiment_trace
 from wdmoe.experiments.latency import latency, write_csv
 from wdmoe.experiments.pareto import Headline, headline, pareto_front, relative_loss
-from wdmoe.experiments.policies import PolicySpec, fastest, joint_lagrangian, joint_ratio, random_drop, topk, wlr
+from wdmoe.experiments.policies import (
+    PolicySpec,
+    energy,
+    fastest,
+    joint_lagrangian,
+    joint_ratio,
+    random_drop,
+    straggler,
+    topk,
+    wlr,
+    wlr_cumulative,
+)
 from wdmoe.experiments.setup import ExperimentResult, Progress, Setup
 
 THETAS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)  # fine near 0: the 1% budget lives there
 LAMBDAS = (10.0, 100.0, 1000.0, 10000.0)  # kept weight per second of layer time (lagrangian form)
 DROP_P = (0.1, 0.3, 0.5)
+# The field's baselines, OUR reconstructions [R] from secondary descriptions [S] (papers.md §10): the gate mass
+# kept in WLR order (wlr-cum), and the share of its gate mass every token keeps (straggler, energy's rho).
+CUMULATIVE = (0.6, 0.8, 0.9)
+STRAGGLER = (0.6, 0.8, 0.9)
+ENERGY_RHO = (0.6, 0.8, 0.9)
 MAX_LOSS = 0.01
 ZOOM_LOSS = 0.1  # the right panel shows the policies within 10% of TopK's accuracy
 SHOWN = ("policy", "next_token_accuracy", "perplexity", "task_accuracy", "tpot_p50_s", "ttft_p50_s",
@@ -26,9 +42,11 @@ SHOWN = ("policy", "next_token_accuracy", "perplexity", "task_accuracy", "tpot_p
 
 
 def policies(thetas: tuple[float, ...] = THETAS, lambdas: tuple[float, ...] = LAMBDAS,
-             drop_p: tuple[float, ...] = DROP_P) -> list[PolicySpec]:
+             drop_p: tuple[float, ...] = DROP_P, cumulative: tuple[float, ...] = CUMULATIVE,
+             stragglers: tuple[float, ...] = STRAGGLER, energy_rho: tuple[float, ...] = ENERGY_RHO) -> list[PolicySpec]:
     return [topk(), *(wlr(t) for t in thetas), joint_ratio(), *(joint_lagrangian(lam) for lam in lambdas),
-            fastest(), *(random_drop(p) for p in drop_p)]
+            fastest(), *(random_drop(p) for p in drop_p), *(wlr_cumulative(m) for m in cumulative),
+            *(straggler(t) for t in stragglers), *(energy(r) for r in energy_rho)]
 
 
 def run_pareto(setup: Setup, progress: Progress, specs: list[PolicySpec] | None = None) -> ExperimentResult:

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from wdmoe.policy.bandwidth import MinMaxBandwidth
 from wdmoe.policy.base import Policy
 from wdmoe.policy.baselines import FastestDevices, RandomDrop
+from wdmoe.policy.energy import EnergyMinJoint
 from wdmoe.policy.joint import JointSelectionBandwidth
+from wdmoe.policy.straggler import StragglerDrop
 from wdmoe.policy.topk import TopK
 from wdmoe.policy.wlr import WLRThreshold
+from wdmoe.policy.wlr_cumulative import CumulativeWLR
 
 
 @dataclass(frozen=True)
@@ -54,3 +57,20 @@ def fastest() -> PolicySpec:
 
 def random_drop(p: float) -> PolicySpec:
     return PolicySpec(f"random p={p:g}", "random", p, lambda seed: RandomDrop(p=p, seed=seed))
+
+
+# The field's baselines: OUR reconstructions [R] from secondary descriptions [S] (papers.md §10), not the papers'.
+
+
+def wlr_cumulative(threshold: float) -> PolicySpec:
+    return PolicySpec(f"wlr-cum mass={threshold:g}", "wlr-cum", threshold,
+                      lambda _seed: CumulativeWLR(threshold=threshold))
+
+
+def straggler(threshold: float) -> PolicySpec:
+    return PolicySpec(f"straggler keep={threshold:g}", "straggler", threshold,
+                      lambda _seed: StragglerDrop(threshold=threshold))
+
+
+def energy(rho: float) -> PolicySpec:
+    return PolicySpec(f"energy rho={rho:g}", "energy", rho, lambda _seed: EnergyMinJoint(rho=rho))

@@ -17,14 +17,18 @@ from wdmoe.policy import (
     WLRThreshold,
 )
 from wdmoe.policy.base import LayerState, Policy
+from wdmoe.policy.energy import EnergyMinJoint
 from wdmoe.policy.evaluate import layer_breakdown
+from wdmoe.policy.straggler import StragglerDrop
 from wdmoe.policy.wlr import pair_latency_s
+from wdmoe.policy.wlr_cumulative import CumulativeWLR
 
 POLICIES: list[Policy] = [
     TopK(), TopK(bandwidth=MinMaxBandwidth()), EqualBandwidth(), MinMaxBandwidth(),
     WLRThreshold(0.5), WLRThreshold(0.3, normalize="sum"), WLRThreshold(1.0, bandwidth=MinMaxBandwidth()),
     JointSelectionBandwidth(), JointSelectionBandwidth(form="lagrangian", lam=200.0, rho=0.3),
     FastestDevices(), RandomDrop(0.7, seed=3), RandomDrop(1.0, seed=4),
+    CumulativeWLR(0.7), StragglerDrop(0.6), StragglerDrop(0.3, bandwidth=MinMaxBandwidth()), EnergyMinJoint(rho=0.5),
 ]
 
 
