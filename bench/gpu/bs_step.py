@@ -3,7 +3,9 @@ router (what the BS computes between two dispatches to the devices), with transf
 
 Cases: decode (1 token) against a KV cache of 512 and 2048 tokens, and prefill (512 tokens, causal). Each is
 timed with CUDA events (warm-up, median of repeats); a decode step appends to the cache as `generate` does and the
-cache is cropped back after each call, so every call sees the same context. The roofline is
+cache is cropped back after each call, so every call sees the same context. `decode graph`: the same decode step
+as the graphed decode runs it (wdmoe.runtime.graphed_decode): a static KV cache, a 4D mask, replayed from a CUDA
+graph (on the CPU, without a graph: `decode static`). The roofline is
 max(FLOPs / matmul peak, bytes / copy bandwidth), both ceilings measured in this run, with bytes = the layer's
 attention, norm and router weights plus the KV cache read once.
 
@@ -19,7 +21,7 @@ from typing import Any
 
 import torch
 from ceilings import Ceilings, device_name, measure_ceilings, parse_dtype, pick_device, time_per_call_s
-from transformers import DynamicCache, MixtralConfig
+from transformers import DynamicCache, MixtralConfig, StaticCache
 from transformers.models.mixtral.modeling_mixtral import (
     MixtralAttention,
     MixtralRMSNorm,
@@ -40,10 +42,11 @@ class BSStep(torch.nn.Module):
         torch.nn.init.normal_(self.gate.weight, std=config.initializer_range)  # the router is created empty
 
     def forward(
-        self, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], cache: DynamicCache
+        self, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        cache: DynamicCache | StaticCache, mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # (1, T, H) -> (1, T, H), (T, k) weights, (T, k) index
         # the cache goes by position: its keyword is `past_key_values` up to transformers 5.23, `cache` from 5.24
-        attn, _ = self.self_attn(self.input_layernorm(hidden), position_embeddings, None, cache)
+        attn, _ = self.self_attn(self.input_layernorm(hidden), position_embeddings, mask, cache)
         hidden = hidden + attn
         _, weights, index = self.gate(self.post_attention_layernorm(hidden))
         return hidden, weights, index
@@ -84,6 +87,37 @@ def time_case(step: BSStep, config: MixtralConfig, tokens: int, context: int, ar
     return time_per_call_s(call, device, args.warmup, args.iters, args.repeats)
 
 
+def time_graphed_decode(step: BSStep, config: MixtralConfig, context: int, args: argparse.Namespace,
+                        device: torch.device, dtype: torch.dtype) -> float:
+    """Median seconds of one decode step over a static cache of `context` tokens, replayed from a CUDA graph (the
+    CPU runs it eagerly); the cache's write position is moved back after each step, so each sees the same context."""
+    gen = torch.Generator(device=device).manual_seed(context)
+    head_dim = config.hidden_size // config.num_attention_heads
+    cache = StaticCache(config=config, max_cache_len=context + 64)
+    kv_shape = (1, config.num_key_value_heads, context, head_dim)
+    cache.update(*(torch.randn(kv_shape, device=device, generator=gen, dtype=dtype) for _ in range(2)), 0)
+    hidden = torch.randn(1, 1, config.hidden_size, device=device, generator=gen, dtype=dtype)
+    position_embeddings = MixtralRotaryEmbedding(config).to(device)(hidden, torch.tensor([[context]], device=device))
+    mask = (torch.arange(context + 64, device=device) <= context).view(1, 1, 1, -1)
+
+    def call() -> None:
+        step(hidden, position_embeddings, cache, mask)
+        cache.layers[0].cumulative_length.sub_(1)
+
+    if device.type != "cuda":
+        return time_per_call_s(call, device, args.warmup, args.iters, args.repeats)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            call()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side):
+        call()
+    return time_per_call_s(graph.replay, device, args.warmup, args.iters, args.repeats)
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     device, dtype = pick_device(args.device, args.small), parse_dtype(args.dtype)
     config = MixtralConfig(
@@ -102,6 +136,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for phase, tokens, context in cases:
             seconds = time_case(step, config, tokens, context, args, device, dtype)
             rows.append(_row(phase, tokens, context, seconds, config, dtype, ceilings))
+        name = "decode graph" if device.type == "cuda" else "decode static"
+        for context in args.contexts:
+            seconds = time_graphed_decode(step, config, context, args, device, dtype)
+            rows.append(_row(name, 1, context, seconds, config, dtype, ceilings))
     return {
         "bench": "bs_step",
         "device": device_name(device),

@@ -7,11 +7,14 @@ in-process devices that all compute on the same GPU (TopK, the model's own routi
     decode   greedy `generate` of 64 new tokens after an 8-token prompt: new tokens / wall seconds
     prefill  one forward over a 512-token prompt: prompt tokens / wall seconds
 
-alternately, --repeats times each; reported are the medians and the ratio split / unsplit (target: decode >= 0.9).
-On CUDA the devices replay each expert's one-row FFN as a CUDA graph at decode (`ExpertWorker(cuda_graphs=...)`);
-the split model's decode is also timed with graphs off, in the same interleaved repeats (`decode_ratio_no_graphs`),
-and every captured graph's output is compared bit for bit with the eager FFN on a random row
-(`cuda_graphs_bit_identical`). --no-cuda-graphs turns graphs off for the whole run.
+alternately, --repeats times each; reported are the medians and the ratio split / unsplit (target: decode >= 1.2,
+docs/gpu.md). On CUDA the split model decodes as replays of one CUDA graph per step (wdmoe.runtime.graphed_decode);
+in the same interleaved repeats it is also timed on the runtime's host path with the devices' one-row FFN graphs
+(`decode_ratio_host_path`) and with no graph at all (`decode_ratio_no_graphs`), and every captured one-row graph's
+output is compared bit for bit with the eager FFN on a random row (`cuda_graphs_bit_identical`). --no-cuda-graphs
+turns graphs off for the whole run. `decode_hbm_roofline_fraction`: the bytes a decode token must read
+(`decode_bytes_per_token`: every weight but the routed experts', top-k experts per layer, the KV cache) at the
+copy bandwidth measured in the run, over the measured time per new token (prefill of the short prompt included).
 Tokens are checked for identity (bf16 kernels of different batch shapes may round differently, so a late
 divergence is reported, not hidden), and on CUDA the host synchronizations per decode step of each model are
 counted with torch.cuda.set_sync_debug_mode.
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ceilings import device_name, parse_dtype, pick_device, wall_s
+from ceilings import copy_bandwidth_bytes_per_s, device_name, parse_dtype, pick_device, wall_s
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -55,6 +58,19 @@ def build_reference(args: argparse.Namespace, device: torch.device, dtype: torch
     torch.manual_seed(args.seed)
     with torch.device(device):
         return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+
+
+def decode_bytes_per_token(model: Any, top_k: int, context: int) -> int:
+    """Bytes one decode token must read from memory at least: every weight but the routed experts' and the
+    embedding table's, top_k experts per MoE layer, one embedding row, and the KV cache of `context` tokens."""
+    config = model.config
+    expert_params = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
+    embed = model.get_input_embeddings().weight
+    params = sum(p.numel() for p in model.parameters()) - expert_params - embed.numel() + embed.shape[1]
+    params += expert_params * top_k // config.num_local_experts
+    head_dim = config.hidden_size // config.num_attention_heads
+    kv = 2 * config.num_hidden_layers * context * config.num_key_value_heads * head_dim
+    return (params + kv) * embed.element_size()
 
 
 def syncs_per_step(generate: Callable[[int], object], steps: int) -> float:
@@ -101,10 +117,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for worker in workers:
             worker.cuda_graphs = False
     graphs = any(getattr(w, "cuda_graphs", False) for w in workers)
+    ours.graphed_decode = graphs  # the whole decode step as one CUDA graph (wdmoe.runtime.graphed_decode)
 
-    def set_graphs(on: bool) -> None:
+    def set_graphs(on: bool, whole_step: bool | None = None) -> None:
+        """Devices' one-row graphs `on`; the whole-step graph `whole_step` (default: as `on`)."""
         for worker in workers:
             worker.cuda_graphs = on
+        ours.graphed_decode = on if whole_step is None else whole_step
     gen = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(2, args.vocab, (1, args.prompt_len), generator=gen).to(device)
     short = prompt[:, : args.decode_prompt_len]
@@ -128,25 +147,32 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     new_ref, new_ours = expected[0, short.shape[1]:].tolist(), actual[0, short.shape[1]:].tolist()
     same = [a == b for a, b in zip(new_ref, new_ours, strict=True)]
     ref_logits, our_logits = prefill(reference).float(), prefill(ours).float()
-    graph_check, same_without_graphs = None, None
+    graph_check, same_without_graphs, same_host_path = None, None, None
     if graphs:
+        set_graphs(True, whole_step=False)  # the host path captures the devices' one-row graphs
+        same_host_path = bool(torch.equal(generate(ours, args.new_tokens), actual))
         set_graphs(False)
         same_without_graphs = bool(torch.equal(generate(ours, args.new_tokens), actual))
         set_graphs(True)
         graph_check = graphs_bit_identical(workers, device, args.seed)
     times: dict[str, list[float]] = {"decode_ref": [], "decode_ours": [], "prefill_ref": [], "prefill_ours": []}
     if graphs:
-        times["decode_ours_no_graphs"] = []
+        times["decode_ours_no_graphs"], times["decode_ours_host"] = [], []
     for _ in range(args.repeats):  # interleaved, so drifts in clocks or temperature hit both alike
         times["decode_ref"].append(wall_s(lambda: generate(reference, args.new_tokens), device))
         times["decode_ours"].append(wall_s(lambda: generate(ours, args.new_tokens), device))
         if graphs:
+            set_graphs(True, whole_step=False)  # the host path: the runtime's layer step, devices' one-row graphs
+            times["decode_ours_host"].append(wall_s(lambda: generate(ours, args.new_tokens), device))
             set_graphs(False)
             times["decode_ours_no_graphs"].append(wall_s(lambda: generate(ours, args.new_tokens), device))
             set_graphs(True)
         times["prefill_ref"].append(wall_s(lambda: prefill(reference), device))
         times["prefill_ours"].append(wall_s(lambda: prefill(ours), device))
     med = {k: statistics.median(v) for k, v in times.items()}
+    token_bytes = decode_bytes_per_token(reference, args.top_k, args.decode_prompt_len + args.new_tokens // 2)
+    copy_bw = copy_bandwidth_bytes_per_s(device, (1 << 31) if device.type == "cuda" else (1 << 24))
+    roofline_s = token_bytes / copy_bw  # per token: its bytes at the measured copy bandwidth (read + write)
     result: dict[str, Any] = {
         "bench": "split_vs_unsplit",
         "device": device_name(device),
@@ -170,6 +196,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "decode_ratio_no_graphs": med["decode_ref"] / med["decode_ours_no_graphs"] if graphs else None,
         "decode_ratio_no_graphs_fastest": (min(times["decode_ref"]) / min(times["decode_ours_no_graphs"])
                                            if graphs else None),
+        "decode_ratio_host_path": med["decode_ref"] / med["decode_ours_host"] if graphs else None,
+        "tokens_identical_host_path": same_host_path,
+        "decode_bytes_per_token": token_bytes,
+        "copy_bytes_per_s": copy_bw,
+        "decode_roofline_s_per_token": roofline_s,
+        "decode_hbm_roofline_fraction": {"split": roofline_s * args.new_tokens / med["decode_ours"],
+                                         "unsplit": roofline_s * args.new_tokens / med["decode_ref"]},
         "cuda_graphs_bit_identical": graph_check,
         "tokens_identical_without_graphs": same_without_graphs,
         "prefill_ratio": med["prefill_ref"] / med["prefill_ours"],
@@ -227,9 +260,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"decode ratio of the fastest repeats {result['decode_ratio_fastest']:.3f}")
     if result["cuda_graphs"]:
         g = result["cuda_graphs_bit_identical"]
+        print(f"the runtime's host path (devices' one-row graphs): decode ratio "
+              f"{result['decode_ratio_host_path']:.3f}, "
+              f"tokens identical to the graphed decode's: {result['tokens_identical_host_path']}")
         print(f"without CUDA graphs: decode ratio {result['decode_ratio_no_graphs']:.3f} (fastest repeats "
               f"{result['decode_ratio_no_graphs_fastest']:.3f}); graphs bit-identical to eager: {g['identical']} of "
               f"{g['checked']}; tokens identical with graphs off: {result['tokens_identical_without_graphs']}")
+    f = result["decode_hbm_roofline_fraction"]
+    print(f"decode at {result['decode_bytes_per_token'] / 1e9:.3g} GB per token and "
+          f"{result['copy_bytes_per_s'] / 1e9:.4g} GB/s copy: HBM roofline fraction split {f['split']:.3f}, "
+          f"unsplit {f['unsplit']:.3f}")
     if result["syncs_per_decode_step"] is not None:
         s = result["syncs_per_decode_step"]
         print(f"host syncs per decode step: split {s['split']:.1f}, unsplit {s['unsplit']:.1f}")

@@ -66,6 +66,15 @@ def split_vs_unsplit(r: dict[str, Any]) -> list[str]:
                      f"{r['decode_ratio_no_graphs_fastest']:.3f}). Graph outputs bit-identical to the eager FFN: "
                      f"{g['identical']} of {g['checked']}; tokens identical with graphs off: "
                      f"{r['tokens_identical_without_graphs']}.")
+    if r.get("decode_hbm_roofline_fraction"):
+        f = r["decode_hbm_roofline_fraction"]
+        lines.append(f"HBM roofline at decode ({r['decode_bytes_per_token'] / 1e9:.3g} GB per token at "
+                     f"{r['copy_bytes_per_s'] / 1e9:.4g} GB/s copy, {r['decode_roofline_s_per_token'] * 1e6:.0f} us): "
+                     f"split {f['split']:.2f}, unsplit {f['unsplit']:.2f} of it.")
+    if r.get("decode_ratio_host_path") is not None:
+        lines.append(f"The runtime's host path (per-layer sync, devices' one-row graphs) in the same repeats: decode "
+                     f"ratio {r['decode_ratio_host_path']:.3f}; its tokens equal the graphed decode's: "
+                     f"{r['tokens_identical_host_path']}.")
     if r["syncs_per_decode_step"]:
         s = r["syncs_per_decode_step"]
         lines.append(f"Host synchronizations per decode step: split {s['split']:.1f}, unsplit {s['unsplit']:.1f}.")

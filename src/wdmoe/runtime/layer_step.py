@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -49,6 +50,8 @@ class Runtime:
         self.air: AirCompression | None = None  # compression on the air (wdmoe.runtime.air)
         self.record_logits = True
         self.decode_grouping: Grouping | None = ONE_TOKEN  # group + combine of one-token steps (None: reference)
+        # the whole layer step on the GPU (wdmoe.runtime.device_moe), set only while a graphed decode step runs
+        self.device_step: Callable[..., torch.Tensor] | None = None
         self.mark_s = time.perf_counter()
         self.scratch: tempfile.TemporaryDirectory[str] | None = None
 

@@ -22,6 +22,8 @@ from wdmoe.model.shards import MANIFEST, Manifest
 from wdmoe.model.split import split_dir_for
 from wdmoe.placement import Placement
 from wdmoe.radio.costs import ModelCosts
+from wdmoe.runtime.device_moe import DeviceMoE
+from wdmoe.runtime.graphed_decode import GraphedDecoder, cache_length, plain_greedy
 from wdmoe.runtime.layer_step import Runtime
 from wdmoe.runtime.loading import build_bs_model, check_dtype, check_torch_device
 from wdmoe.runtime.telemetry import StepRecord, Telemetry, last_request, summarize
@@ -58,6 +60,8 @@ class DistributedMoE:
         self.runtime.hold(temporary)
         self.tokenizer = _load_tokenizer(root / "bs")
         self.wireless: WirelessDecider | None = None
+        self.graphed_decode = True  # greedy batch-1 decode on CUDA as CUDA-graph replays where it applies
+        self._graphed: GraphedDecoder | None = None
 
     @classmethod
     def from_pretrained(
@@ -195,7 +199,34 @@ class DistributedMoE:
             kwargs["attention_mask"] = torch.ones_like(input_ids)
         elif isinstance(kwargs["attention_mask"], torch.Tensor):
             kwargs["attention_mask"] = kwargs["attention_mask"].to(self.device)
+        graphed = self._graphed_decoder(input_ids, kwargs)
+        if graphed is not None:
+            decoder, max_new_tokens, eos_ids = graphed
+            return decoder.generate(input_ids, max_new_tokens, eos_ids)
         return self.hf_model.generate(input_ids, **kwargs)
+
+    def _graphed_decoder(self, input_ids: torch.Tensor,
+                         kwargs: dict[str, Any]) -> tuple[GraphedDecoder, int, list[int]] | None:
+        """The CUDA-graph decoder for this request (wdmoe.runtime.graphed_decode), or None where transformers'
+        generate must run it: off, not CUDA, a policy, batch > 1, padding, or more than greedy search."""
+        if not self.graphed_decode or self.device.type != "cuda" or self.wireless is not None:
+            return None
+        mask = kwargs.get("attention_mask")
+        if input_ids.shape[0] != 1 or (isinstance(mask, torch.Tensor) and not bool(mask.all())):
+            return None
+        plan = plain_greedy(self.hf_model.generation_config, kwargs)
+        if plan is None:
+            return None
+        max_new_tokens, eos_ids = plan
+        length = input_ids.shape[1] + max_new_tokens
+        if self._graphed is None or not self._graphed.fits(self.runtime, length):
+            self._graphed = None
+            moe = DeviceMoE.for_runtime(self.runtime, self.device, self.hf_model.dtype)
+            if moe is None or not moe.on_gpu:
+                return None
+            self._graphed = GraphedDecoder(self.hf_model, self.runtime, moe, cache_length(input_ids.shape[1],
+                                                                                           max_new_tokens), True)
+        return self._graphed, max_new_tokens, eos_ids
 
     # -- telemetry -----------------------------------------------------------------------------------------
     @property
@@ -224,6 +255,7 @@ class DistributedMoE:
         self.telemetry.finish(now - self._step_start_s, now - self.runtime.mark_s)
 
     def close(self) -> None:
+        self._graphed = None
         self.runtime.close()
 
 

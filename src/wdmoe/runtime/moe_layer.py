@@ -27,6 +27,9 @@ class RemoteExperts(nn.Module):
         self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
         logits, self.logits = self.logits, None
+        on_gpu = self.runtime.device_step  # set while a decode step runs with the routing on the GPU
+        if on_gpu is not None:
+            return on_gpu(self.layer, hidden_states, top_k_index, top_k_weights, logits)
         return self.runtime.run(self.layer, hidden_states, top_k_index, top_k_weights, logits)
 
     def extra_repr(self) -> str:

@@ -50,7 +50,7 @@ def test_bs_step_times_decode_at_two_contexts_and_prefill(results) -> None:
     rows = results["bs_step"]["rows"]
 
     assert [(x["phase"], x["tokens"], x["context"]) for x in rows] == [
-        ("decode", 1, 16), ("decode", 1, 64), ("prefill", 32, 0)
+        ("decode", 1, 16), ("decode", 1, 64), ("prefill", 32, 0), ("decode static", 1, 16), ("decode static", 1, 64)
     ]
     assert all(x["time_s"] > 0 and x["roofline_s"] > 0 for x in rows)
 
