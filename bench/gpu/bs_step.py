@@ -5,7 +5,8 @@ Cases: decode (1 token) against a KV cache of 512 and 2048 tokens, and prefill (
 timed with CUDA events (warm-up, median of repeats); a decode step appends to the cache as `generate` does and the
 cache is cropped back after each call, so every call sees the same context. `decode graph`: the same decode step
 as the graphed decode runs it (wdmoe.runtime.graphed_decode): a static KV cache, a 4D mask, replayed from a CUDA
-graph (on the CPU, without a graph: `decode static`). The roofline is
+graph (on the CPU, without a graph: `decode static`); on CUDA also `decode graph compiled`: the step through
+torch.compile first (its small kernels fused), as `DistributedMoE.compile_decode` runs it. The roofline is
 max(FLOPs / matmul peak, bytes / copy bandwidth), both ceilings measured in this run, with bytes = the layer's
 attention, norm and router weights plus the KV cache read once.
 
@@ -88,9 +89,10 @@ def time_case(step: BSStep, config: MixtralConfig, tokens: int, context: int, ar
 
 
 def time_graphed_decode(step: BSStep, config: MixtralConfig, context: int, args: argparse.Namespace,
-                        device: torch.device, dtype: torch.dtype) -> float:
+                        device: torch.device, dtype: torch.dtype, compiled: bool = False) -> float:
     """Median seconds of one decode step over a static cache of `context` tokens, replayed from a CUDA graph (the
-    CPU runs it eagerly); the cache's write position is moved back after each step, so each sees the same context."""
+    CPU runs it eagerly); the cache's write position is moved back after each step, so each sees the same context.
+    `compiled`: the step through torch.compile first (fused small kernels), as `DistributedMoE.compile_decode`."""
     gen = torch.Generator(device=device).manual_seed(context)
     head_dim = config.hidden_size // config.num_attention_heads
     cache = StaticCache(config=config, max_cache_len=context + 64)
@@ -100,8 +102,10 @@ def time_graphed_decode(step: BSStep, config: MixtralConfig, context: int, args:
     position_embeddings = MixtralRotaryEmbedding(config).to(device)(hidden, torch.tensor([[context]], device=device))
     mask = (torch.arange(context + 64, device=device) <= context).view(1, 1, 1, -1)
 
+    run = torch.compile(step, dynamic=False) if compiled else step
+
     def call() -> None:
-        step(hidden, position_embeddings, cache, mask)
+        run(hidden, position_embeddings, cache, mask)
         cache.layers[0].cumulative_length.sub_(1)
 
     if device.type != "cuda":
@@ -140,6 +144,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for context in args.contexts:
             seconds = time_graphed_decode(step, config, context, args, device, dtype)
             rows.append(_row(name, 1, context, seconds, config, dtype, ceilings))
+        for context in args.contexts if device.type == "cuda" else ():
+            seconds = time_graphed_decode(step, config, context, args, device, dtype, compiled=True)
+            rows.append(_row(f"{name} compiled", 1, context, seconds, config, dtype, ceilings))
     return {
         "bench": "bs_step",
         "device": device_name(device),

@@ -10,7 +10,8 @@ in-process devices that all compute on the same GPU (TopK, the model's own routi
 alternately, --repeats times each; reported are the medians and the ratio split / unsplit (target: decode >= 1.2,
 docs/gpu.md). On CUDA the split model decodes as replays of one CUDA graph per step (wdmoe.runtime.graphed_decode);
 in the same interleaved repeats it is also timed on the runtime's host path with the devices' one-row FFN graphs
-(`decode_ratio_host_path`) and with no graph at all (`decode_ratio_no_graphs`), and every captured one-row graph's
+(`decode_ratio_host_path`), with no graph at all (`decode_ratio_no_graphs`), and with the graphed step through
+torch.compile (`decode_ratio_compiled`, `DistributedMoE.compile_decode`), and every captured one-row graph's
 output is compared bit for bit with the eager FFN on a random row (`cuda_graphs_bit_identical`). --no-cuda-graphs
 turns graphs off for the whole run. `decode_hbm_roofline_fraction`: the bytes a decode token must read
 (`decode_bytes_per_token`: every weight but the routed experts', top-k experts per layer, the KV cache) at the
@@ -147,8 +148,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     new_ref, new_ours = expected[0, short.shape[1]:].tolist(), actual[0, short.shape[1]:].tolist()
     same = [a == b for a, b in zip(new_ref, new_ours, strict=True)]
     ref_logits, our_logits = prefill(reference).float(), prefill(ours).float()
-    graph_check, same_without_graphs, same_host_path = None, None, None
+    graph_check, same_without_graphs, same_host_path, same_compiled = None, None, None, None
     if graphs:
+        ours.compile_decode = True  # the graphed step through torch.compile (compiles here, once)
+        same_compiled = bool(torch.equal(generate(ours, args.new_tokens), actual))
+        ours.compile_decode = False
         set_graphs(True, whole_step=False)  # the host path captures the devices' one-row graphs
         same_host_path = bool(torch.equal(generate(ours, args.new_tokens), actual))
         set_graphs(False)
@@ -157,11 +161,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         graph_check = graphs_bit_identical(workers, device, args.seed)
     times: dict[str, list[float]] = {"decode_ref": [], "decode_ours": [], "prefill_ref": [], "prefill_ours": []}
     if graphs:
-        times["decode_ours_no_graphs"], times["decode_ours_host"] = [], []
+        times["decode_ours_no_graphs"], times["decode_ours_host"], times["decode_ours_compiled"] = [], [], []
     for _ in range(args.repeats):  # interleaved, so drifts in clocks or temperature hit both alike
         times["decode_ref"].append(wall_s(lambda: generate(reference, args.new_tokens), device))
         times["decode_ours"].append(wall_s(lambda: generate(ours, args.new_tokens), device))
         if graphs:
+            ours.compile_decode = True
+            times["decode_ours_compiled"].append(wall_s(lambda: generate(ours, args.new_tokens), device))
+            ours.compile_decode = False
             set_graphs(True, whole_step=False)  # the host path: the runtime's layer step, devices' one-row graphs
             times["decode_ours_host"].append(wall_s(lambda: generate(ours, args.new_tokens), device))
             set_graphs(False)
@@ -202,7 +209,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "copy_bytes_per_s": copy_bw,
         "decode_roofline_s_per_token": roofline_s,
         "decode_hbm_roofline_fraction": {"split": roofline_s * args.new_tokens / med["decode_ours"],
-                                         "unsplit": roofline_s * args.new_tokens / med["decode_ref"]},
+                                         "unsplit": roofline_s * args.new_tokens / med["decode_ref"],
+                                         "split_compiled": (roofline_s * args.new_tokens / med["decode_ours_compiled"]
+                                                            if graphs else None)},
+        "decode_ratio_compiled": med["decode_ref"] / med["decode_ours_compiled"] if graphs else None,
+        "tokens_identical_compiled": same_compiled,
         "cuda_graphs_bit_identical": graph_check,
         "tokens_identical_without_graphs": same_without_graphs,
         "prefill_ratio": med["prefill_ref"] / med["prefill_ours"],
@@ -260,6 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"decode ratio of the fastest repeats {result['decode_ratio_fastest']:.3f}")
     if result["cuda_graphs"]:
         g = result["cuda_graphs_bit_identical"]
+        print(f"graphed step torch.compiled: decode ratio {result['decode_ratio_compiled']:.3f}, HBM roofline "
+              f"fraction {result['decode_hbm_roofline_fraction']['split_compiled']:.3f}, tokens identical to the "
+              f"uncompiled graph's: {result['tokens_identical_compiled']}")
         print(f"the runtime's host path (devices' one-row graphs): decode ratio "
               f"{result['decode_ratio_host_path']:.3f}, "
               f"tokens identical to the graphed decode's: {result['tokens_identical_host_path']}")

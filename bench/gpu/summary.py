@@ -71,6 +71,11 @@ def split_vs_unsplit(r: dict[str, Any]) -> list[str]:
         lines.append(f"HBM roofline at decode ({r['decode_bytes_per_token'] / 1e9:.3g} GB per token at "
                      f"{r['copy_bytes_per_s'] / 1e9:.4g} GB/s copy, {r['decode_roofline_s_per_token'] * 1e6:.0f} us): "
                      f"split {f['split']:.2f}, unsplit {f['unsplit']:.2f} of it.")
+    if r.get("decode_ratio_compiled") is not None:
+        lines.append(f"The graphed step through torch.compile (`compile_decode`) in the same repeats: decode ratio "
+                     f"{r['decode_ratio_compiled']:.3f}, HBM roofline fraction "
+                     f"{r['decode_hbm_roofline_fraction']['split_compiled']:.2f}; its tokens equal the uncompiled "
+                     f"graph's: {r['tokens_identical_compiled']}.")
     if r.get("decode_ratio_host_path") is not None:
         lines.append(f"The runtime's host path (per-layer sync, devices' one-row graphs) in the same repeats: decode "
                      f"ratio {r['decode_ratio_host_path']:.3f}; its tokens equal the graphed decode's: "

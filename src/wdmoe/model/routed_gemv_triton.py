@@ -33,9 +33,9 @@ except ImportError:  # pragma: no cover - depends on the torch build
     triton = None
 
 ROUTED_GEMV_ENV = "WDMOE_ROUTED_GEMV"  # "0": no device-side routed experts (the host path decides every step)
-# (BLOCK_N, BLOCK_K, num_warps) per kernel; tried on an H200 at Mixtral sizes (docs/gpu.md)
-GATE_UP_TILE = (2, 1024, 4)
-DOWN_TILE = (2, 1024, 4)
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) per kernel; tried on an H200 at Mixtral sizes (docs/gpu.md)
+GATE_UP_TILE = (2, 512, 2, 3)
+DOWN_TILE = (2, 1024, 4, 1)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -60,28 +60,28 @@ def address_table(tensors: list[torch.Tensor], device: torch.device) -> torch.Te
 
 
 def routed_gate_up_silu(x: torch.Tensor, index: torch.Tensor, gate_up_table: torch.Tensor,
-                        inter: int, tile: tuple[int, int, int] = GATE_UP_TILE) -> torch.Tensor:
+                        inter: int, tile: tuple[int, int, int, int] = GATE_UP_TILE) -> torch.Tensor:
     """(T, H), (T, k) int64, (E,) addresses of (2I, H) matrices -> (T*k, I) silu(gate) * up per assignment."""
     rows, hidden = x.shape
     k = index.shape[1]
     x, index = x.contiguous(), index.contiguous()
     out = torch.empty((rows * k, inter), dtype=x.dtype, device=x.device)
-    block_n, block_k, warps = tile
+    block_n, block_k, warps, stages = tile
     grid = (triton.cdiv(inter, block_n), rows * k)
     _gate_up_silu_kernel[grid](x, index, gate_up_table, out, hidden, inter, k,
-                               BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+                               BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out
 
 
 def routed_down(act: torch.Tensor, index: torch.Tensor, down_table: torch.Tensor, hidden: int,
-                tile: tuple[int, int, int] = DOWN_TILE) -> torch.Tensor:
+                tile: tuple[int, int, int, int] = DOWN_TILE) -> torch.Tensor:
     """(T*k, I), (T, k) int64, (E,) addresses of (H, I) matrices -> (T*k, H) each assignment's expert output."""
     assignments, inter = act.shape
     out = torch.empty((assignments, hidden), dtype=act.dtype, device=act.device)
-    block_n, block_k, warps = tile
+    block_n, block_k, warps, stages = tile
     grid = (triton.cdiv(hidden, block_n), assignments)
     _down_kernel[grid](act.contiguous(), index.contiguous(), down_table, out, hidden, inter,
-                       BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+                       BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out
 
 

@@ -65,6 +65,7 @@ class DeviceMoE:
             weights[layer] = pairs
         return cls(runtime, weights, pool.workers[0].act, device, dtype)
 
+    @torch.compiler.disable  # a compiled decode step (graphed_decode) calls these kernels as they are
     def run(self, layer: int, hidden: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
             logits: torch.Tensor | None) -> torch.Tensor:  # (T, H), (T, k), (T, k), (T, E) | None -> (T, H)
         self.last[layer] = (index, weight, logits)

@@ -37,7 +37,7 @@ from wdmoe.runtime.device_moe import DeviceMoE
 from wdmoe.runtime.layer_step import Runtime
 from wdmoe.runtime.telemetry import LayerRecord
 
-WARMUP_STEPS = 2  # eager steps before the capture (Triton compiles, cuBLAS sets up its workspace on that stream)
+WARMUP_STEPS = 3  # eager steps before the capture (Triton compiles, cuBLAS sets up its workspace on that stream)
 CACHE_BUCKET = 256  # the static cache's length is rounded up to a multiple of this (one graph serves many lengths)
 _NEUTRAL = {"num_beams": 1, "num_beam_groups": 1, "penalty_alpha": None, "repetition_penalty": 1.0,
             "no_repeat_ngram_size": 0, "bad_words_ids": None, "suppress_tokens": None,
@@ -66,7 +66,8 @@ def plain_greedy(generation_config: Any, kwargs: dict[str, Any]) -> tuple[int, l
 class GraphedDecoder:
     """Static KV cache, the static inputs of a decode step, its CUDA graph, and the GPU logs (module docstring)."""
 
-    def __init__(self, hf_model: Any, runtime: Runtime, moe: DeviceMoE, max_len: int, capture: bool) -> None:
+    def __init__(self, hf_model: Any, runtime: Runtime, moe: DeviceMoE, max_len: int, capture: bool,
+                 compile_step: bool = False) -> None:
         from transformers import StaticCache
 
         self.hf_model, self.runtime, self.moe, self.max_len = hf_model, runtime, moe, max_len
@@ -89,6 +90,10 @@ class GraphedDecoder:
             self.index_log = torch.zeros((max_len, num_layers, k), dtype=torch.long, device=device)
             self.weight_log = torch.zeros((max_len, num_layers, k), dtype=torch.float32, device=device)
             self.logits_log = torch.zeros((max_len, num_layers, experts), dtype=torch.float32, device=device)
+        # torch.compile fuses the BS's small kernels (norms, rotary, softmax) inside the graph; the routed experts
+        # stay DeviceMoE's kernels (a graph break). Compiling costs about a minute at the first request.
+        self.compiled = compile_step
+        self.forward = torch.compile(hf_model.forward, dynamic=False) if compile_step else hf_model.forward
         self.graph: torch.cuda.CUDAGraph | None = None
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
@@ -144,7 +149,7 @@ class GraphedDecoder:
     def _step(self) -> None:
         """One decode step from the static inputs to the next ones; every shape and address fixed."""
         self.mask.copy_((self.positions <= self.pos[0]).view(1, 1, 1, -1))
-        out = self.hf_model.forward(input_ids=self.ids, position_ids=self.pos, attention_mask=self.mask,
+        out = self.forward(input_ids=self.ids, position_ids=self.pos, attention_mask=self.mask,
                                     use_cache=True, **{self.cache_kw: self.cache})
         following = out.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
         self.ids.copy_(following)
@@ -169,19 +174,22 @@ class GraphedDecoder:
         hidden = torch.empty((1, int(self.hf_model.config.hidden_size)), dtype=self.hf_model.dtype, device="meta")
         bits = runtime.bits_per_token(hidden)
         devices = runtime.placement.num_devices
-        for index, weight, logits in steps:
+        index = np.stack([s[0] for s in steps]) if steps else np.zeros((0, len(self.layers), 1), dtype=np.int64)
+        # (steps, layers, D): assignments of each step and layer per device, for every step at once
+        where = np.stack([np.asarray(self.routing.primary[layer])[index[:, slot]]
+                          for slot, layer in enumerate(self.layers)], axis=1)  # (steps, layers, k)
+        assignments = (where[..., None] == np.arange(devices)).sum(axis=2).astype(np.int64)
+        tokens_down = (assignments > 0).astype(np.int64)
+        keep, idle = np.ones((1, index.shape[-1]), dtype=bool), np.zeros(devices)
+        for s, (idx, weight, logits) in enumerate(steps):
             runtime.telemetry.start("decode", 1)
             for slot, layer in enumerate(self.layers):
-                idx = index[slot][None]  # (1, k)
-                where = np.asarray(self.routing.primary[layer])[idx[0]]
-                assignments = np.bincount(where, minlength=devices).astype(np.int64)
-                tokens_down = (assignments > 0).astype(np.int64)
                 runtime.telemetry.add(LayerRecord(
-                    layer=layer, topk_index=idx, topk_weight=weight[slot][None], keep=np.ones_like(idx, dtype=bool),
+                    layer=layer, topk_index=idx[slot][None], topk_weight=weight[slot][None], keep=keep,
                     weight=weight[slot][None], logits=logits[slot][None] if runtime.record_logits else None,
-                    tokens_down=tokens_down, assignments=assignments, bits_down=tokens_down * bits,
-                    bits_up=assignments * bits, bs_time_s=0.0, device_time_s=np.zeros(devices),
-                    dispatch_time_s=0.0))
+                    tokens_down=tokens_down[s, slot], assignments=assignments[s, slot],
+                    bits_down=tokens_down[s, slot] * bits, bits_up=assignments[s, slot] * bits, bs_time_s=0.0,
+                    device_time_s=idle, dispatch_time_s=0.0))
             runtime.telemetry.finish(step_s, 0.0)
 
 

@@ -61,7 +61,8 @@ class DistributedMoE:
         self.tokenizer = _load_tokenizer(root / "bs")
         self.wireless: WirelessDecider | None = None
         self.graphed_decode = True  # greedy batch-1 decode on CUDA as CUDA-graph replays where it applies
-        self._graphed: GraphedDecoder | None = None
+        self.compile_decode = False  # torch.compile the graphed step (fewer kernels; a minute at the first request)
+        self._graphed: dict[bool, GraphedDecoder] = {}  # by compile_decode
 
     @classmethod
     def from_pretrained(
@@ -219,14 +220,16 @@ class DistributedMoE:
             return None
         max_new_tokens, eos_ids = plan
         length = input_ids.shape[1] + max_new_tokens
-        if self._graphed is None or not self._graphed.fits(self.runtime, length):
-            self._graphed = None
+        decoder = self._graphed.get(self.compile_decode)
+        if decoder is None or not decoder.fits(self.runtime, length):
+            self._graphed.pop(self.compile_decode, None)
             moe = DeviceMoE.for_runtime(self.runtime, self.device, self.hf_model.dtype)
             if moe is None or not moe.on_gpu:
                 return None
-            self._graphed = GraphedDecoder(self.hf_model, self.runtime, moe, cache_length(input_ids.shape[1],
-                                                                                           max_new_tokens), True)
-        return self._graphed, max_new_tokens, eos_ids
+            decoder = GraphedDecoder(self.hf_model, self.runtime, moe, cache_length(input_ids.shape[1], max_new_tokens),
+                                     True, self.compile_decode)
+            self._graphed[self.compile_decode] = decoder
+        return decoder, max_new_tokens, eos_ids
 
     # -- telemetry -----------------------------------------------------------------------------------------
     @property
@@ -255,7 +258,7 @@ class DistributedMoE:
         self.telemetry.finish(now - self._step_start_s, now - self.runtime.mark_s)
 
     def close(self) -> None:
-        self._graphed = None
+        self._graphed.clear()
         self.runtime.close()
 
 
