@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from wdmoe.errors import WdmoeError
 from wdmoe.radio.channel import check_range, default_heights_m, distance_3d_m
 from wdmoe.radio.compute import PRESETS
+from wdmoe.radio.link import DownlinkPower
 from wdmoe.radio.params import (
     DEFAULT_BS_TX_POWER_DBM,
     DEFAULT_DEVICE_TX_POWER_DBM,
@@ -33,6 +34,7 @@ from wdmoe.radio.rate import PoolMode
 from wdmoe.validation import ActivationBits, BandwidthHz, Seed, Strict, describe_errors
 
 BandwidthPool = Literal["shared", "separate"]
+DownlinkPowerName = Literal["shared_psd", "full_per_device"]  # wdmoe.radio.link.DownlinkPower's values
 
 # [R] reconstruction: a mix of Jetson kits, as in the WDMoE-J testbed (papers.md §3.5, which kits is unknown).
 DEFAULT_DEVICE_PRESETS: tuple[str, ...] = ("jetson-agx-orin", "jetson-orin-nx", "jetson-orin-nano")
@@ -119,6 +121,10 @@ class Scenario(_Strict):
     # shared: one pool of bandwidth_hz split per device, used for DL then UL; separate: a DL and an UL pool,
     # each of bandwidth_hz (paired FDD spectrum) [R]
     bandwidth_pool: BandwidthPool = "shared"
+    # shared_psd: the BS's power is shared by the concurrent downlinks at a constant spectral density over the
+    # band (a share of b Hz gets bs_tx_power * b / bandwidth_hz); full_per_device: every downlink gets the full
+    # bs_tx_power (the WDMoE papers' model, kept for comparison; it overstates the DL SNR with many devices) [R]
+    downlink_power: DownlinkPowerName = "shared_psd"
     device_presets: Annotated[tuple[str, ...], Field(min_length=1, strict=False)] = DEFAULT_DEVICE_PRESETS
     activation_bits: ActivationBits = 16  # bits per hidden value on the air (bf16) [R]
     coherence: Coherence = "step"  # fading redrawn every forward step, every layer, or once per request [R]
@@ -138,7 +144,8 @@ class Scenario(_Strict):
         pool = PoolMode.SHARED if self.bandwidth_pool == "shared" else PoolMode.SEPARATE
         return RadioParams(self.num_devices, self.distance_min_m, self.distance_max_m, self.channel.params,
                            self.fading.params, self.noise_figure_db, self.bs_tx_power_dbm, self.device_tx_power_dbm,
-                           self.bandwidth_hz, pool, self.activation_bits, self.coherence)
+                           self.bandwidth_hz, pool, self.activation_bits, self.coherence,
+                           DownlinkPower(self.downlink_power))
 
     def preset_of_device(self, device: int) -> str:
         """The compute preset of device `device`: `device_presets` cycled over the devices."""

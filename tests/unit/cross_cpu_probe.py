@@ -47,10 +47,13 @@ def _split_instances(n: int) -> list[np.ndarray]:
 
 def pair_splits() -> str:
     args = _split_instances(300)
-    split = split_arrays.pair_split(*args)
-    scalar = [pair_split(*(float(a[i]) for a in args)) for i in range(args[0].shape[0])]
-    return _digest([split.b0, split.b1, split.t0, split.inv0, split.t1, split.inv1,
-                    np.array([s if s is not None else (np.nan, np.nan) for s in scalar])])
+    out = []
+    for pool in (0.0, 2e7):  # the BS's full power per downlink; a constant spectral density over 20 MHz
+        split = split_arrays.pair_split(*args, dl_pool=pool)
+        scalar = [pair_split(*(float(a[i]) for a in args), dl_pool=pool) for i in range(args[0].shape[0])]
+        out += [split.b0, split.b1, split.t0, split.inv0, split.t1, split.inv1,
+                np.array([s if s is not None else (np.nan, np.nan) for s in scalar])]
+    return _digest(out)
 
 
 def minmax_splits() -> str:
@@ -59,12 +62,13 @@ def minmax_splits() -> str:
     for _ in range(40):  # 3-8 devices: the Newton path on arrays
         d = int(rng.integers(3, 9))
         bits = exp10_array(rng.uniform(3.0, 6.0, (2, d)))
-        out.append(minmax_split(bits[0], bits[1], rng.uniform(0.0, 1e-2, d), exp10_array(rng.uniform(6.0, 11.0, d)),
-                                exp10_array(rng.uniform(6.0, 11.0, d)), 2e7, np.ones(d, dtype=bool)))
+        args = (bits[0], bits[1], rng.uniform(0.0, 1e-2, d), exp10_array(rng.uniform(6.0, 11.0, d)),
+                exp10_array(rng.uniform(6.0, 11.0, d)), 2e7, np.ones(d, dtype=bool))
+        out += [minmax_split(*args), minmax_split(*args, dl_pool_hz=2e7)]
     return _digest(out)
 
 
-def _state(seed: int, tokens: int) -> LayerState:
+def _state(seed: int, tokens: int, dl_psd_pool_hz: float = 0.0) -> LayerState:
     rng = np.random.default_rng(seed)
     experts, devices, k = 8, 8, 2
     logits = rng.normal(size=(tokens, experts)) * 2.0
@@ -74,7 +78,7 @@ def _state(seed: int, tokens: int) -> LayerState:
     weight = weight / weight.sum(axis=1, keepdims=True)
     ones = np.ones(devices)
     link = LinkState(ones * 100.0, ones * 100.0, ones, ones, exp10_array(rng.uniform(6.0, 11.0, devices)),
-                     exp10_array(rng.uniform(6.0, 11.0, devices)))
+                     exp10_array(rng.uniform(6.0, 11.0, devices)), dl_psd_pool_hz)
     names = list(PRESETS)
     profiles = DeviceProfiles.from_profiles([PRESETS[names[i]] for i in rng.integers(0, len(names), devices)])
     flops, weight_bytes, bits = exp10_array(rng.uniform([7.0, 7.0, 3.0], [9.0, 9.0, 5.0])).tolist()
@@ -84,7 +88,7 @@ def _state(seed: int, tokens: int) -> LayerState:
 
 
 def decisions() -> dict[str, str]:
-    states = [_state(seed, tokens) for seed in range(12) for tokens in (1, 5)]
+    states = [_state(seed, tokens, pool) for seed in range(12) for tokens in (1, 5) for pool in (0.0, 2e7)]
     out = {}
     for name in ("topk", "wlr", "joint", "fastest", "prune"):
         policy = make_policy(name, theta=0.5)

@@ -8,6 +8,7 @@ import pytest
 
 from wdmoe.config import Scenario, ScenarioError, load_scenario, parse_scenario
 from wdmoe.radio.compute import PRESETS
+from wdmoe.radio.link import DownlinkPower
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -51,6 +52,17 @@ def test_default_scenario_without_a_file() -> None:
     assert scenario.activation_bits == 16
     assert scenario.bs_preset in PRESETS
     assert all(name in PRESETS for name in scenario.device_presets)
+
+
+def test_downlink_power_defaults_to_a_constant_psd_and_names_a_bad_value() -> None:
+    default = Scenario.default().radio
+    full = parse_scenario({"downlink_power": "full_per_device"}).radio
+
+    assert load_scenario(CONFIGS / "default.toml").downlink_power == "shared_psd"
+    assert default.downlink is DownlinkPower.SHARED_PSD and default.dl_psd_pool_hz == 20e6
+    assert full.downlink is DownlinkPower.FULL_PER_DEVICE and full.dl_psd_pool_hz == 0.0
+    with pytest.raises(ScenarioError, match=r"'downlink_power' = 'full': must be 'shared_psd' or 'full_per_device'"):
+        parse_scenario({"downlink_power": "full"})
 
 
 def test_presets_are_cycled_over_the_devices() -> None:

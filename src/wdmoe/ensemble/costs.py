@@ -9,13 +9,14 @@ Request model (papers.md §5.2 [R]; every time comes from `wdmoe.radio`, no new 
 point sends the prompt to server n (the BS -> device direction of `radio.rate`), server n prefills it and decodes
 the answer one token at a time, then returns the answer (device -> BS):
 
-    dl     = share_time_s(prompt_tokens * bits_per_token, b_n, snr_dl_n)
+    dl     = dl_share_time_s(prompt_tokens * bits_per_token, b_n, snr_dl_n, link.dl_psd_pool_hz)
     prefill = roofline_time_s(prompt_tokens, F_n, W_n, server_n)          F_n = 2 * params_n FLOP/token [R]
     decode = answer_tokens * roofline_time_s(1, F_n, W_n, server_n)       W_n = params_n * bytes_per_param; the
                                                                           KV-cache reads are left out [R]
     ul     = share_time_s(answer_tokens * bits_per_token, b_n, snr_ul_n)
     t_n^c  = dl + prefill + decode + ul
-    e_n^c  = bs_tx_power * dl + compute_power_n * (prefill + decode) + tx_power_n * ul
+    e_n^c  = p_n * dl + compute_power_n * (prefill + decode) + tx_power_n * ul
+                                         p_n: the BS power server n's downlink gets (radio.rate.bs_tx_power_per_share_w)
 
 The energy split is the one of `radio.latency` (BS transmission, device compute, device transmission).
 """
@@ -31,7 +32,7 @@ from wdmoe.radio.compute import DeviceProfile, dense_flops_per_token, roofline_t
 from wdmoe.radio.latency import energy_parts_j
 from wdmoe.radio.link import LinkState
 from wdmoe.radio.params import DEFAULT_BS_TX_POWER_W
-from wdmoe.radio.rate import share_time_s
+from wdmoe.radio.rate import bs_tx_power_per_share_w, dl_share_time_s, share_time_s
 
 DEFAULT_BITS_PER_TOKEN = 32.0  # a token id as int32, or ~4 UTF-8 bytes of text per token [R]
 
@@ -152,11 +153,12 @@ def request_costs(
         s = expert.server
         roofline = (expert.flops_per_token, expert.weight_bytes, s.flops_per_s, s.mem_bytes_per_s, s.overhead_s)
         compute_s = roofline_time_s(prompt, *roofline) + answer * roofline_time_s(1.0, *roofline)
-        dl_s = share_time_s(prompt * bits_per_token, share_hz[n], link.snr_dl_per_hz[n])
+        dl_s = dl_share_time_s(prompt * bits_per_token, share_hz[n], link.snr_dl_per_hz[n], link.dl_psd_pool_hz)
         ul_s = share_time_s(answer * bits_per_token, share_hz[n], link.snr_ul_per_hz[n])
         delay[n] = dl_s + compute_s + ul_s
+        bs_power_w = bs_tx_power_per_share_w(bs_tx_power_w, share_hz[n], link.dl_psd_pool_hz)
         bs_tx, device_compute, device_tx = energy_parts_j(dl_s, compute_s, ul_s, s.compute_power_w, s.tx_power_w,
-                                                          bs_tx_power_w)
+                                                          bs_power_w)
         energy[n] = bs_tx + device_compute + device_tx
     return RequestCosts(tuple(e.name for e in experts), tuple(c.name for c in categories), delay, energy)
 

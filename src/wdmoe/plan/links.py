@@ -82,6 +82,7 @@ def channel_samples(statuses: Sequence[ResourceStatus], radio: RadioSettings) ->
                 np.where(fixed, 1.0, gain_ul),
                 np.where(fixed, rate_snr, link.snr_dl_per_hz),
                 np.where(fixed, rate_snr, link.snr_ul_per_hz),
+                link.dl_psd_pool_hz,  # a fixed rate over the whole band is the same under either DL power model
             )
         )
     return tuple(out)

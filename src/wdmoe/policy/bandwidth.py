@@ -5,10 +5,12 @@ the active devices (those with a kept expert) and is 0 on idle devices. As polic
 `MinMaxBandwidth` keep the router's top-k and only split the band.
 
 Min-max (one shared pool: a share carries DL then UL). Device k needs t_k(b) = A_k / r_dl(b) + C_k / r_ul(b)
-+ c_k seconds (A_k, C_k bits; c_k compute seconds), strictly decreasing and convex in b. The optimum of
-min_b max_k t_k(b_k) s.t. sum b_k = B equalises every t_k at the optimal T (KKT of the epigraph form). We solve
-the D + 1 equations t_k(b_k) = T, sum b_k = B by Newton's method in x_k = 1/b_k, where t_k is nearly linear.
-With the shares kept on sum b = B (rescaled after each step), the linearised system gives T in closed form,
++ c_k seconds (A_k, C_k bits; c_k compute seconds), strictly decreasing and convex in b under either downlink
+power model (radio.rate: r_dl linear in b at a constant spectral density, `dl_pool` > 0, else concave).
+The optimum of min_b max_k t_k(b_k) s.t. sum b_k = B equalises every t_k at the optimal T (KKT of the epigraph
+form). We solve the D + 1 equations t_k(b_k) = T, sum b_k = B by Newton's method in x_k = 1/b_k, where t_k is
+nearly linear (a downlink at a constant spectral density is exactly linear in x). With the shares kept on
+sum b = B (rescaled after each step), the linearised system gives T in closed form,
 
     w_k = 1 / |dt_k/db_k|,   T = sum w_k t_k / sum w_k,   b_k <- b_k / (1 + (T - t_k) w_k / b_k),
 
@@ -31,7 +33,7 @@ from wdmoe.policy.selection import device_costs
 from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 from wdmoe.radio.approx import approx_time
 from wdmoe.radio.exactmath import LN2, exp_array, log
-from wdmoe.radio.rate import scalar_time, time_and_inverse_slope, transfer_and_slope_into
+from wdmoe.radio.rate import psd_dl_load, scalar_time, time_and_inverse_slope, transfer_and_slope_into
 
 
 class BandwidthAllocator(Protocol):
@@ -48,28 +50,39 @@ def equal_split(active: np.ndarray, budget_hz: float) -> np.ndarray:
 
 
 def _newton(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray, s_ul: np.ndarray,
-            budget: float, rtol: float, max_iter: int) -> np.ndarray | None:
+            budget: float, rtol: float, max_iter: int, dl_pool: float) -> np.ndarray | None:
     """Newton in x = 1/b with the shares rescaled onto sum b = B after each step (fewer steps far from the
     optimum, still quadratic near it). DL and UL are stacked into (2, n) arrays and reductions are dot products:
     numpy's per-call overhead, not arithmetic, is the cost at these sizes. Once the relative gap is below
     0.1 sqrt(rtol), one last step lands below rtol (seen on 3000 random instances: worst 1e-10 for rtol 1e-10)
     and is not re-evaluated. The first step (from the equal split) solves the x-linear model with the exact
-    budget instead (`_model_step`): about 5 evaluations instead of 7 on random instances."""
+    budget instead (`_model_step`): about 5 evaluations instead of 7 on random instances. With the BS's power at a
+    constant spectral density (dl_pool > 0) the downlink takes psd_dl_load / b seconds: only the UL row remains."""
     n = need_dl.shape[0]
-    need = np.empty((2, n))  # DL row, UL row
-    need[0], need[1] = need_dl, need_ul
-    snr = np.empty((2, n))
-    snr[0], snr[1] = s_dl, s_ul
-    y, log_term = np.empty((2, n)), np.empty((2, n))
-    transfer, work = np.empty((2, n)), np.empty((2, n))  # DL/UL transfer seconds; b * |d transfer / db|
+    psd = dl_pool > 0.0
+    rows = 1 if psd else 2
+    need = np.empty((rows, n))  # DL row, UL row; the UL row alone at a constant spectral density
+    snr = np.empty((rows, n))
+    need[-1], snr[-1] = need_ul, s_ul
+    if psd:
+        dl_load = psd_dl_load(need_dl, s_dl, dl_pool)
+    else:
+        need[0], snr[0] = need_dl, s_dl
+    y, log_term = np.empty((rows, n)), np.empty((rows, n))
+    transfer, work = np.empty((rows, n)), np.empty((rows, n))  # DL/UL transfer seconds; b * |d transfer / db|
     ones = np.ones(n)
     b = np.full(n, budget / n)
     last_step = 0.1 * math.sqrt(rtol)
     first = True
     for _ in range(max_iter):
         transfer_and_slope_into(b, need, snr, y, log_term, transfer, work)  # work: b * |d transfer / db|
-        t = transfer[0] + transfer[1] + base
-        b_slope = work[0] + work[1]  # b * |dt/db|
+        if psd:
+            dl = dl_load / b  # its b * |d dl / db| is itself
+            t = dl + transfer[0] + base
+            b_slope = dl + work[0]  # b * |dt/db|
+        else:
+            t = transfer[0] + transfer[1] + base
+            b_slope = work[0] + work[1]
         w = b / b_slope  # 1 / |dt/db|
         target = w.dot(t) / w.dot(ones)
         gap = t - target
@@ -106,10 +119,10 @@ def _model_step(b: np.ndarray, t: np.ndarray, b_slope: np.ndarray, target: float
 
 
 def _newton_pair(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray,
-                 s_ul: np.ndarray, budget: float, rtol: float, max_iter: int) -> np.ndarray | None:
+                 s_ul: np.ndarray, budget: float, rtol: float, max_iter: int, dl_pool: float) -> np.ndarray | None:
     split = pair_split(float(need_dl[0]), float(need_dl[1]), float(need_ul[0]), float(need_ul[1]),
                        float(base[0]), float(base[1]), float(s_dl[0]), float(s_dl[1]), float(s_ul[0]),
-                       float(s_ul[1]), budget, rtol, max_iter)
+                       float(s_ul[1]), budget, rtol, max_iter, dl_pool=dl_pool)
     return None if split is None else np.array(split)
 
 
@@ -134,7 +147,7 @@ def pair_model_step(b: float, e: float, t0: float, slope0: float, t1: float, slo
 
 
 def _pair_start(a0: float, a1: float, c0: float, c1: float, base0: float, base1: float, d0: float, d1: float,
-                u0: float, u1: float, budget: float) -> float:
+                u0: float, u1: float, budget: float, dl_pool: float) -> float:
     """`pair_split`'s starting point: from where the two transfer loads alone would balance at a common spectral
     efficiency, `pair_model_step` on `approx_time`, until one step after the approximate times agree to
     PRESOLVE_LAST (that last step is not evaluated: quadratic convergence takes it to ~1e-11, and the exact loop
@@ -145,8 +158,8 @@ def _pair_start(a0: float, a1: float, c0: float, c1: float, base0: float, base1:
     try:
         for _ in range(PRESOLVE_ITER):
             e = budget - b
-            t0, s0 = approx_time(b, a0, c0, base0, d0, u0)
-            t1, s1 = approx_time(e, a1, c1, base1, d1, u1)
+            t0, s0 = approx_time(b, a0, c0, base0, d0, u0, dl_pool)
+            t1, s1 = approx_time(e, a1, c1, base1, d1, u1, dl_pool)
             near = abs(t0 - t1) <= PRESOLVE_LAST * max(t0, t1)
             step = pair_model_step(b, e, t0, s0, t1, s1, budget)
             if not 0.0 < step < budget:
@@ -161,19 +174,20 @@ def _pair_start(a0: float, a1: float, c0: float, c1: float, base0: float, base1:
 
 def pair_split(a0: float, a1: float, c0: float, c1: float, base0: float, base1: float, d0: float, d1: float,
                u0: float, u1: float, budget: float, rtol: float = 1e-10,
-               max_iter: int = 60) -> tuple[float, float] | None:
+               max_iter: int = 60, *, dl_pool: float = 0.0) -> tuple[float, float] | None:
     """Two devices (need a = DL bits * ln 2, c = UL bits * ln 2, SNRs per Hz d, u): the split b_0 + b_1 = B
     with t_0(b_0) = t_1(b_1). First `pair_model_step` on `approx_time` (no log1p, a fraction of an evaluation's
     cost on arrays) to about 1e-11 (`_pair_start`, 2 to 5 evaluations); then the same steps on the exact times,
     safeguarded by the bracket of f(b_0) = t_0(b_0) - t_1(B - b_0) (decreasing in b_0), with a bisection step
     when a step leaves it. The first exact evaluation almost always meets rtol (tests/unit/policy/test_bandwidth).
+    dl_pool: the downlink power model (radio.rate's solver forms; `LinkState.dl_psd_pool_hz`).
     split_arrays.pair_split is this, operation for operation, on arrays."""
-    b = _pair_start(a0, a1, c0, c1, base0, base1, d0, d1, u0, u1, budget)
+    b = _pair_start(a0, a1, c0, c1, base0, base1, d0, d1, u0, u1, budget, dl_pool)
     lo, hi = 0.0, budget
     for _ in range(max_iter):
         e = budget - b
-        t0, w0 = scalar_time(b, a0, c0, base0, d0, u0)
-        t1, w1 = scalar_time(e, a1, c1, base1, d1, u1)
+        t0, w0 = scalar_time(b, a0, c0, base0, d0, u0, dl_pool)
+        t1, w1 = scalar_time(e, a1, c1, base1, d1, u1, dl_pool)
         f = t0 - t1
         if abs(f) <= rtol * max(t0, t1):
             return b, e
@@ -187,22 +201,24 @@ def pair_split(a0: float, a1: float, c0: float, c1: float, base0: float, base1: 
 
 
 def _bisection(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray,
-               s_ul: np.ndarray, budget: float) -> np.ndarray:
+               s_ul: np.ndarray, budget: float, dl_pool: float) -> np.ndarray:
     """Slow and sure: bisect T; for each T, bisect log b_k(T) = min{b : t_k(b) <= T} per device (vectorized)."""
     n = need_dl.shape[0]
-    floor = base + need_dl / s_dl + need_ul / s_ul  # t_k with infinite bandwidth
+    dl_floor = 0.0 if dl_pool > 0.0 else need_dl / s_dl  # a downlink at a constant spectral density: 0 s
+    floor = base + dl_floor + need_ul / s_ul  # t_k with infinite bandwidth
     t_lo = float(floor.max())
-    t_hi = float(time_and_inverse_slope(np.full(n, budget / n), need_dl, need_ul, base, s_dl, s_ul)[0].max())
+    t_hi = float(time_and_inverse_slope(np.full(n, budget / n), need_dl, need_ul, base, s_dl, s_ul,
+                                        dl_pool)[0].max())
     log_lo, log_hi = log(budget) - 80.0, log(budget)
 
     def shares(target: float) -> np.ndarray:
         lo, hi = np.full(n, log_lo), np.full(n, log_hi)
         for _ in range(200):
             mid = 0.5 * (lo + hi)
-            fast = time_and_inverse_slope(exp_array(mid), need_dl, need_ul, base, s_dl, s_ul)[0] <= target
+            fast = time_and_inverse_slope(exp_array(mid), need_dl, need_ul, base, s_dl, s_ul, dl_pool)[0] <= target
             hi = np.where(fast, mid, hi)
             lo = np.where(fast, lo, mid)
-        fits = time_and_inverse_slope(exp_array(hi), need_dl, need_ul, base, s_dl, s_ul)[0] <= target
+        fits = time_and_inverse_slope(exp_array(hi), need_dl, need_ul, base, s_dl, s_ul, dl_pool)[0] <= target
         return np.where(fits, exp_array(hi), np.inf)
 
     for _ in range(200):
@@ -217,8 +233,9 @@ def _bisection(need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl:
 
 def minmax_split(bits_dl: np.ndarray, bits_ul: np.ndarray, compute_s: np.ndarray, snr_dl_per_hz: np.ndarray,
                  snr_ul_per_hz: np.ndarray, budget_hz: float, active: np.ndarray, rtol: float = 1e-10,
-                 max_iter: int = 60) -> np.ndarray:
-    """The exact min-max bandwidth split (module docstring), (D,) Hz summing to budget_hz.
+                 max_iter: int = 60, *, dl_pool_hz: float = 0.0) -> np.ndarray:
+    """The exact min-max bandwidth split (module docstring), (D,) Hz summing to budget_hz; dl_pool_hz is the links'
+    downlink power model (`LinkState.dl_psd_pool_hz`: the pool of a constant spectral density, or 0.0).
 
     Devices that move bits share the whole budget so that they all finish together; active devices that move
     no bits, and idle devices, get 0 Hz. When no device moves bits, the active devices share it equally.
@@ -237,11 +254,11 @@ def minmax_split(bits_dl: np.ndarray, bits_ul: np.ndarray, compute_s: np.ndarray
         args = (bits_dl[need] * LN2, bits_ul[need] * LN2, compute_s[need], snr_dl_per_hz[need],
                 snr_ul_per_hz[need], float(budget_hz))
     if count == 2:
-        b = _newton_pair(*args, rtol=rtol, max_iter=max_iter)
+        b = _newton_pair(*args, rtol=rtol, max_iter=max_iter, dl_pool=dl_pool_hz)
     else:
-        b = _newton(*args, rtol=rtol, max_iter=max_iter)
+        b = _newton(*args, rtol=rtol, max_iter=max_iter, dl_pool=dl_pool_hz)
     if b is None:
-        b = _bisection(*args)
+        b = _bisection(*args, dl_pool=dl_pool_hz)
     if count == need.shape[0]:
         return b
     out[need] = b
@@ -278,7 +295,8 @@ class MinMaxBandwidth:
     def allocate(self, state: LayerState, keep: np.ndarray) -> np.ndarray:
         costs = device_costs(state, keep)
         return minmax_split(costs.bits_dl, costs.bits_ul, costs.compute_s, state.link.snr_dl_per_hz,
-                            state.link.snr_ul_per_hz, state.bandwidth_hz, costs.active, self.rtol)
+                            state.link.snr_ul_per_hz, state.bandwidth_hz, costs.active, self.rtol,
+                            dl_pool_hz=state.link.dl_psd_pool_hz)
 
     def decide(self, state: LayerState) -> Decision:
         keep = np.ones(state.topk_index.shape, dtype=bool)

@@ -153,7 +153,7 @@ class JointSelectionBandwidth:
         costs = device_costs(state, keep)
         link = state.link
         b = minmax_split(costs.bits_dl, costs.bits_ul, costs.compute_s, link.snr_dl_per_hz, link.snr_ul_per_hz,
-                         state.bandwidth_hz, costs.active)
+                         state.bandwidth_hz, costs.active, dl_pool_hz=link.dl_psd_pool_hz)
         times = device_times_s(state, costs, b)
         layer_s = state.bs_time_s + float(times.max(initial=0.0))
         return _Point(keep, costs, b, times, kept_weight, self._metric(kept_weight, layer_s))
@@ -184,7 +184,7 @@ class JointSelectionBandwidth:
         if need.any():
             _, inv_slope = time_and_inverse_slope(
                 point.bandwidth_hz[need], costs.bits_dl[need] * LN2, costs.bits_ul[need] * LN2,
-                costs.compute_s[need], link.snr_dl_per_hz[need], link.snr_ul_per_hz[need])
+                costs.compute_s[need], link.snr_dl_per_hz[need], link.snr_ul_per_hz[need], link.dl_psd_pool_hz)
             mu = np.zeros_like(mu)
             mu[need] = inv_slope / inv_slope.sum()
         pairs = np.maximum(costs.bits_ul / max(state.bits_per_token, 1e-300), 1.0)
@@ -237,7 +237,7 @@ def _evaluate_one_token(policy: JointSelectionBandwidth, state: LayerState, slot
             snr[d] = (slots.snr_dl[j], slots.snr_ul[j])
             kept_weight += slots.weight[j]
     devices = list(pairs)
-    budget = state.bandwidth_hz
+    budget, pool = state.bandwidth_hz, state.link.dl_psd_pool_hz
     if need == 0.0:
         shares = {d: budget / len(devices) for d in devices}
     elif len(devices) == 1:
@@ -245,18 +245,20 @@ def _evaluate_one_token(policy: JointSelectionBandwidth, state: LayerState, slot
     elif len(devices) == 2:  # lower device id first: equal problems in any slot order (the batched rounds memoise)
         d0, d1 = min(devices), max(devices)
         split = pair_split(need, need, need * pairs[d0], need * pairs[d1], compute[d0], compute[d1],
-                           snr[d0][0], snr[d1][0], snr[d0][1], snr[d1][1], budget)
+                           snr[d0][0], snr[d1][0], snr[d0][1], snr[d1][1], budget, dl_pool=pool)
         if split is None:  # never seen; the vectorized solver has a bisection fallback
             split = tuple(minmax_split(np.full(2, state.bits_per_token),
                                        state.bits_per_token * np.array([pairs[d0], pairs[d1]], dtype=float),
                                        np.array([compute[d0], compute[d1]]), np.array([snr[d0][0], snr[d1][0]]),
-                                       np.array([snr[d0][1], snr[d1][1]]), budget, np.ones(2, dtype=bool)))
+                                       np.array([snr[d0][1], snr[d1][1]]), budget, np.ones(2, dtype=bool),
+                                       dl_pool_hz=pool))
         shares = {d0: split[0], d1: split[1]}
     else:
         b = minmax_split(np.full(len(devices), state.bits_per_token),
                          state.bits_per_token * np.array([pairs[d] for d in devices], dtype=float),
                          np.array([compute[d] for d in devices]), np.array([snr[d][0] for d in devices]),
-                         np.array([snr[d][1] for d in devices]), budget, np.ones(len(devices), dtype=bool))
+                         np.array([snr[d][1] for d in devices]), budget, np.ones(len(devices), dtype=bool),
+                         dl_pool_hz=pool)
         shares = dict(zip(devices, b.tolist(), strict=True))
     times: dict[int, float] = {}
     inverse_slope: dict[int, float] = {}
@@ -264,7 +266,7 @@ def _evaluate_one_token(policy: JointSelectionBandwidth, state: LayerState, slot
         if need == 0.0:
             times[d], inverse_slope[d] = compute[d], 1.0
         else:
-            times[d], inverse_slope[d] = scalar_time(shares[d], need, need * pairs[d], compute[d], *snr[d])
+            times[d], inverse_slope[d] = scalar_time(shares[d], need, need * pairs[d], compute[d], *snr[d], pool)
     total_inverse = sum(inverse_slope.values())
     mu = {d: inverse_slope[d] / total_inverse for d in devices}
     layer_s = state.bs_time_s + max(times.values())

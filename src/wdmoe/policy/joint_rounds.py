@@ -179,18 +179,19 @@ def _evaluate(policy: JointRule, steps: OneTokenSteps, cols: _Steps, keep: list[
                + dev1.take(i)) * width * width + counts
         ni = need.take(i)
         split = pair_split_by_key(key, ni, ni, ni * p0.take(i), ni * p1.take(i), comp0.take(i), comp1.take(i),
-                                   dl0.take(i), dl1.take(i), ul0.take(i), ul1.take(i), steps.bandwidth_hz.take(i))
+                                   dl0.take(i), dl1.take(i), ul0.take(i), ul1.take(i), steps.bandwidth_hz.take(i),
+                                   dl_pool=steps.dl_psd_pool_hz)
         share0[i], share1[i], t0[i], inv0[i], t1[i], inv1[i] = (split.b0, split.b1, split.t0, split.inv0, split.t1,
                                                                 split.inv1)
         failed[i] = np.isnan(split.b0)
     if i.size == n:
         pass
     elif i.size == 0:
-        t0, inv0 = scalar_time(share0, need, need * p0, comp0, dl0, ul0)
+        t0, inv0 = scalar_time(share0, need, need * p0, comp0, dl0, ul0, steps.dl_psd_pool_hz)
     else:
         one = np.flatnonzero(~two)
         t0[one], inv0[one] = scalar_time(share0.take(one), need.take(one), need.take(one) * p0.take(one),
-                                         comp0.take(one), dl0.take(one), ul0.take(one))
+                                         comp0.take(one), dl0.take(one), ul0.take(one), steps.dl_psd_pool_hz)
     total_inverse = np.where(two, inv0 + inv1, inv0)
     with np.errstate(divide="ignore", invalid="ignore"):
         cost0 = inv0 / total_inverse * t0 / p0

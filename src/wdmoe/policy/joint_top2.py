@@ -71,7 +71,7 @@ def decide_top2(steps: OneTokenSteps, policy: JointRule) -> BatchDecision:
         ni = sub(need)
         split = pair_split_by_key(key, ni, ni, ni * 1.0, ni * 1.0, np.where(first, c0, c1), np.where(first, c1, c0),
                                    np.where(first, a0, a1), np.where(first, a1, a0), np.where(first, u0, u1),
-                                   np.where(first, u1, u0), sub(budget))
+                                   np.where(first, u1, u0), sub(budget), dl_pool=steps.dl_psd_pool_hz)
         if every:
             share0, share1, t0, inv0, t1, inv1 = (split.b0, split.b1, split.t0, split.inv0, split.t1, split.inv1)
             failed = np.isnan(split.b0)
@@ -81,11 +81,11 @@ def decide_top2(steps: OneTokenSteps, policy: JointRule) -> BatchDecision:
             failed[i] = np.isnan(split.b0)
     one = np.flatnonzero(same)
     if one.size == n:
-        t0, inv0 = scalar_time(budget, need, need * 2.0, r0 + r1, dl0, ul0)
+        t0, inv0 = scalar_time(budget, need, need * 2.0, r0 + r1, dl0, ul0, steps.dl_psd_pool_hz)
     elif one.size:
         nj = need.take(one)
         t0[one], inv0[one] = scalar_time(budget.take(one), nj, nj * 2.0, r0.take(one) + r1.take(one), dl0.take(one),
-                                         ul0.take(one))
+                                         ul0.take(one), steps.dl_psd_pool_hz)
     with np.errstate(divide="ignore", invalid="ignore"):
         total_inverse = np.where(same, inv0, inv0 + inv1)
         cost0 = inv0 / total_inverse * t0 / np.where(same, 2.0, 1.0)
@@ -109,7 +109,7 @@ def decide_top2(steps: OneTokenSteps, policy: JointRule) -> BatchDecision:
         other = drop1 | same  # the kept slot's link: slot 0's where it is kept or on slot 0's device
         trial_weight = np.where(drop1, w0, w1)
         t, _ = scalar_time(budget, need, need * 1.0, np.where(drop1, r0, r1), np.where(other, dl0, dl1),
-                           np.where(other, ul0, ul1))
+                           np.where(other, ul0, ul1), steps.dl_psd_pool_hz)
         accept = running & (_metric(policy, trial_weight, bs + t) > metric)
 
     # 3. the decision: the top-2 point's shares where not accepted, the whole band on the kept slot where accepted

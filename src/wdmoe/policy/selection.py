@@ -82,6 +82,10 @@ def one_token_steps(states: list[LayerState]) -> OneTokenSteps:
                                p.mem_bytes_per_s, p.overhead_s)  # (D,)
         rows.append((device, state.topk_weight[0].astype(float), roof[device], state.link.snr_dl_per_hz[device],
                      state.link.snr_ul_per_hz[device], state.bits_per_token, state.bandwidth_hz, state.bs_time_s))
+    pools = {state.link.dl_psd_pool_hz for state in states}
+    if len(pools) > 1:
+        raise ValueError(f"the states' links have different downlink power models (dl_psd_pool_hz {sorted(pools)} "
+                         "Hz); OneTokenSteps holds the steps of one scenario")
     c = [np.array(column, dtype=float if i else np.int64) for i, column in enumerate(zip(*rows, strict=True))]
     return OneTokenSteps(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], np.arange(len(states)),
-                         states[0].num_devices if states else 0)
+                         states[0].num_devices if states else 0, pools.pop() if pools else 0.0)

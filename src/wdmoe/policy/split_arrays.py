@@ -18,10 +18,10 @@ from wdmoe.radio.rate import time_and_inverse_slope
 
 
 def scalar_time(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray,
-                s_ul: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                s_ul: np.ndarray, dl_pool: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """radio.rate.scalar_time on arrays: t(b) and 1/|dt/db| (inf where the slope is not positive)."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        t, inverse = time_and_inverse_slope(b, need_dl, need_ul, base, s_dl, s_ul)
+        t, inverse = time_and_inverse_slope(b, need_dl, need_ul, base, s_dl, s_ul, dl_pool)
     if not (inverse > 0.0).all():
         inverse = np.where(inverse > 0.0, inverse, np.inf)
     return t, inverse
@@ -72,7 +72,7 @@ def pair_model_step(b: np.ndarray, e: np.ndarray, t0: np.ndarray, slope0: np.nda
 
 
 def _pair_start(b: np.ndarray, budget: np.ndarray, need: np.ndarray, base: np.ndarray,
-                snr: np.ndarray) -> np.ndarray:
+                snr: np.ndarray, dl_pool: float) -> np.ndarray:
     """policy.bandwidth._pair_start from the start b (m,): problems leave once they stop (after the step that
     follows a gap below PRESOLVE_LAST, or at a step undefined or outside (0, B)), keeping their last b."""
     out = b.copy()
@@ -82,7 +82,7 @@ def _pair_start(b: np.ndarray, budget: np.ndarray, need: np.ndarray, base: np.nd
         shares[0] = b
         e = np.subtract(budget, b, out=shares[1])
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            t, slope = approx_time_array(shares, need, base, snr)
+            t, slope = approx_time_array(shares, need, base, snr, dl_pool)
             near = np.abs(t[0] - t[1]) <= PRESOLVE_LAST * np.maximum(t[0], t[1])
         step = pair_model_step(b, e, t[0], slope[0], t[1], slope[1], budget)
         ok = (step > 0.0) & (step < budget)
@@ -102,7 +102,7 @@ _BLOCK = 1 << 20  # problems per block; 2048 or 4096 measured no faster (per-cal
 
 def pair_split(a0: np.ndarray, a1: np.ndarray, c0: np.ndarray, c1: np.ndarray, base0: np.ndarray,
                base1: np.ndarray, d0: np.ndarray, d1: np.ndarray, u0: np.ndarray, u1: np.ndarray,
-               budget: np.ndarray, *, rtol: float = 1e-10, max_iter: int = 60) -> PairSplit:
+               budget: np.ndarray, *, rtol: float = 1e-10, max_iter: int = 60, dl_pool: float = 0.0) -> PairSplit:
     """policy.bandwidth.pair_split on arrays of n problems, iterate for iterate; converged problems leave.
 
     Both devices are evaluated in one call on (2, m) arrays (row 0: device 0 at b, row 1: device 1 at B - b):
@@ -117,26 +117,26 @@ def pair_split(a0: np.ndarray, a1: np.ndarray, c0: np.ndarray, c1: np.ndarray, b
         params = np.empty((5, 2, part.stop - part.start))  # need DL, need UL, base, SNR DL, SNR UL by device
         for row, pair in enumerate(((a0, a1), (c0, c1), (base0, base1), (d0, d1), (u0, u1))):
             params[row, 0], params[row, 1] = pair[0][part], pair[1][part]
-        _pair_split_block([x[part] for x in out], params, budget[part], rtol, max_iter)
+        _pair_split_block([x[part] for x in out], params, budget[part], rtol, max_iter, dl_pool)
     return PairSplit(out[0], out[1], out[2], out[4], out[3], out[5])
 
 
 def _pair_split_block(out: list[np.ndarray], params: np.ndarray, budget: np.ndarray, rtol: float,
-                      max_iter: int) -> None:
+                      max_iter: int, dl_pool: float) -> None:
     """`pair_split` of one block into the views `out` (b0, b1, t0, t1, inv0, inv1); params (5, 2, m)."""
     m = budget.shape[0]
     items: np.ndarray = np.arange(m)
     load = params[0] + params[1]
     with np.errstate(divide="ignore", invalid="ignore"):
         b = np.where(load[0] + load[1] > 0.0, budget * load[0] / (load[0] + load[1]), 0.5 * budget)
-    b = _pair_start(b, budget, params[:2], params[2], params[3:])
+    b = _pair_start(b, budget, params[:2], params[2], params[3:], dl_pool)
     lo: np.ndarray = np.zeros(m)
     hi: np.ndarray = budget.copy()
     for _ in range(max_iter):
         shares = np.empty((2, b.shape[0]))
         shares[0] = b
         np.subtract(budget, b, out=shares[1])
-        t, w = scalar_time(shares, *params)
+        t, w = scalar_time(shares, params[0], params[1], params[2], params[3], params[4], dl_pool)
         f = t[0] - t[1]
         done = np.abs(f) <= rtol * np.maximum(t[0], t[1])
         if done.all():
@@ -164,10 +164,10 @@ def _pair_split_block(out: list[np.ndarray], params: np.ndarray, budget: np.ndar
         b = np.where((lo < step) & (step < hi), step, 0.5 * (lo + hi))
 
 
-def pair_split_by_key(key: np.ndarray, *args: np.ndarray) -> PairSplit:
+def pair_split_by_key(key: np.ndarray, *args: np.ndarray, dl_pool: float = 0.0) -> PairSplit:
     """`pair_split` solved once per distinct key (equal keys have equal arguments) and spread back."""
     _, first, back = np.unique(key, return_index=True, return_inverse=True)
     if first.shape[0] == key.shape[0]:
-        return pair_split(*args)
-    split = pair_split(*[x.take(first) for x in args])
+        return pair_split(*args, dl_pool=dl_pool)
+    split = pair_split(*[x.take(first) for x in args], dl_pool=dl_pool)
     return PairSplit(*(getattr(split, f).take(back) for f in split.__dataclass_fields__))

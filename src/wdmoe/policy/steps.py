@@ -34,6 +34,9 @@ class OneTokenSteps:
         channel_key: (n,) int; steps with equal keys have equal links, payload, band and device profiles (one
             channel block of one replay), so a sub-problem that depends only on those is solved once per key.
         num_devices: D.
+        dl_psd_pool_hz: `LinkState.dl_psd_pool_hz` of every step's links (the steps of one replay share a
+            scenario): > 0, the BS's power at a constant spectral density over that pool; 0.0, the full power on
+            every downlink.
     """
 
     slot_device: np.ndarray
@@ -46,6 +49,7 @@ class OneTokenSteps:
     bs_time_s: np.ndarray
     channel_key: np.ndarray
     num_devices: int
+    dl_psd_pool_hz: float = 0.0
 
     @property
     def size(self) -> int:
@@ -53,8 +57,9 @@ class OneTokenSteps:
 
     def subset(self, items: np.ndarray) -> OneTokenSteps:
         """The steps `items` (int indices); `take` on axis 0 is numpy's fast row gather."""
-        arrays = [getattr(self, f).take(items, axis=0) for f in self.__dataclass_fields__ if f != "num_devices"]
-        return OneTokenSteps(*arrays, self.num_devices)  # type: ignore[arg-type, call-arg]
+        scalars = ("num_devices", "dl_psd_pool_hz")
+        arrays = [getattr(self, f).take(items, axis=0) for f in self.__dataclass_fields__ if f not in scalars]
+        return OneTokenSteps(*arrays, self.num_devices, self.dl_psd_pool_hz)  # type: ignore[arg-type, call-arg]
 
 
 @dataclass(frozen=True)

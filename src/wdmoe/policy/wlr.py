@@ -21,7 +21,7 @@ from wdmoe.policy.bandwidth import BandwidthAllocator, EqualBandwidth
 from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.selection import device_costs, device_times_s, first_argmax_mask, renormalize
 from wdmoe.policy.steps import BatchDecision, OneTokenSteps, all_kept, batch_decision, equal_shares, slot_groups
-from wdmoe.radio.rate import share_time_s
+from wdmoe.radio.rate import dl_share_time_s, share_time_s
 
 _TINY_S = 1e-30  # a device that needs no time at all still gets a finite ratio
 
@@ -40,7 +40,7 @@ def pair_latency_steps_s(steps: OneTokenSteps) -> np.ndarray:
     groups = slot_groups(steps, all_kept(steps))
     bits = steps.bits_per_token[:, None]
     share = (steps.bandwidth_hz / groups.first.sum(axis=1))[:, None]  # policy.bandwidth.equal_split
-    times = (share_time_s(bits, share, steps.snr_dl_per_hz) + groups.compute_s
+    times = (dl_share_time_s(bits, share, steps.snr_dl_per_hz, steps.dl_psd_pool_hz) + groups.compute_s
              + share_time_s(groups.pairs * bits, share, steps.snr_ul_per_hz))
     return np.maximum(times, _TINY_S)
 

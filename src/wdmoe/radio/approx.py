@@ -38,12 +38,19 @@ def approx_log(x: float) -> float:
 
 
 def approx_time(b: float, need_dl: float, need_ul: float, base: float, s_dl: float,
-                s_ul: float) -> tuple[float, float]:
+                s_ul: float, dl_pool: float = 0.0) -> tuple[float, float]:
     """`radio.rate.scalar_time` with `approx_log` for log1p: t(b) and the slope |dt/db| (not its inverse)."""
-    y_dl, y_ul = s_dl / b, s_ul / b
-    o_dl, o_ul = 1.0 + y_dl, 1.0 + y_ul
-    l_dl, l_ul = approx_log(o_dl), approx_log(o_ul)
-    t_dl, t_ul = need_dl / (b * l_dl), need_ul / (b * l_ul)
+    y_ul = s_ul / b
+    o_ul = 1.0 + y_ul
+    l_ul = approx_log(o_ul)
+    t_ul = need_ul / (b * l_ul)
+    if dl_pool > 0.0:  # the downlink at a constant spectral density: need_dl / (b ln(1 + s_dl / dl_pool))
+        t_dl = need_dl / (b * approx_log(1.0 + s_dl / dl_pool))
+        return t_dl + t_ul + base, (t_dl + t_ul * (l_ul - y_ul / o_ul) / l_ul) / b
+    y_dl = s_dl / b
+    o_dl = 1.0 + y_dl
+    l_dl = approx_log(o_dl)
+    t_dl = need_dl / (b * l_dl)
     slope = (t_dl * (l_dl - y_dl / o_dl) / l_dl + t_ul * (l_ul - y_ul / o_ul) / l_ul) / b
     return t_dl + t_ul + base, slope
 
@@ -71,10 +78,12 @@ def approx_log_array(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def approx_time_array(b: np.ndarray, need: np.ndarray, base: np.ndarray,
-                      snr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def approx_time_array(b: np.ndarray, need: np.ndarray, base: np.ndarray, snr: np.ndarray,
+                      dl_pool: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """`approx_time` on arrays: b (2, m) shares, need and snr (2, 2, m) with the DL row first, base
     (2, m); both directions go through each operation at once (elementwise, the reference's operations)."""
+    if dl_pool > 0.0:
+        return _approx_time_psd_array(b, need, base, snr, dl_pool)
     y = np.divide(snr, b)
     o = np.add(y, 1.0)
     log_term = approx_log_array(o)
@@ -87,5 +96,23 @@ def approx_time_array(b: np.ndarray, need: np.ndarray, base: np.ndarray,
     t = np.add(transfer[0], transfer[1])
     t += base
     slope = np.add(part[0], part[1])
+    slope /= b
+    return t, slope
+
+
+def _approx_time_psd_array(b: np.ndarray, need: np.ndarray, base: np.ndarray, snr: np.ndarray,
+                           dl_pool: float) -> tuple[np.ndarray, np.ndarray]:
+    """`approx_time_array` with the downlink at a constant spectral density over dl_pool Hz (`approx_time`'s
+    operations, elementwise)."""
+    y = np.divide(snr[1], b)
+    o = np.add(y, 1.0)
+    l_ul = approx_log_array(o)
+    t_ul = np.divide(need[1], np.multiply(b, l_ul))
+    part = np.subtract(l_ul, np.divide(y, o))
+    part = np.divide(np.multiply(t_ul, part), l_ul)
+    t_dl = np.divide(need[0], np.multiply(b, approx_log_array(np.add(np.divide(snr[0], dl_pool), 1.0))))
+    t = np.add(t_dl, t_ul)
+    t += base
+    slope = np.add(t_dl, part)
     slope /= b
     return t, slope

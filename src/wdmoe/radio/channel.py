@@ -336,6 +336,7 @@ def compose_links(
         gain_ul=gain_ul,
         snr_dl_per_hz=snr_per_hz(radio.bs_tx_power_dbm, loss_db, gain_dl, nf),
         snr_ul_per_hz=snr_per_hz(radio.device_tx_power_dbm, loss_db, gain_ul, nf),
+        dl_psd_pool_hz=radio.dl_psd_pool_hz,
     )
 
 

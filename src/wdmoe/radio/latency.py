@@ -15,8 +15,9 @@ One MoE layer step (papers.md §2.2 [R], §3.2 [R]), for device k with bandwidth
     W_j       = max_active t_k - max over k in keep_j of t_k  (token j's attention waiting time, §3.2)
 
 Energy (papers.md §3.2 says WDMoE is latency-only, [U]; this is our [R] addition): device transmission
-tx_power_k * ul_k, device compute compute_power_k * compute_k, BS transmission bs_tx_power * dl_k (the LinkState
-SNR puts the full transmit power into each share, so the BS spends it per share).
+tx_power_k * ul_k, device compute compute_power_k * compute_k, BS transmission p_k * dl_k with p_k the BS power
+device k's downlink gets (radio.rate.bs_tx_power_per_share_w): bs_tx_power * b_k / B at a constant spectral
+density over the DL pool B (the default), the full bs_tx_power per share under DownlinkPower.FULL_PER_DEVICE.
 
 A forward step is the sum over its layers (§2.2 T_e2e [R]); a request's TTFT is its prefill step and TPOT the
 mean of its decode steps.
@@ -37,7 +38,7 @@ import numpy as np
 from wdmoe.radio.compute import DeviceProfiles, roofline_time_s
 from wdmoe.radio.link import LinkState
 from wdmoe.radio.params import DEFAULT_BS_TX_POWER_W as DEFAULT_BS_TX_POWER_W  # the scenario's: 43 dBm, 19.95 W
-from wdmoe.radio.rate import PoolMode, Shares, pool_shares, share_time_s
+from wdmoe.radio.rate import PoolMode, Shares, bs_tx_power_per_share_w, dl_share_time_s, pool_shares, share_time_s
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class DeviceTimes:
 
 def device_times(costs: DeviceCosts, link: LinkState, shares: Shares) -> DeviceTimes:
     """t_k = dl_k + compute_k + ul_k on each device's DL and UL shares (module docstring)."""
-    dl_s = share_time_s(costs.bits_dl, shares.dl_hz, link.snr_dl_per_hz)
+    dl_s = dl_share_time_s(costs.bits_dl, shares.dl_hz, link.snr_dl_per_hz, link.dl_psd_pool_hz)
     ul_s = share_time_s(costs.bits_ul, shares.ul_hz, link.snr_ul_per_hz)
     return DeviceTimes(dl_s, ul_s, np.where(costs.active, dl_s + costs.compute_s + ul_s, 0.0))
 
@@ -185,15 +186,17 @@ def layer_breakdown(load: LayerLoad, link: LinkState, profiles: DeviceProfiles, 
                          "give one profile per device")
     costs = device_costs(LayerLoad(topk_index, keep, expert_device, load.expert_flops_per_token,
                                    load.expert_weight_bytes, load.bits_per_token), profiles)
-    times = device_times(costs, link, pool_shares(pool, bandwidth_hz, bandwidth_ul_hz))
+    shares = pool_shares(pool, bandwidth_hz, bandwidth_ul_hz)
+    times = device_times(costs, link, shares)
     dl_s, ul_s, total_s, compute_s = times.dl_s, times.ul_s, times.total_s, costs.compute_s
     bits_dl, bits_ul = costs.bits_dl, costs.bits_ul
     slowest = float(total_s.max(initial=0.0))
     token_finish = np.where(keep, total_s[expert_device[topk_index]], 0.0).max(axis=1, initial=0.0)  # (T,)
     with np.errstate(invalid="ignore"):  # inf - inf when the slowest device never finishes
         waiting_s = np.where(token_finish == slowest, 0.0, slowest - token_finish)
+    bs_power_w = bs_tx_power_per_share_w(bs_tx_power_w, shares.dl_hz, link.dl_psd_pool_hz)
     bs_tx, device_compute, device_tx = energy_parts_j(dl_s, compute_s, ul_s, profiles.compute_power_w,
-                                                      profiles.tx_power_w, bs_tx_power_w)
+                                                      profiles.tx_power_w, bs_power_w)
     return LatencyBreakdown(
         dl_s=dl_s, compute_s=compute_s, ul_s=ul_s, total_s=total_s, bs_s=float(bs_time_s),
         layer_s=float(bs_time_s) + slowest, waiting_s=waiting_s, bits_dl=bits_dl, bits_ul=bits_ul,
@@ -202,9 +205,10 @@ def layer_breakdown(load: LayerLoad, link: LinkState, profiles: DeviceProfiles, 
 
 
 def energy_parts_j(dl_s: Any, compute_s: Any, ul_s: Any, compute_power_w: Any, tx_power_w: Any,
-                   bs_tx_power_w: float) -> tuple[Any, Any, Any]:
+                   bs_tx_power_w: Any) -> tuple[Any, Any, Any]:
     """(BS transmission, device compute, device transmission) joules: the BS sends the downlink, the device
-    computes and sends the uplink. Scalars or arrays that broadcast."""
+    computes and sends the uplink. Scalars or arrays that broadcast; bs_tx_power_w is the power each downlink
+    gets (radio.rate.bs_tx_power_per_share_w)."""
     return bs_tx_power_w * dl_s, compute_power_w * compute_s, tx_power_w * ul_s
 
 

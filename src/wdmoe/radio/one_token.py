@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wdmoe.radio.latency import energy_parts_j
-from wdmoe.radio.rate import PoolMode, pool_shares, share_time_s
+from wdmoe.radio.rate import PoolMode, bs_tx_power_per_share_w, dl_share_time_s, pool_shares, share_time_s
 
 _COMPACT = 0.75  # compute a column's transfer times on its active slots alone below this active fraction
 _SEQUENTIAL_SUM = 8  # ndarray.sum over fewer entries than this adds them left to right from +0.0
@@ -38,6 +38,8 @@ class OneTokenLoad:
         roof_s: seconds of each slot's expert on its device for one token (radio.compute roofline).
         share_hz: the band of each kept slot's device, Hz. snr_dl_per_hz / snr_ul_per_hz: each slot's link, Hz.
         bits_per_token / bs_time_s: (n,) payload bits and BS seconds of each step.
+        dl_psd_pool_hz: `LinkState.dl_psd_pool_hz` of every step's links (one scenario): > 0, the BS's power at a
+            constant spectral density over that pool; 0.0, its full power on every downlink.
     """
 
     slot_device: np.ndarray
@@ -48,6 +50,7 @@ class OneTokenLoad:
     snr_ul_per_hz: np.ndarray
     bits_per_token: np.ndarray
     bs_time_s: np.ndarray
+    dl_psd_pool_hz: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -73,19 +76,20 @@ def one_token_latency(load: OneTokenLoad, tx_power_w: np.ndarray, compute_power_
     dl_hz = _columns(shares.dl_hz)
     ul_hz = dl_hz if shares.ul_hz is shares.dl_hz else _columns(shares.ul_hz)
     snr_dl, snr_ul = _columns(load.snr_dl_per_hz), _columns(load.snr_ul_per_hz)
-    bits = load.bits_per_token
+    bits, pool_hz = load.bits_per_token, load.dl_psd_pool_hz
     slowest = np.zeros(bits.shape[0])  # max(axis=1, initial=0.0)
     bits_dl, bits_ul, tx_j, compute_j, bs_j = [], [], [], [], []
     for j, first in enumerate(active):
         dl_bits = np.where(first, bits, 0.0)  # one distinct token to each active device
         ul_bits = np.where(first, pairs[j] * bits, 0.0)
-        dl_s, ul_s = _share_times(first, dl_bits, ul_bits, dl_hz[j], ul_hz[j], snr_dl[j], snr_ul[j])
+        dl_s, ul_s = _share_times(first, dl_bits, ul_bits, dl_hz[j], ul_hz[j], snr_dl[j], snr_ul[j], pool_hz)
         compute_s = np.where(first, compute[j], 0.0)
         slowest = np.maximum(slowest, np.where(first, dl_s + compute_s + ul_s, 0.0))
         bits_dl.append(dl_bits)
         bits_ul.append(ul_bits)
         bs, comp, tx = energy_parts_j(dl_s, compute_s, ul_s, _per_slot(compute_power_w, device[j]),
-                                      _per_slot(tx_power_w, device[j]), bs_tx_power_w)
+                                      _per_slot(tx_power_w, device[j]),
+                                      bs_tx_power_per_share_w(bs_tx_power_w, dl_hz[j], pool_hz))
         tx_j.append(tx)
         compute_j.append(comp)
         bs_j.append(bs)
@@ -120,16 +124,16 @@ def _slot_groups(device: list[np.ndarray], keep: list[np.ndarray],
 
 
 def _share_times(first: np.ndarray, dl_bits: np.ndarray, ul_bits: np.ndarray, dl_hz: np.ndarray, ul_hz: np.ndarray,
-                 snr_dl: np.ndarray, snr_ul: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`share_time_s` down and up for one slot column. A slot that is not its device's first kept one moves 0
-    bits, which `share_time_s` gives exactly 0 s whatever the share and SNR, so where few slots are first (dropped
+                 snr_dl: np.ndarray, snr_ul: np.ndarray, pool_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """`dl_share_time_s` down and `share_time_s` up for one slot column. A slot that is not its device's first kept
+    one moves 0 bits, which either gives exactly 0 s whatever the share and SNR, so where few slots are first (dropped
     slots, shared devices) only the first ones are computed (the rate's log1p costs far more than the gathers)."""
     live = np.flatnonzero(first)
     n = first.shape[0]
     if live.shape[0] > _COMPACT * n:
-        return share_time_s(dl_bits, dl_hz, snr_dl), share_time_s(ul_bits, ul_hz, snr_ul)
+        return dl_share_time_s(dl_bits, dl_hz, snr_dl, pool_hz), share_time_s(ul_bits, ul_hz, snr_ul)
     dl_s, ul_s = np.zeros(n), np.zeros(n)
-    dl_s[live] = share_time_s(dl_bits.take(live), dl_hz.take(live), snr_dl.take(live))
+    dl_s[live] = dl_share_time_s(dl_bits.take(live), dl_hz.take(live), snr_dl.take(live), pool_hz)
     ul_s[live] = share_time_s(ul_bits.take(live), ul_hz.take(live), snr_ul.take(live))
     return dl_s, ul_s
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from wdmoe.radio.exactmath import exp10
+from wdmoe.radio.link import DownlinkPower
 from wdmoe.radio.rate import PoolMode
 
 ChannelModel = Literal["uma", "umi", "inh", "log_distance"]
@@ -72,6 +73,8 @@ class RadioParams:
         noise_figure_db: both receivers' noise figure, dB. bs_tx_power_dbm / device_tx_power_dbm: dBm.
         bandwidth_hz: the band in Hz. pool: one shared pool or separate DL / UL pools.
         activation_bits: bits per hidden value on the air. coherence: when the fading is redrawn.
+        downlink: how the concurrent downlinks share the BS's power: at a constant spectral density over the
+            band (the default) or the full power each (the papers' model).
     """
 
     num_devices: int = 8
@@ -86,7 +89,13 @@ class RadioParams:
     pool: PoolMode = PoolMode.SHARED
     activation_bits: int = 16
     coherence: Coherence = "step"
+    downlink: DownlinkPower = DownlinkPower.SHARED_PSD
 
     @property
     def bs_tx_power_w(self) -> float:
         return dbm_to_w(self.bs_tx_power_dbm)
+
+    @property
+    def dl_psd_pool_hz(self) -> float:
+        """`LinkState.dl_psd_pool_hz`: the band (the DL pool in either pool mode) under SHARED_PSD, else 0.0."""
+        return self.bandwidth_hz if self.downlink is DownlinkPower.SHARED_PSD else 0.0

@@ -4,8 +4,11 @@ Contract: given a `LinkState` (SNR per hertz per device) and bandwidth shares in
 transfer times in seconds, vectorized over devices. A share of 0 Hz has rate 0; moving 0 bits takes 0 s even
 over 0 Hz, moving more than 0 bits over 0 Hz takes infinitely long.
 
-Formula (papers.md §2.2 [R]): r(b) = b * log2(1 + snr_per_hz / b), the transmit power spread over the share, so
-the rate rises with b, is concave in b, and saturates at snr_per_hz * log2(e) (power-limited regime).
+Formulas. Uplink (papers.md §2.2 [R]): r(b) = b * log2(1 + snr_per_hz / b), the device's transmit power spread
+over its share, so the rate rises with b, is concave in b, and saturates at snr_per_hz * log2(e) (power-limited
+regime). Downlink (`wdmoe.radio.link.DownlinkPower`): the BS's power is shared by the concurrent downlinks at a
+constant spectral density over its pool of B Hz (`LinkState.dl_psd_pool_hz`), r(b) = b * log2(1 + snr_per_hz / B),
+linear in b; or, the papers' model, the full power on every downlink, the uplink's formula (pool 0.0).
 """
 
 from __future__ import annotations
@@ -71,9 +74,21 @@ def shannon_rate_bps(bandwidth_hz: np.ndarray | float, snr_per_hz: np.ndarray | 
     return np.where(positive, safe_b * log1p_array(s / safe_b) * _LOG2_E, 0.0)
 
 
+def dl_rate_bps(bandwidth_hz: np.ndarray | float, snr_per_hz: np.ndarray | float,
+                dl_psd_pool_hz: float) -> np.ndarray:
+    """Downlink rate in bit/s (`LinkState.dl_psd_pool_hz`): b * log2(1 + snr_per_hz / B) with the BS's power at a
+    constant spectral density over a pool of B = dl_psd_pool_hz > 0 Hz, `shannon_rate_bps` (the full power on the
+    share) for 0.0; 0 where b <= 0. Broadcasts its arguments."""
+    if dl_psd_pool_hz > 0.0:
+        b = np.asarray(bandwidth_hz, dtype=float)
+        s = np.asarray(snr_per_hz, dtype=float)
+        return np.where(b > 0.0, b * log1p_array(s / dl_psd_pool_hz) * _LOG2_E, 0.0)
+    return shannon_rate_bps(bandwidth_hz, snr_per_hz)
+
+
 def rate_dl_bps(link: LinkState, bandwidth_hz: np.ndarray) -> np.ndarray:
-    """Downlink (BS -> device) rate of each device's share, (D,) bit/s."""
-    return shannon_rate_bps(bandwidth_hz, link.snr_dl_per_hz)
+    """Downlink (BS -> device) rate of each device's share under the link's downlink power model, (D,) bit/s."""
+    return dl_rate_bps(bandwidth_hz, link.snr_dl_per_hz, link.dl_psd_pool_hz)
 
 
 def rate_ul_bps(link: LinkState, bandwidth_hz: np.ndarray) -> np.ndarray:
@@ -96,6 +111,20 @@ def share_time_s(bits: np.ndarray | float, bandwidth_hz: np.ndarray | float,
     return transfer_time_s(bits, shannon_rate_bps(bandwidth_hz, snr_per_hz))
 
 
+def dl_share_time_s(bits: np.ndarray | float, bandwidth_hz: np.ndarray | float, snr_per_hz: np.ndarray | float,
+                    dl_psd_pool_hz: float) -> np.ndarray:
+    """Seconds to move `bits` down over a share of `bandwidth_hz` (`dl_rate_bps`'s power model)."""
+    return transfer_time_s(bits, dl_rate_bps(bandwidth_hz, snr_per_hz, dl_psd_pool_hz))
+
+
+def bs_tx_power_per_share_w(bs_tx_power_w: float, dl_hz: np.ndarray | float, dl_psd_pool_hz: float) -> np.ndarray:
+    """The BS power a downlink of `dl_hz` Hz radiates: P b / B at a constant spectral density over B =
+    dl_psd_pool_hz > 0, the full P on every share for 0.0 (the energy model charges the power each share gets)."""
+    if dl_psd_pool_hz > 0.0:
+        return bs_tx_power_w * (np.asarray(dl_hz, dtype=float) / dl_psd_pool_hz)
+    return np.full(np.shape(dl_hz), bs_tx_power_w)
+
+
 def snr_per_hz_for_rate(rate_bps: float, bandwidth_hz: float) -> float:
     """The inverse of `shannon_rate_bps` in the SNR: s with shannon_rate_bps(B, s) = rate, s = B (2^(rate/B) - 1),
     in Hz (a link given by its rate over the whole band)."""
@@ -108,35 +137,54 @@ def max_rate_bps(snr_per_hz: np.ndarray | float) -> np.ndarray:
 
 
 # Solver forms. The bandwidth solvers (wdmoe.policy.bandwidth, split_arrays, joint) evaluate a device's round trip
-#     t(b) = need_dl / (b ln(1 + s_dl / b)) + need_ul / (b ln(1 + s_ul / b)) + base,   need = bits * ln 2,
-# and its slope |dt/db| many times per layer step. Each transfer term is `share_time_s` of the same bits (log2
-# written as ln / ln 2). Below: that one formula on Python floats, on arrays, and in place for a solver's inner loop;
-# the scalar and array forms give the same bits (radio.exactmath's ln(1 + y)). tests/unit/radio/test_rate.py holds
-# each against share_time_s.
+#     t(b) = need_dl / (b ln(1 + s_dl / p)) + need_ul / (b ln(1 + s_ul / b)) + base,   need = bits * ln 2,
+# (p = the DL pool dl_pool when the BS's power has a constant spectral density over it, p = b for the full power
+# per downlink, dl_pool = 0.0) and its slope |dt/db| many times per layer step. Each transfer term is
+# `dl_share_time_s` / `share_time_s` of the same bits (log2 written as ln / ln 2). Below: that one formula on Python
+# floats, on arrays, and in place for a solver's inner loop; the scalar and array forms give the same bits
+# (radio.exactmath's ln(1 + y)). tests/unit/radio/test_rate.py holds each against dl_share_time_s / share_time_s.
 
 
 def time_and_inverse_slope(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray,
-                           s_dl: np.ndarray, s_ul: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """t(b) and w = 1/|dt/db| on arrays; need_* are bits * ln 2, so a transfer takes need / (b ln(1 + s/b))."""
-    y_dl = s_dl / b
+                           s_dl: np.ndarray, s_ul: np.ndarray, dl_pool: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """t(b) and w = 1/|dt/db| on arrays; need_* are bits * ln 2, so a transfer takes need / (b ln(1 + s/b)), or
+    down, with the BS's power at a constant spectral density over dl_pool > 0 Hz, need / (b ln(1 + s/dl_pool))."""
     y_ul = s_ul / b
-    l_dl = log1p_array(y_dl)  # radio.exactmath: the same bits as scalar_time's log1p, on any CPU
-    l_ul = log1p_array(y_ul)
-    t_dl = need_dl / (b * l_dl)
+    l_ul = log1p_array(y_ul)  # radio.exactmath: the same bits as scalar_time's log1p, on any CPU
     t_ul = need_ul / (b * l_ul)
+    if dl_pool > 0.0:
+        t_dl = need_dl / (b * log1p_array(s_dl / dl_pool))
+        slope = (t_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
+        return t_dl + t_ul + base, 1.0 / slope
+    y_dl = s_dl / b
+    l_dl = log1p_array(y_dl)
+    t_dl = need_dl / (b * l_dl)
     slope = (t_dl * (l_dl - y_dl / (1.0 + y_dl)) / l_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
     return t_dl + t_ul + base, 1.0 / slope
 
 
 def scalar_time(b: float, need_dl: float, need_ul: float, base: float, s_dl: float,
-                s_ul: float) -> tuple[float, float]:
+                s_ul: float, dl_pool: float = 0.0) -> tuple[float, float]:
     """`time_and_inverse_slope` for one device with Python floats (the decode fast path); inf where the slope is
     not positive."""
-    y_dl, y_ul = s_dl / b, s_ul / b
-    l_dl, l_ul = log1p(y_dl), log1p(y_ul)
-    t_dl, t_ul = need_dl / (b * l_dl), need_ul / (b * l_ul)
-    slope = (t_dl * (l_dl - y_dl / (1.0 + y_dl)) / l_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
+    y_ul = s_ul / b
+    l_ul = log1p(y_ul)
+    t_ul = need_ul / (b * l_ul)
+    if dl_pool > 0.0:
+        t_dl = need_dl / (b * log1p(s_dl / dl_pool))
+        slope = (t_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
+    else:
+        y_dl = s_dl / b
+        l_dl = log1p(y_dl)
+        t_dl = need_dl / (b * l_dl)
+        slope = (t_dl * (l_dl - y_dl / (1.0 + y_dl)) / l_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
     return t_dl + t_ul + base, (1.0 / slope if slope > 0.0 else math.inf)
+
+
+def psd_dl_load(need_dl: np.ndarray, s_dl: np.ndarray, dl_pool: float) -> np.ndarray:
+    """need_dl / ln(1 + s_dl / dl_pool), Hz s: with the BS's power at a constant spectral density over dl_pool Hz
+    a downlink of need_dl (bits * ln 2) over b Hz takes this / b seconds (its slope: this / b^2)."""
+    return need_dl / log1p_array(s_dl / dl_pool)
 
 
 def transfer_and_slope_into(b: np.ndarray, need: np.ndarray, snr: np.ndarray, y: np.ndarray, log_term: np.ndarray,

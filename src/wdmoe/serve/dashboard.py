@@ -121,7 +121,8 @@ class DashboardState:
         if wireless is not None:
             link, scenario = wireless.link, wireless.scenario
             equal_share_hz = scenario.bandwidth_hz / model.num_devices
-            snr_dl, snr_ul = _db(link.snr_dl_per_hz / equal_share_hz), _db(link.snr_ul_per_hz / equal_share_hz)
+            dl_hz = link.dl_psd_pool_hz or equal_share_hz  # the DL SNR at a constant spectral density: s / B
+            snr_dl, snr_ul = _db(link.snr_dl_per_hz / dl_hz), _db(link.snr_ul_per_hz / equal_share_hz)
             split = self.bandwidth_hz
             if split is not None and split.shape[0] != model.num_devices:  # from before a re-plan changed D
                 split = None

@@ -58,10 +58,10 @@ def draw_blocks(rng: np.random.Generator, first: LinkState, radio: RadioParams, 
     links = compose_links(first.distance_m, first.pathloss_db, gain_dl, gain_ul, radio)
     return LinkState(first.distance_m, first.pathloss_db, np.vstack([first.gain_dl, links.gain_dl]),
                      np.vstack([first.gain_ul, links.gain_ul]), np.vstack([first.snr_dl_per_hz, links.snr_dl_per_hz]),
-                     np.vstack([first.snr_ul_per_hz, links.snr_ul_per_hz]))
+                     np.vstack([first.snr_ul_per_hz, links.snr_ul_per_hz]), first.dl_psd_pool_hz)
 
 
 def block_link(blocks: LinkState, block: int) -> LinkState:
     """The (D,) LinkState of one block of `draw_blocks`' result."""
     return LinkState(blocks.distance_m, blocks.pathloss_db, blocks.gain_dl[block], blocks.gain_ul[block],
-                     blocks.snr_dl_per_hz[block], blocks.snr_ul_per_hz[block])
+                     blocks.snr_dl_per_hz[block], blocks.snr_ul_per_hz[block], blocks.dl_psd_pool_hz)

@@ -77,7 +77,7 @@ class _Sink:
 def one_token_load(steps: OneTokenSteps, decision: BatchDecision) -> OneTokenLoad:
     """What the batched decode hands the radio model: the steps' slots and links with the decision's keep and band."""
     return OneTokenLoad(steps.slot_device, decision.keep, steps.roof_s, decision.slot_share_hz, steps.snr_dl_per_hz,
-                        steps.snr_ul_per_hz, steps.bits_per_token, steps.bs_time_s)
+                        steps.snr_ul_per_hz, steps.bits_per_token, steps.bs_time_s, steps.dl_psd_pool_hz)
 
 
 def make_decider(trace: Trace, scenario: Scenario, policy: Policy, seed: int | None = None) -> WirelessDecider:
@@ -150,7 +150,7 @@ def replay_batched(trace: Trace, decider: WirelessDecider, chunk: int = CHUNK) -
         batch = OneTokenSteps(device, trace.topk_weight.take(rows, axis=0).astype(float), roof.take(device),
                               blocks.snr_dl_per_hz.ravel().take(slot), blocks.snr_ul_per_hz.ravel().take(slot),
                               np.full(n, probe.bits_per_token), np.full(n, probe.bandwidth_hz), bs_1.take(p), block,
-                              devices)
+                              devices, blocks.dl_psd_pool_hz)
         decision = decider.policy.decide_steps(batch)
         if decision is None:  # no batched form for this policy: per state, in the same order
             for step, pos in zip(s.tolist(), p.tolist(), strict=True):

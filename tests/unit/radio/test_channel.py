@@ -272,6 +272,18 @@ def test_redraw_fading_keeps_the_large_scale_state() -> None:
     assert not np.array_equal(block.gain_dl, links.gain_dl)
     np.testing.assert_allclose(block.snr_dl_per_hz, snr_per_hz(43.0, block.pathloss_db, block.gain_dl, 7.0))
     np.testing.assert_allclose(block.snr_ul_per_hz, snr_per_hz(23.0, block.pathloss_db, block.gain_ul, 7.0))
+    assert block.dl_psd_pool_hz == links.dl_psd_pool_hz == 20e6  # the default: a constant PSD over the band
+
+
+def test_links_carry_the_scenarios_downlink_power_model() -> None:
+    # 8 devices at a constant PSD over 20 MHz: an equal 2.5 MHz share gets 1/8 of the BS's 43 dBm, so its DL SNR is
+    # 10 log10(8) = 9.03 dB below the full-power model's snr_per_hz / 2.5 MHz (issue 15's "about 9 dB").
+    shared = sample_links(np.random.default_rng(3), Scenario(num_devices=8).radio)
+    full = sample_links(np.random.default_rng(3), Scenario(num_devices=8, downlink_power="full_per_device").radio)
+    np.testing.assert_array_equal(shared.snr_dl_per_hz, full.snr_dl_per_hz)
+    assert (shared.dl_psd_pool_hz, full.dl_psd_pool_hz) == (20e6, 0.0)
+    gap_db = 10.0 * np.log10((full.snr_dl_per_hz / 2.5e6) / (shared.snr_dl_per_hz / shared.dl_psd_pool_hz))
+    np.testing.assert_allclose(gap_db, 10.0 * math.log10(8.0), rtol=1e-12)
 
 
 def test_log_distance_scenario_uses_the_papers_formula() -> None:

@@ -69,6 +69,20 @@ def test_separate_uplink_pool_and_bs_power() -> None:
     np.testing.assert_allclose(b.energy_bs_tx_j, b.dl_s, rtol=1e-12)
 
 
+def test_shared_psd_downlink_by_hand() -> None:
+    # The BS spreads 20 W over a 4 MHz pool: a 1 MHz share gets 5 W and the DL SNR is snr_per_hz / 4 MHz on any
+    # share: device 0 3e6 / 4e6 = 0.75 -> 1e6 log2(1.75) bit/s, device 1 7e6 / 4e6 = 1.75 -> 1e6 log2(2.75) bit/s.
+    # The uplinks keep their devices' full power (the same times as the full-power hand case above).
+    link = dataclasses.replace(HAND_LINK, dl_psd_pool_hz=4e6)
+    b = layer_breakdown(HAND_LOAD, link, HAND_PROFILES, np.array([1e6, 1e6]), bs_time_s=5e-4, bs_tx_power_w=20.0)
+
+    dl = np.array([1000.0 / (1e6 * np.log2(1.75)), 2000.0 / (1e6 * np.log2(2.75))])
+    np.testing.assert_allclose(b.dl_s, dl, rtol=1e-12)
+    np.testing.assert_allclose(b.ul_s, [1.0e-3, 2e-3 / 3], rtol=1e-12)
+    np.testing.assert_allclose(b.energy_bs_tx_j, 5.0 * dl, rtol=1e-12)
+    assert b.layer_s == pytest.approx(5e-4 + max(dl + np.array([1.1e-3, 1.0e-3]) + [1.0e-3, 2e-3 / 3]), rel=1e-12)
+
+
 def test_a_device_with_two_experts_runs_both_and_idle_devices_cost_nothing() -> None:
     # experts 0 and 1 on device 0, device 1 idle; token 0 -> both experts: DL once (1000 bits), UL twice
     load = LayerLoad(np.array([[0, 1]]), np.array([[True, True]]), np.array([0, 0]), 1e6, 1e6, 1000.0)

@@ -8,9 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wdmoe.radio.exactmath import LN2
-from wdmoe.radio.link import LinkState
+from wdmoe.radio.link import DownlinkPower, LinkState
 from wdmoe.radio.rate import (
     PoolMode,
+    bs_tx_power_per_share_w,
+    dl_rate_bps,
+    dl_share_time_s,
     max_rate_bps,
     pool_shares,
     rate_dl_bps,
@@ -34,8 +37,43 @@ def test_rate_by_hand_and_zero_share() -> None:
 def test_dl_and_ul_use_their_own_snr() -> None:
     link = LinkState(np.ones(2), np.zeros(2), np.ones(2), np.ones(2), np.array([3e6, 7e6]), np.array([1e6, 1e6]))
 
+    assert link.downlink is DownlinkPower.FULL_PER_DEVICE
     np.testing.assert_allclose(rate_dl_bps(link, np.full(2, 1e6)), [2e6, 3e6])
     np.testing.assert_allclose(rate_ul_bps(link, np.full(2, 1e6)), [1e6, 1e6])
+
+
+def test_shared_psd_downlink_by_hand() -> None:
+    # The BS spreads its power over a 4 MHz pool: snr_per_hz 1.2e7 gives SNR 1.2e7 / 4e6 = 3 on any share, so
+    # log2(1 + 3) = 2 bit/s/Hz: 1 MHz -> 2 Mbit/s, 2 MHz -> 4 Mbit/s (linear in b), 0 Hz -> 0. The uplink keeps the
+    # device's full power on its share: b log2(1 + snr / b).
+    link = LinkState(np.ones(3), np.zeros(3), np.ones(3), np.ones(3), np.full(3, 1.2e7), np.full(3, 3e6), 4e6)
+    shares = np.array([1e6, 2e6, 0.0])
+
+    assert link.downlink is DownlinkPower.SHARED_PSD
+    np.testing.assert_allclose(rate_dl_bps(link, shares), [2e6, 4e6, 0.0], rtol=1e-15)
+    np.testing.assert_allclose(rate_ul_bps(link, shares), [2e6, 2e6 * np.log2(2.5), 0.0], rtol=1e-15)
+    np.testing.assert_array_equal(dl_share_time_s(np.array([4e6, 0.0, 1.0]), shares, link.snr_dl_per_hz, 4e6),
+                                  [2.0, 0.0, np.inf])
+    # full power per device: the uplink's formula on the downlink's SNR
+    np.testing.assert_allclose(dl_rate_bps(1e6, 3e6, 0.0), 2e6, rtol=1e-15)
+
+
+def test_bs_power_per_share_sums_to_the_bs_power() -> None:
+    shares = np.array([1e6, 3e6, 16e6])
+
+    np.testing.assert_allclose(bs_tx_power_per_share_w(20.0, shares, 20e6), [1.0, 3.0, 16.0], rtol=1e-15)
+    assert bs_tx_power_per_share_w(20.0, shares, 20e6).sum() == pytest.approx(20.0, rel=1e-15)
+    np.testing.assert_array_equal(bs_tx_power_per_share_w(20.0, shares, 0.0), [20.0, 20.0, 20.0])
+
+
+@settings(max_examples=100)
+@given(b=st.floats(1.0, 1e9), extra=st.floats(1e-3, 1e9), snr=st.floats(1e3, 1e13), pool=st.floats(1e3, 1e9))
+def test_shared_psd_rate_is_linear_and_below_full_power(b: float, extra: float, snr: float, pool: float) -> None:
+    rate = dl_rate_bps(b, snr, pool)
+
+    assert dl_rate_bps(b + extra, snr, pool) == pytest.approx(rate * (b + extra) / b, rel=1e-12)
+    if b <= pool:  # a share of the pool gets a part of the power: never faster than with all of it
+        assert rate <= shannon_rate_bps(b, snr) * (1 + 1e-12)
 
 
 @settings(max_examples=200)
@@ -92,4 +130,29 @@ def test_solver_forms_are_the_share_time(seed: int) -> None:
     step = b * 1e-6  # the slope is the derivative of the share time
     numeric = (share_time_s(bits_dl, b - step, s_dl) + share_time_s(bits_ul, b - step, s_ul)
                - share_time_s(bits_dl, b + step, s_dl) - share_time_s(bits_ul, b + step, s_ul)) / (2 * step)
+    np.testing.assert_allclose(1.0 / inverse, numeric, rtol=1e-5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_solver_forms_are_the_share_time_under_shared_psd(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 16
+    pool = float(10.0 ** rng.uniform(5.0, 8.0))
+    b = pool * rng.uniform(0.01, 1.0, n)
+    bits_dl, bits_ul = 10.0 ** rng.uniform(2.0, 6.0, n), 10.0 ** rng.uniform(2.0, 6.0, n)
+    s_dl, s_ul = 10.0 ** rng.uniform(5.0, 11.0, n), 10.0 ** rng.uniform(5.0, 11.0, n)
+    base = rng.uniform(0.0, 1e-3, n)
+    need_dl, need_ul = bits_dl * LN2, bits_ul * LN2
+
+    t, inverse = time_and_inverse_slope(b, need_dl, need_ul, base, s_dl, s_ul, pool)
+
+    def reference(share: np.ndarray) -> np.ndarray:
+        return dl_share_time_s(bits_dl, share, s_dl, pool) + share_time_s(bits_ul, share, s_ul) + base
+
+    np.testing.assert_allclose(t, reference(b), rtol=1e-13)
+    for i in range(n):  # the scalar form: the same bits as the array form
+        assert scalar_time(b[i], need_dl[i], need_ul[i], base[i], s_dl[i], s_ul[i], pool) == (t[i], inverse[i])
+    step = b * 1e-6
+    numeric = (reference(b - step) - reference(b + step)) / (2 * step)
     np.testing.assert_allclose(1.0 / inverse, numeric, rtol=1e-5)
