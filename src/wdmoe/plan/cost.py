@@ -88,10 +88,10 @@ class LatencyModel:
         rng = np.random.default_rng(radio.seed)
         self.routes = [route_distribution(row, requirement.top_k, rng) for row in requirement.popularity]
         self.bits_per_token = float(requirement.hidden_size * radio.activation_bits)
-        self._cache: dict[tuple[tuple[int, int], ...], float] = {}
+        self._cache: dict[tuple[tuple[int, float], ...], float] = {}
         self.radio_calls = 0
 
-    def step_s(self, members: tuple[tuple[int, int], ...]) -> float:
+    def step_s(self, members: tuple[tuple[int, float], ...]) -> float:
         """Mean layer seconds over the channel samples of one token whose kept experts are `members`, sorted
         (device, bytes) pairs; the BS time alone when nothing is kept."""
         if not members:
@@ -129,16 +129,22 @@ class LatencyModel:
         self._cache[members] = value
         return value
 
-    def layer_s(self, layer_pos: int, expert_device: np.ndarray) -> float:
-        """Expected seconds of MoE layer number `layer_pos` with primaries `expert_device` (E,) (-1: unplaced)."""
+    def layer_s(self, layer_pos: int, expert_device: np.ndarray, sizes: np.ndarray | None = None) -> float:
+        """Expected seconds of MoE layer number `layer_pos` with primaries `expert_device` (E,) (-1: unplaced);
+        `sizes` (E,) replaces the layer's weight bytes (an intra plan's host tier streams more slowly)."""
         routes = self.routes[layer_pos]
-        sizes = self.expert_bytes[layer_pos]
+        row_bytes = self.expert_bytes[layer_pos] if sizes is None else sizes
         total = 0.0
-        for row, p in zip(routes.sets.tolist(), routes.prob.tolist(), strict=True):
-            members = tuple(sorted((int(expert_device[e]), int(sizes[e])) for e in row if expert_device[e] >= 0))
+        for members_of, p in zip(routes.sets.tolist(), routes.prob.tolist(), strict=True):
+            members = tuple(
+                sorted((int(expert_device[e]), float(row_bytes[e])) for e in members_of if expert_device[e] >= 0)
+            )
             total += p * self.step_s(members)
         return total
 
-    def token_s(self, primary: np.ndarray) -> float:
-        """Expected per-token seconds of a primary table (L, E): the sum of the layers'."""
-        return float(sum(self.layer_s(pos, row) for pos, row in enumerate(primary)))
+    def token_s(self, primary: np.ndarray, sizes: np.ndarray | None = None) -> float:
+        """Expected per-token seconds of a primary table (L, E): the sum of the layers'. `sizes` (L, E): as in
+        layer_s."""
+        return float(
+            sum(self.layer_s(pos, row, None if sizes is None else sizes[pos]) for pos, row in enumerate(primary))
+        )

@@ -20,6 +20,15 @@ from wdmoe.plan.status import ResourceStatus
 Copies = tuple[tuple[tuple[int, ...], ...], ...]  # [layer position][expert] -> device indices, primary first
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One placement the planner scored: a label ("inter-server", "intra-server on agx-0") and its expected
+    per-token seconds under the planner's one objective (cost.LatencyModel)."""
+
+    label: str
+    latency_s: float
+
+
 class PlanKind(Enum):
     """INTRA: the whole model on one server (memory tiers). INTER: experts spread over devices (papers.md §4.3)."""
 
@@ -37,9 +46,11 @@ class Plan:
         moe_layers: decoder-layer indices of the MoE layers, in order.
         copies: [layer position][expert] -> device indices, primary first.
         bits, expert_bytes, popularity: (L, E) width, bytes at that width, and popularity it was planned with.
-        expected_latency_s: expected per-token (decode) seconds (cost.LatencyModel or intra's formula).
-        round_robin_latency_s: the same for expert e on device e mod D on the same cluster, for comparison.
+        expected_latency_s: expected per-token (decode) seconds by cost.LatencyModel (the radio link included).
+        round_robin_latency_s: the same objective for expert e on device e mod D on the same cluster.
         tiers: intra plans only: the server's memory tiers. server: intra plans only: the device index.
+        candidates: every placement the planner scored, under the same objective (the lowest was chosen).
+        optimality_gap: inter plans solved with --exact only: HiGHS's relative gap (0.0: proven optimal).
     """
 
     kind: PlanKind
@@ -54,6 +65,8 @@ class Plan:
     round_robin_latency_s: float | None = None
     tiers: tuple[Tier, ...] = ()
     server: int | None = None
+    candidates: tuple[Candidate, ...] = ()
+    optimality_gap: float | None = None
 
     @property
     def num_experts(self) -> int:

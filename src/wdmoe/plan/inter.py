@@ -2,14 +2,19 @@
 
 Contract: `place_inter(model, capacity_bytes, config)` returns the copies of every expert, primary first, such
 that the bytes on every device stay within its capacity, or raises `PlanError` with the sizes. The algorithm is
-our reconstruction [R] of papers.md §4.3's greedy (the paper's algorithm is [U]); the objective is `cost.LatencyModel`:
+our reconstruction [R] of papers.md §4.3's greedy (the paper's algorithm is [U]); the objective is `cost.LatencyModel`,
+and `exact.solve_exact` is its reference (docs/planner.md gives the measured gap):
 
-1. Greedy: (layer, expert) pairs in decreasing popularity; each goes to the device with room that minimizes the
-   expected latency of its layer given the experts placed so far (ties: the device with more free memory). If the
-   greedy strands an expert, first-fit-decreasing by bytes (onto the device with the most free memory) is the
-   start instead.
-2. Local search: per layer, move one expert to another device with room, or swap two experts of the layer on
-   different devices; take the best improving step, until a pass improves nothing (at most `passes` passes).
+1. Starts: two greedy passes, (layer, expert) pairs in decreasing popularity per byte (memory-aware: a big expert
+   costs the room of several small ones) and in decreasing popularity; each pair goes to the device with room
+   that minimizes its layer's expected latency given the experts placed so far (ties: more free memory), among
+   the devices after which the rest still packs (first-fit-decreasing). Round-robin (expert e on device e mod D)
+   is a further start when it fits, so the result is never worse than it. First-fit-decreasing by bytes is the
+   start of last resort.
+2. Local search (`local_search`), from each start: the best improving step among moving one expert to a device
+   with room and swapping two experts on different devices, in any layers (memory is shared across layers, so a
+   move in one layer makes room for another's), until no step improves (at most `max_steps` steps).
+   The best of the searched starts is kept.
 3. Replication: while memory allows, experts in decreasing popularity get a further copy (up to `max_copies`)
    on the device that would serve their layer best if the primary's device left (the runtime's failover goes to
    the first live copy). Replicas change no expected latency: the primary serves while it lives.
@@ -22,22 +27,39 @@ from dataclasses import dataclass
 import numpy as np
 
 from wdmoe.plan.cost import LatencyModel
+from wdmoe.plan.deployment import Copies
 from wdmoe.plan.errors import PlanError, megabytes
-
-_TOL = 1e-12  # relative: an improvement smaller than this is rounding, not progress
+from wdmoe.plan.search import iterated_search
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """max_copies: copies per expert, primary included (1: no replicas). passes: local-search passes at most."""
+    """max_copies: copies per expert, primary included (1: no replicas). max_steps: local-search steps at most."""
 
     max_copies: int = 2
-    passes: int = 6
+    max_steps: int = 1000
+    kicks: int = 0
+    restarts: int = 16
 
 
-def _order(popularity: np.ndarray) -> list[tuple[int, int]]:
-    flat = np.argsort(-popularity.ravel(), kind="stable")
-    return [(int(i) // popularity.shape[1], int(i) % popularity.shape[1]) for i in flat]
+def _by_popularity(model: LatencyModel) -> np.ndarray:
+    return np.argsort(-model.requirement.popularity.ravel(), kind="stable")
+
+
+def _by_popularity_per_byte(model: LatencyModel) -> np.ndarray:
+    per_byte = model.requirement.popularity.ravel() / np.maximum(model.expert_bytes.ravel(), 1)
+    return np.argsort(-per_byte, kind="stable")
+
+
+def _packs(rest: np.ndarray, room: np.ndarray) -> bool:
+    """First-fit-decreasing of the sizes `rest` (sorted, largest first) into `room` (a sufficient test)."""
+    room = room.copy()
+    for size in rest.tolist():
+        d = int(np.argmax(room))
+        if room[d] < size:
+            return False
+        room[d] -= size
+    return True
 
 
 def _best(options: list[tuple[float, float, int]]) -> int:
@@ -47,77 +69,89 @@ def _best(options: list[tuple[float, float, int]]) -> int:
     return -neg_device
 
 
-def _greedy(model: LatencyModel, capacity: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def _greedy(model: LatencyModel, capacity: np.ndarray, order: np.ndarray) -> np.ndarray | None:
     sizes = model.expert_bytes
+    num_experts = sizes.shape[1]
     primary = np.full(sizes.shape, -1, dtype=np.int64)
-    used = np.zeros(capacity.shape, dtype=np.int64)
-    for layer, expert in _order(model.requirement.popularity):
+    room = capacity.copy()
+    for n, flat in enumerate(order.tolist()):
+        layer, expert = divmod(flat, num_experts)
+        size = sizes[layer, expert]
+        rest = np.sort(sizes.ravel()[order[n + 1:]])[::-1]
+        fits = np.flatnonzero(room >= size).tolist()
+        safe = [d for d in fits if _packs(rest, np.where(np.arange(room.size) == d, room - size, room))]
         options = []
-        for d in np.flatnonzero(capacity - used >= sizes[layer, expert]).tolist():
+        for d in safe or fits:
             row = primary[layer].copy()
             row[expert] = d
-            options.append((model.layer_s(layer, row), float(capacity[d] - used[d]), d))
+            options.append((model.layer_s(layer, row), float(room[d]), d))
         if not options:
             return None
         d = _best(options)
         primary[layer, expert] = d
-        used[d] += sizes[layer, expert]
-    return primary, used
+        room[d] -= size
+    return primary
 
 
-def _first_fit(model: LatencyModel, capacity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _first_fit(model: LatencyModel, capacity: np.ndarray) -> np.ndarray:
     sizes = model.expert_bytes
     primary = np.full(sizes.shape, -1, dtype=np.int64)
-    used = np.zeros(capacity.shape, dtype=np.int64)
+    room = capacity.copy()
     for flat in np.argsort(-sizes.ravel(), kind="stable").tolist():
         layer, expert = divmod(flat, sizes.shape[1])
-        d = int(np.argmax(capacity - used))
-        if capacity[d] - used[d] < sizes[layer, expert]:
+        d = int(np.argmax(room))
+        if room[d] < sizes[layer, expert]:
             raise PlanError(
                 f"the experts do not pack onto the devices: expert {expert} of MoE layer {layer} needs "
                 f"{megabytes(sizes[layer, expert])}, the most free memory left on a device is "
-                f"{megabytes(capacity[d] - used[d])}; the experts need {megabytes(sizes.sum())}, the devices "
+                f"{megabytes(room[d])}; the experts need {megabytes(sizes.sum())}, the devices "
                 f"offer {megabytes(capacity.sum())}; add memory or quantize experts"
             )
         primary[layer, expert] = d
-        used[d] += sizes[layer, expert]
-    return primary, used
+        room[d] -= sizes[layer, expert]
+    return primary
 
 
-def _improve_layer(model: LatencyModel, layer: int, primary: np.ndarray, room: np.ndarray) -> bool:
-    """One best improving move or swap in `layer`, applied in place (room: free bytes per device)."""
-    sizes = model.expert_bytes[layer]
-    row = primary[layer]
-    best_cost, best_row = model.layer_s(layer, row), None
-    for e in range(row.shape[0]):
-        src = int(row[e])
-        for d in range(model.num_devices):
-            if d != src and room[d] >= sizes[e]:
-                trial = row.copy()
-                trial[e] = d
-                if (cost := model.layer_s(layer, trial)) < best_cost * (1 - _TOL):
-                    best_cost, best_row = cost, trial
-        for f in range(e + 1, row.shape[0]):
-            dst = int(row[f])
-            if dst != src and room[dst] + sizes[f] >= sizes[e] and room[src] + sizes[e] >= sizes[f]:
-                trial = row.copy()
-                trial[e], trial[f] = dst, src
-                if (cost := model.layer_s(layer, trial)) < best_cost * (1 - _TOL):
-                    best_cost, best_row = cost, trial
-    if best_row is None:
-        return False
-    for e in np.flatnonzero(best_row != row).tolist():
-        room[row[e]] += sizes[e]
-        room[best_row[e]] -= sizes[e]
-    primary[layer] = best_row
-    return True
+def _fits(model: LatencyModel, primary: np.ndarray, capacity: np.ndarray) -> bool:
+    used = np.bincount(primary.ravel(), weights=model.expert_bytes.ravel(), minlength=capacity.size)
+    return bool(np.all(used <= capacity))
+
+
+def round_robin_primary(num_layers: int, num_experts: int, num_devices: int) -> np.ndarray:
+    """(L, E) expert e on device e mod D in every layer (WDMoE's default placement)."""
+    return np.tile(np.arange(num_experts) % num_devices, (num_layers, 1)).astype(np.int64)
+
+
+def search_primary(
+    model: LatencyModel, capacity_bytes: np.ndarray, config: SearchConfig = SearchConfig()
+) -> np.ndarray:
+    """(L, E) the heuristic's primaries: steps 1 and 2 of the module docstring."""
+    capacity = np.asarray(capacity_bytes, dtype=np.int64)
+    starts = [g for order in (_by_popularity_per_byte(model), _by_popularity(model))
+              if (g := _greedy(model, capacity, order)) is not None]
+    num_layers, num_experts = model.expert_bytes.shape
+    robin = round_robin_primary(num_layers, num_experts, model.num_devices)
+    if _fits(model, robin, capacity):
+        starts.append(robin)
+    if not starts:
+        starts.append(_first_fit(model, capacity))
+    rng = np.random.default_rng(model.radio.seed)
+    per_byte = model.requirement.popularity.ravel() / np.maximum(model.expert_bytes.ravel(), 1)
+    for _ in range(config.restarts):
+        noisy = np.argsort(-per_byte * rng.lognormal(0.0, 1.0, per_byte.size), kind="stable")
+        if (g := _greedy(model, capacity, noisy)) is not None:
+            starts.append(g)
+    unique = {s.tobytes(): s for s in starts}
+    searched = [iterated_search(model, capacity, s, rng, config.kicks, config.max_steps) for s in unique.values()]
+    return min(searched, key=lambda p: (model.token_s(p), p.tolist()))
 
 
 def _replicate(model: LatencyModel, primary: np.ndarray, room: np.ndarray, max_copies: int) -> list[list[list[int]]]:
     copies = [[[int(d)] for d in row] for row in primary]
     sizes = model.expert_bytes
     for _ in range(max_copies - 1):
-        for layer, expert in _order(model.requirement.popularity):
+        for flat in _by_popularity(model).tolist():
+            layer, expert = divmod(flat, sizes.shape[1])
             held = copies[layer][expert]
             options = []
             for d in range(model.num_devices):
@@ -132,17 +166,15 @@ def _replicate(model: LatencyModel, primary: np.ndarray, room: np.ndarray, max_c
     return copies
 
 
-def place_inter(
-    model: LatencyModel, capacity_bytes: np.ndarray, config: SearchConfig = SearchConfig()
-) -> tuple[tuple[tuple[int, ...], ...], ...]:
-    """Copies per (layer position, expert), primary first (module docstring). capacity_bytes: (D,) int."""
+def with_replicas(model: LatencyModel, primary: np.ndarray, capacity_bytes: np.ndarray, max_copies: int) -> Copies:
+    """The copies of `primary` plus replicas in the memory left (step 3 of the module docstring)."""
     capacity = np.asarray(capacity_bytes, dtype=np.int64)
-    start = _greedy(model, capacity)
-    primary, used = start if start is not None else _first_fit(model, capacity)
-    room = capacity - used
-    for _ in range(config.passes):
-        changed = [_improve_layer(model, layer, primary, room) for layer in range(primary.shape[0])]
-        if not any(changed):
-            break
-    copies = _replicate(model, primary, room, config.max_copies)
+    used = np.bincount(primary.ravel(), weights=model.expert_bytes.ravel(), minlength=capacity.size)
+    copies = _replicate(model, primary, capacity - used.astype(np.int64), max_copies)
     return tuple(tuple(tuple(ids) for ids in row) for row in copies)
+
+
+def place_inter(model: LatencyModel, capacity_bytes: np.ndarray, config: SearchConfig = SearchConfig()) -> Copies:
+    """Copies per (layer position, expert), primary first (module docstring). capacity_bytes: (D,) int."""
+    primary = search_primary(model, capacity_bytes, config)
+    return with_replicas(model, primary, capacity_bytes, config.max_copies)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from wdmoe.plan.deployment import Plan, PlanKind
+from wdmoe.plan.deployment import Candidate, Plan, PlanKind
 from wdmoe.plan.errors import PlanError
 from wdmoe.plan.intra import Tier
 from wdmoe.plan.status import ResourceStatus
@@ -63,6 +63,7 @@ def plan_toml(plan: Plan) -> str:
         "expected_latency_s": plan.expected_latency_s,
         "round_robin_latency_s": plan.round_robin_latency_s,
         "server": plan.server,
+        "optimality_gap": plan.optimality_gap,
     }
     lines = [
         f"# wdmoe deployment plan ({plan.kind.value}-server), written by `wdmoe plan`; Placement device k is the",
@@ -90,6 +91,8 @@ def plan_toml(plan: Plan) -> str:
                 "popularity": plan.popularity[pos],
             },
         )
+    for c in plan.candidates:
+        lines += _table("candidates", {"label": c.label, "latency_s": c.latency_s})
     for t in plan.tiers:
         lines += _table(
             "tiers",
@@ -165,6 +168,8 @@ def parse_plan(data: dict[str, Any], source: str = "plan") -> Plan:
             data.get("round_robin_latency_s"),
             tiers,
             data.get("server"),
+            tuple(Candidate(str(c["label"]), float(c["latency_s"])) for c in data.get("candidates", [])),
+            data.get("optimality_gap"),
         )
         plan.to_placement()  # validates device ids and expert counts
     except KeyError as exc:

@@ -1,9 +1,13 @@
 """Deployment, the entry point: a model's requirement and the devices' statuses in, a `Plan` out.
 
-Contract: `plan_deployment(requirement, statuses, radio, bits)` picks the strategy by papers.md §4.3's rule [V]:
-intra-server (`intra`) if the model at the assigned bit widths fits one server, else inter-server (`inter`),
-and scores the result and round-robin (expert e on device e mod D) with the same objective. `check_fits` raises
-the `PlanError` that states the bytes needed and offered before any search runs.
+Contract: `plan_deployment(requirement, statuses, radio, bits, config)` scores every candidate with ONE objective,
+`cost.LatencyModel` (the runtime's radio model: BS + link + device in every MoE layer), and returns the lowest:
+the inter-server placement (`inter`'s heuristic, or `exact.solve_exact` with `config.exact`) and, when the model
+fits one server, the best intra-server placement (`intra`). papers.md §4.3's rule [V] prefers intra-server
+whenever the model fits; we choose by the objective instead, because an intra-server plan still crosses the
+radio link to its server in every layer and can be the slower one (issue 15). The plan keeps every candidate's
+latency and round-robin's (expert e on device e mod D), all under the same objective. `check_fits` raises the
+`PlanError` that states the bytes needed and offered before any search runs.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wdmoe.plan.cost import LatencyModel
-from wdmoe.plan.deployment import Copies, Plan, PlanKind, round_robin_copies
+from wdmoe.plan.deployment import Candidate, Copies, Plan, PlanKind, round_robin_copies
 from wdmoe.plan.errors import PlanError, megabytes
-from wdmoe.plan.inter import SearchConfig, place_inter
-from wdmoe.plan.intra import place_intra
+from wdmoe.plan.exact import ExactLimits, ExactSolution, solve_exact
+from wdmoe.plan.inter import SearchConfig, search_primary, with_replicas
+from wdmoe.plan.intra import IntraPlacement, Tier, place_intra
 from wdmoe.plan.links import RadioSettings
 from wdmoe.plan.requirement import ModelRequirement
 from wdmoe.plan.status import ResourceStatus
@@ -25,10 +30,12 @@ from wdmoe.plan.status import ResourceStatus
 
 @dataclass(frozen=True)
 class PlannerConfig:
-    """search: the inter-server search settings. allow_intra: False forces an inter-server plan."""
+    """search: the inter-server heuristic's settings. allow_intra: False leaves intra-server plans out.
+    exact: solve the inter-server placement exactly (MILP, HiGHS) within these limits instead of the heuristic."""
 
     search: SearchConfig = field(default_factory=SearchConfig)
     allow_intra: bool = True
+    exact: ExactLimits | None = None
 
 
 def check_fits(
@@ -79,6 +86,17 @@ def round_robin_latency_s(
     return copies_latency_s(copies, requirement, statuses, radio, bits)
 
 
+def _inter(
+    model: LatencyModel, capacity: np.ndarray, config: PlannerConfig
+) -> tuple[Copies, float, ExactSolution | None]:
+    if config.exact is not None:
+        solution = solve_exact(model, capacity, config.exact)
+        primary = solution.primary
+    else:
+        solution, primary = None, search_primary(model, capacity, config.search)
+    return with_replicas(model, primary, capacity, config.search.max_copies), model.token_s(primary), solution
+
+
 def plan_deployment(
     requirement: ModelRequirement,
     statuses: Sequence[ResourceStatus],
@@ -96,17 +114,34 @@ def plan_deployment(
     baseline = model.token_s(
         np.array(round_robin_copies(requirement.num_layers, requirement.num_experts, len(statuses)))[..., 0]
     )
-    intra = place_intra(requirement, statuses, widths, radio.bs_layer_time_s) if config.allow_intra else None
+    intra: IntraPlacement | None = place_intra(model, statuses) if config.allow_intra else None
+    capacity = np.array([s.free_memory_bytes for s in statuses], dtype=np.int64)
+    inter: tuple[Copies, float, ExactSolution | None] | None = None
+    if int(sizes.sum()) <= int(capacity.sum()):
+        try:
+            inter = _inter(model, capacity, config)
+        except PlanError:  # the heuristic could not pack the experts; an intra plan may still hold them
+            if intra is None or config.exact is not None:
+                raise
+    candidates = []
+    if inter is not None:
+        candidates.append(Candidate("inter-server" + (" (exact)" if config.exact else ""), inter[1]))
     if intra is not None:
+        candidates.append(Candidate(f"intra-server on {statuses[intra.server].device}", intra.expected_s))
+    tiers: tuple[Tier, ...] = ()
+    server: int | None = None
+    gap: float | None = None
+    if intra is not None and (inter is None or intra.expected_s < inter[1]):
         copies: Copies = tuple(
             tuple((intra.server,) for _ in range(requirement.num_experts)) for _ in range(requirement.num_layers)
         )
-        kind, expected = PlanKind.INTRA, intra.expected_s
+        kind, expected, tiers, server = PlanKind.INTRA, intra.expected_s, intra.tiers, intra.server
+    elif inter is not None:
+        copies, expected, solution = inter
+        kind, gap = PlanKind.INTER, None if solution is None else solution.gap
     else:
-        capacity = np.array([s.free_memory_bytes for s in statuses], dtype=np.int64)
-        copies = place_inter(model, capacity, config.search)
-        kind = PlanKind.INTER
-        expected = model.token_s(np.array([[ids[0] for ids in row] for row in copies], dtype=np.int64))
+        raise PlanError(f"the experts need {megabytes(sizes.sum())}; no single server holds the model and the "
+                        f"devices offer {megabytes(capacity.sum())}; add memory or quantize experts")
     return Plan(
         kind,
         requirement.model_id,
@@ -118,6 +153,8 @@ def plan_deployment(
         requirement.popularity,
         expected,
         baseline,
-        intra.tiers if intra else (),
-        intra.server if intra else None,
+        tiers,
+        server,
+        tuple(candidates),
+        gap,
     )

@@ -25,6 +25,7 @@ import numpy as np
 
 from wdmoe.plan.cost import LatencyModel
 from wdmoe.plan.deployment import Copies, Plan, PlanKind, copies_memory_bytes
+from wdmoe.plan.intra import intra_latency_s
 from wdmoe.plan.links import RadioSettings, channel_samples
 from wdmoe.plan.planner import PlannerConfig, plan_deployment
 from wdmoe.plan.requirement import ModelRequirement
@@ -149,11 +150,13 @@ class Replanner:
         if copies is None:
             return float("inf")
         used = copies_memory_bytes(copies, plan.expert_bytes, len(statuses))
-        if plan.kind is PlanKind.INTRA:
-            return plan.expected_latency_s
+        model = LatencyModel(requirement, statuses, self.radio, plan.bits)
+        if plan.kind is PlanKind.INTRA and plan.server is not None:  # the same objective, the host tier included
+            server = index[plan.device_names[plan.server]]
+            host = next((t.experts for t in plan.tiers if t.name == "host"), ())
+            return intra_latency_s(model, server, statuses[server], host)
         if np.any(used > np.array([s.free_memory_bytes for s in statuses])):
             return float("inf")
-        model = LatencyModel(requirement, statuses, self.radio, plan.bits)
         return model.token_s(np.array([[ids[0] for ids in row] for row in copies], dtype=np.int64))
 
     def migrations(self, old: Plan, new: Plan) -> tuple[Migration, ...]:

@@ -13,6 +13,7 @@ from wdmoe.plan.cluster import load_cluster
 from wdmoe.plan.cost import LatencyModel, route_distribution
 from wdmoe.plan.deployment import PlanKind, round_robin_copies
 from wdmoe.plan.errors import PlanError
+from wdmoe.plan.inter import SearchConfig
 from wdmoe.plan.links import RadioSettings, channel_samples
 from wdmoe.plan.planner import PlannerConfig, check_fits, copies_latency_s, plan_deployment
 from wdmoe.plan.requirement import ModelRequirement
@@ -142,8 +143,7 @@ def test_placement_never_exceeds_a_memory_limit(
     ]
     requirement = shipped_like(np.random.default_rng(seed).dirichlet(np.ones(8), size=4) * 2)
     widths = np.random.default_rng(seed).choice([bits, 4], size=(4, 8))
-    config = PlannerConfig(allow_intra=False)
-    config = PlannerConfig(search=type(config.search)(max_copies=max_copies, passes=2), allow_intra=False)
+    config = PlannerConfig(search=SearchConfig(max_copies=max_copies, max_steps=20, restarts=1), allow_intra=False)
     try:
         plan = plan_deployment(requirement, statuses, RadioSettings(seed=seed), widths, config)
     except PlanError as exc:
