@@ -27,7 +27,8 @@ def plan(
     samples: Annotated[int | None, typer.Option(min=1, help="Channel samples (default: the cluster's).")] = None,
     max_copies: Annotated[int, typer.Option(min=1, help="Copies per expert, primary included (1: no replicas).")] = 2,
     exact: Annotated[
-        bool, typer.Option("--exact", help="Solve the inter-server placement exactly (MILP, HiGHS); small clusters.")
+        bool, typer.Option("--exact/--no-exact", metavar="",
+                           help="Solve the inter-server placement exactly (MILP, HiGHS); small clusters.")
     ] = False,
     time_limit: Annotated[
         float, typer.Option(min=0.1, help="With --exact: HiGHS's time limit in seconds (it reports its gap).")
