@@ -34,6 +34,7 @@ from wdmoe.radio.compute import DeviceProfiles
 from wdmoe.radio.latency import LayerLoad, layer_breakdown
 
 MAX_ORDERINGS = 20_000  # enumerate the top-k orderings up to this many, else sample
+MAX_TABLE = 250_000  # a layer's tuple table (sets x D^k entries) up to this size, else the cache per call
 ROUTE_SAMPLES = 2048  # sampled top-k draws per layer when not enumerating
 
 
@@ -89,7 +90,24 @@ class LatencyModel:
         self.routes = [route_distribution(row, requirement.top_k, rng) for row in requirement.popularity]
         self.bits_per_token = float(requirement.hidden_size * radio.activation_bits)
         self._cache: dict[tuple[tuple[int, float], ...], float] = {}
+        self._tables: dict[int, np.ndarray | None] = {}
         self.radio_calls = 0
+
+    def tuple_table(self, layer_pos: int) -> np.ndarray | None:
+        """(S, D^k) seconds of each top-k set of the layer with its experts on each device tuple (tuple index
+        sum_i a_i D^(k-1-i)), built once from step_s; None when larger than MAX_TABLE."""
+        if layer_pos in self._tables:
+            return self._tables[layer_pos]
+        routes, d = self.routes[layer_pos], self.num_devices
+        k = routes.sets.shape[1]
+        table = None
+        if len(routes.prob) * d**k <= MAX_TABLE:
+            sizes = self.expert_bytes[layer_pos]
+            tuples = list(itertools.product(range(d), repeat=k))
+            table = np.array([[self.step_s(tuple(sorted((a[i], float(sizes[e])) for i, e in enumerate(members))))
+                               for a in tuples] for members in routes.sets.tolist()]).reshape(-1, d**k)
+        self._tables[layer_pos] = table
+        return table
 
     def step_s(self, members: tuple[tuple[int, float], ...]) -> float:
         """Mean layer seconds over the channel samples of one token whose kept experts are `members`, sorted
@@ -133,6 +151,12 @@ class LatencyModel:
         """Expected seconds of MoE layer number `layer_pos` with primaries `expert_device` (E,) (-1: unplaced);
         `sizes` (E,) replaces the layer's weight bytes (an intra plan's host tier streams more slowly)."""
         routes = self.routes[layer_pos]
+        if sizes is None and int(np.min(expert_device)) >= 0:
+            table = self.tuple_table(layer_pos)
+            if table is not None:
+                devices = np.asarray(expert_device, dtype=np.int64)[routes.sets]  # (S, k)
+                index = devices @ (self.num_devices ** np.arange(routes.sets.shape[1] - 1, -1, -1))
+                return float(routes.prob @ table[np.arange(len(routes.prob)), index])
         row_bytes = self.expert_bytes[layer_pos] if sizes is None else sizes
         total = 0.0
         for members_of, p in zip(routes.sets.tolist(), routes.prob.tolist(), strict=True):

@@ -116,12 +116,13 @@ def solve_exact(model: LatencyModel, capacity_bytes: np.ndarray, limits: ExactLi
     row += d
     column = num_x
     for pos, routes in enumerate(model.routes):
-        for members, p in zip(routes.sets.tolist(), routes.prob.tolist(), strict=True):
+        table = model.tuple_table(pos)
+        for s, (members, p) in enumerate(zip(routes.sets.tolist(), routes.prob.tolist(), strict=True)):
             block = column + np.arange(len(tuples))
-            cost.append(p * _SCALE * np.array([
+            cost.append(p * _SCALE * (table[s] if table is not None else np.array([
                 model.step_s(tuple(sorted((int(a[i]), float(sizes[pos, e])) for i, e in enumerate(members))))
                 for a in tuples
-            ]))
+            ])))
             for i, e in enumerate(members):  # marginal rows (i, d): the y with a_i = d, minus x[l, e, d]
                 rows.append(row + i * d + tuples[:, i])
                 cols.append(block)

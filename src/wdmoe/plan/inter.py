@@ -5,16 +5,16 @@ that the bytes on every device stay within its capacity, or raises `PlanError` w
 our reconstruction [R] of papers.md §4.3's greedy (the paper's algorithm is [U]); the objective is `cost.LatencyModel`,
 and `exact.solve_exact` is its reference (docs/planner.md gives the measured gap):
 
-1. Starts: two greedy passes, (layer, expert) pairs in decreasing popularity per byte (memory-aware: a big expert
-   costs the room of several small ones) and in decreasing popularity; each pair goes to the device with room
-   that minimizes its layer's expected latency given the experts placed so far (ties: more free memory), among
-   the devices after which the rest still packs (first-fit-decreasing). Round-robin (expert e on device e mod D)
-   is a further start when it fits, so the result is never worse than it. First-fit-decreasing by bytes is the
-   start of last resort.
-2. Local search (`local_search`), from each start: the best improving step among moving one expert to a device
-   with room and swapping two experts on different devices, in any layers (memory is shared across layers, so a
-   move in one layer makes room for another's), until no step improves (at most `max_steps` steps).
-   The best of the searched starts is kept.
+1. Starts: greedy passes over the (layer, expert) pairs, in decreasing popularity per byte (memory-aware: a big
+   expert costs the room of several small ones), in decreasing popularity, and in `restarts` orders of popularity
+   per byte times a log-normal noise (seeded with the radio seed); each pair goes to the device with room that
+   minimizes its layer's expected latency given the experts placed so far (ties: more free memory), among the
+   devices after which the rest still packs (first-fit-decreasing). Round-robin (expert e on device e mod D) is a
+   further start when it fits, so the result is never worse than it. First-fit-decreasing by bytes is the start
+   of last resort.
+2. Local search (`search.local_search`) from each start: moves, swaps, pair moves, chains and 1-for-2 exchanges
+   in any layers (memory is shared across layers), best improvement first; optionally `kicks` random
+   perturbations of the best (iterated local search). The best of the searched starts is kept.
 3. Replication: while memory allows, experts in decreasing popularity get a further copy (up to `max_copies`)
    on the device that would serve their layer best if the primary's device left (the runtime's failover goes to
    the first live copy). Replicas change no expected latency: the primary serves while it lives.
@@ -34,7 +34,8 @@ from wdmoe.plan.search import iterated_search
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """max_copies: copies per expert, primary included (1: no replicas). max_steps: local-search steps at most."""
+    """max_copies: copies per expert, primary included (1: no replicas). max_steps: local-search steps at most
+    per start. restarts: randomized greedy starts. kicks: iterated-local-search perturbations per start."""
 
     max_copies: int = 2
     max_steps: int = 1000

@@ -14,6 +14,7 @@ from wdmoe.plan.cost import LatencyModel, route_distribution
 from wdmoe.plan.deployment import PlanKind, round_robin_copies
 from wdmoe.plan.errors import PlanError
 from wdmoe.plan.inter import SearchConfig
+from wdmoe.plan.intra import Tier, place_intra, streamed_bytes
 from wdmoe.plan.links import RadioSettings, channel_samples
 from wdmoe.plan.planner import PlannerConfig, check_fits, copies_latency_s, plan_deployment
 from wdmoe.plan.requirement import ModelRequirement
@@ -171,3 +172,43 @@ def test_latency_model_caches_radio_calls() -> None:
     first = model.token_s(primary)
     calls = model.radio_calls
     assert model.token_s(primary) == first and model.radio_calls == calls
+
+
+def test_intra_and_inter_plans_are_chosen_by_one_objective() -> None:
+    """An AGX Orin holds the whole model (backbone and an eighth of the experts in its memory, the rest in host memory).
+    Over a slow link to it the inter-server plan on three nearby NX is faster under the runtime's objective (the
+    link to the server is crossed every layer); over a fast link the intra-server plan is. Every candidate and
+    round-robin are scored by the same LatencyModel."""
+    requirement = shipped_like(skewed_popularity())
+    sizes = requirement.bytes_for()
+    free = requirement.non_expert_bytes + int(sizes.sum()) // 8
+    chosen = {}
+    for agx_rate, nx_rate in ((2e7, 4e8), (4e9, 1e6)):
+        agx = ResourceStatus("agx", PRESETS["jetson-agx-orin"], free, link_rate_bps=agx_rate,
+                             host_memory_bytes=20_000_000, host_bytes_per_s=100e9)
+        nx = [ResourceStatus(f"nx{k}", PRESETS["jetson-orin-nx"], 3_000_000, link_rate_bps=nx_rate) for k in range(3)]
+        statuses = [agx, *nx]
+
+        plan = plan_deployment(requirement, statuses, RadioSettings())
+
+        latency = {c.label: c.latency_s for c in plan.candidates}
+        assert set(latency) == {"inter-server", "intra-server on agx"}
+        assert plan.expected_latency_s == min(latency.values())
+        model = LatencyModel(requirement, statuses, RadioSettings())
+        host = next(t for t in plan_intra_tiers(model, statuses) if t.name == "host").experts
+        assert host  # most experts stream from host memory at 100 GB/s: the roofline sees more bytes
+        streamed = streamed_bytes(sizes, host, agx)
+        all_on_agx = np.zeros((4, 8), dtype=np.int64)
+        assert latency["intra-server on agx"] == pytest.approx(model.token_s(all_on_agx, streamed), rel=1e-12)
+        assert latency["intra-server on agx"] > model.token_s(all_on_agx)  # the host tier costs time
+        assert plan.round_robin_latency_s == pytest.approx(
+            copies_latency_s(round_robin_copies(4, 8, 4), requirement, statuses, RadioSettings()), rel=1e-12
+        )
+        chosen[agx_rate] = plan.kind
+    assert chosen == {2e7: PlanKind.INTER, 4e9: PlanKind.INTRA}
+
+
+def plan_intra_tiers(model: LatencyModel, statuses: list[ResourceStatus]) -> tuple[Tier, ...]:
+    placed = place_intra(model, statuses)
+    assert placed is not None
+    return placed.tiers
