@@ -5,7 +5,8 @@ own functions. A device given by `distance_m` gets a fresh LoS state, shadowing 
 (the cluster's `[scenario]`); a device given by `link_rate_bps` gets the SNR per hertz at which the one rate
 formula, wdmoe.radio.rate.shannon_rate_bps, gives exactly that rate over the whole band
 (`wdmoe.radio.rate.snr_per_hz_for_rate`, its inverse), the same in every sample. With no distance device one
-sample is exact.
+sample is exact. The downlink is the radio model's default, the BS's power at a constant spectral density over
+the cluster's band (`dl_psd_pool_hz`), unless the [scenario] sets downlink_power = "full_per_device".
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from wdmoe.plan.errors import ClusterError
 from wdmoe.plan.status import ResourceStatus
 from wdmoe.radio.channel import compose_links, draw_gains, large_scale_at
-from wdmoe.radio.link import LinkState
+from wdmoe.radio.link import DownlinkPower, LinkState
 from wdmoe.radio.params import RadioParams
 from wdmoe.radio.rate import PoolMode, snr_per_hz_for_rate
 
@@ -47,6 +48,14 @@ class RadioSettings:
     pool: PoolMode = PoolMode.SHARED
 
 
+def dl_psd_pool_hz(radio: RadioSettings) -> float:
+    """`LinkState.dl_psd_pool_hz` of the cluster: the band the planner splits (the cluster's bandwidth_hz, not the
+    [scenario]'s) under the default constant-PSD downlink, 0.0 when the [scenario] asks for full power per
+    downlink (wdmoe.radio.link.DownlinkPower)."""
+    downlink = radio.scenario.downlink if radio.scenario is not None else DownlinkPower.SHARED_PSD
+    return radio.bandwidth_hz if downlink is DownlinkPower.SHARED_PSD else 0.0
+
+
 def channel_samples(statuses: Sequence[ResourceStatus], radio: RadioSettings) -> tuple[LinkState, ...]:
     """The channel realizations of the devices, in `statuses` order (module docstring)."""
     fixed = np.array([s.link_rate_bps is not None for s in statuses])
@@ -54,8 +63,9 @@ def channel_samples(statuses: Sequence[ResourceStatus], radio: RadioSettings) ->
         [snr_per_hz_for_rate(s.link_rate_bps, radio.bandwidth_hz) if s.link_rate_bps else 0.0 for s in statuses]
     )
     ones = np.ones(len(statuses))
+    pool_hz = dl_psd_pool_hz(radio)
     if fixed.all():
-        return (LinkState(np.zeros(len(statuses)), np.zeros(len(statuses)), ones, ones, rate_snr, rate_snr),)
+        return (LinkState(np.zeros(len(statuses)), np.zeros(len(statuses)), ones, ones, rate_snr, rate_snr, pool_hz),)
     scenario = radio.scenario
     if scenario is None:
         first = next(s.device for s in statuses if s.distance_m is not None)
@@ -82,7 +92,7 @@ def channel_samples(statuses: Sequence[ResourceStatus], radio: RadioSettings) ->
                 np.where(fixed, 1.0, gain_ul),
                 np.where(fixed, rate_snr, link.snr_dl_per_hz),
                 np.where(fixed, rate_snr, link.snr_ul_per_hz),
-                link.dl_psd_pool_hz,  # a fixed rate over the whole band is the same under either DL power model
+                pool_hz,  # a fixed rate over the whole band is the same under either DL power model
             )
         )
     return tuple(out)
