@@ -6,13 +6,17 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from wdmoe.plan.cluster import load_cluster
-from wdmoe.plan.deployment import Plan
+from wdmoe.plan.deployment import Plan, PlanKind
+from wdmoe.plan.links import RadioSettings
 from wdmoe.plan.planfile import read_plan, write_plan
 from wdmoe.plan.planner import plan_deployment
 from wdmoe.plan.replan import Replanner, Trigger
 from wdmoe.plan.requirement import ModelRequirement
+from wdmoe.plan.status import ResourceStatus
+from wdmoe.radio.compute import PRESETS
 
 LAB = Path(__file__).resolve().parents[3] / "configs" / "clusters" / "lab.toml"
 
@@ -95,3 +99,23 @@ def test_popularity_drift_triggers() -> None:
     assert any(t is Trigger.POPULARITY for t, _ in result.triggers)
     assert result.candidate is not None
     assert result.switched == (result.new_latency_s + result.migration_s / 1000.0 < 0.95 * result.old_latency_s)
+
+
+def test_intra_plan_is_rescored_by_the_same_objective_and_round_trips(tmp_path: Path) -> None:
+    """An intra-server plan on a state: the replanner's old latency is the planner's (host tier included), and a
+    slower link to its server raises it (the link is part of the objective); candidates survive plan.toml."""
+    req = requirement()
+    free = req.non_expert_bytes + int(req.bytes_for().sum()) // 8
+    agx = ResourceStatus("agx", PRESETS["jetson-agx-orin"], free, link_rate_bps=4e9, host_memory_bytes=20_000_000,
+                         host_bytes_per_s=100e9)
+    nx = [ResourceStatus(f"nx{k}", PRESETS["jetson-orin-nx"], 3_000_000, link_rate_bps=1e6) for k in range(3)]
+    radio = RadioSettings()
+    plan = plan_deployment(req, [agx, *nx], radio)
+    assert plan.kind is PlanKind.INTRA
+    replanner = Replanner(radio)
+
+    assert replanner.old_latency_s(plan, [agx, *nx], req) == pytest.approx(plan.expected_latency_s, rel=1e-12)
+    slower = dataclasses.replace(agx, link_rate_bps=4e8)
+    assert replanner.old_latency_s(plan, [slower, *nx], req) > plan.expected_latency_s
+    back = read_plan(write_plan(plan, tmp_path / "plan.toml"))
+    assert back.candidates == plan.candidates and back.optimality_gap is None
