@@ -158,7 +158,8 @@ def _share_devices(state: LayerState, keep: np.ndarray, bs_tx_power_w: float) ->
     active = np.flatnonzero(costs.active)
     devices = [ShareDevice(float(costs.bits_dl[d]), float(costs.bits_ul[d]), float(costs.compute_s[d]),
                            float(link.snr_dl_per_hz[d]), float(link.snr_ul_per_hz[d]),
-                           float(profiles.tx_power_w[d]), float(profiles.compute_power_w[d]), bs_tx_power_w)
+                           float(profiles.tx_power_w[d]), float(profiles.compute_power_w[d]), bs_tx_power_w,
+                           link.dl_psd_pool_hz)
                for d in active]
     return devices, active
 

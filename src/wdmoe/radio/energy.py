@@ -8,7 +8,12 @@ powers, `share_cost(b, device)` returns (t(b), e(b), dt/db, de/db) with
     t(b)  = f_dl(b) + compute_s + f_ul(b)                     radio.latency.device_times
     e(b)  = the three parts of radio.latency.energy_parts_j   (BS tx on the DL, device compute, device tx on the UL)
 
-both strictly decreasing and convex in b while bits move (t and e are constant when none do). The energy-minimizing
+where the downlink follows the link's power model (radio.link.DownlinkPower): with the BS's power at a constant
+spectral density over a DL pool of B Hz (dl_psd_pool_hz > 0, the default), f_dl(b) = bits / (b log2(1 + snr / B))
+(radio.rate.dl_share_time_s), f_dl' = -f_dl / b, and the share radiates P b / B (radio.rate.
+bs_tx_power_per_share_w), so the BS's energy P b / B * f_dl(b) does not depend on b; with the full power on every
+downlink (dl_psd_pool_hz = 0.0) f_dl is the uplink's form and the BS radiates P. Both t and e are decreasing and
+convex in b while bits move (t and e are constant when none do). The energy-minimizing
 policy (policy.energy_split) evaluates these many times per layer step on Python floats; tests/unit/radio/
 test_energy.py holds t and e against radio.latency.layer_breakdown (t bit for bit) and the slopes against
 finite differences.
@@ -26,8 +31,10 @@ from wdmoe.radio.latency import energy_parts_j
 
 @dataclass(frozen=True)
 class ShareDevice:
-    """One active device of a layer step: bits each way, compute seconds, SNR per hertz each way (Hz), and the
-    powers in W (the BS's transmit power for its downlink, the device's transmit and compute power)."""
+    """One active device of a layer step: bits each way, compute seconds, SNR per hertz each way (Hz), the powers
+    in W (the BS's whole transmit power, the device's transmit and compute power), and the link's DL pool
+    (`LinkState.dl_psd_pool_hz`: B > 0 for the BS's power at a constant spectral density over B Hz, 0.0 for the
+    full power on every downlink)."""
 
     bits_dl: float
     bits_ul: float
@@ -37,6 +44,7 @@ class ShareDevice:
     tx_power_w: float
     compute_power_w: float
     bs_tx_power_w: float
+    dl_psd_pool_hz: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -61,12 +69,29 @@ def _transfer(bits: float, b: float, snr: float) -> tuple[float, float]:
     return f, -f * (ln - y / (1.0 + y)) / (b * ln)
 
 
+def _psd_transfer(bits: float, b: float, snr: float, pool: float) -> tuple[float, float]:
+    """(f(b), f'(b)) of a downlink at a constant spectral density over `pool` Hz: linear rate in b."""
+    if bits == 0.0:
+        return 0.0, 0.0
+    if b <= 0.0:
+        return math.inf, -math.inf
+    f = bits / (b * log1p(snr / pool) * LOG2_E)  # dl_rate_bps's operations
+    return f, -f / b
+
+
 def share_cost(b: float, device: ShareDevice) -> ShareCost:
     """t(b), e(b) and their slopes for a share of b Hz (module docstring)."""
-    dl, dl_slope = _transfer(device.bits_dl, b, device.snr_dl_per_hz)
+    pool = device.dl_psd_pool_hz
+    if pool > 0.0:
+        dl, dl_slope = _psd_transfer(device.bits_dl, b, device.snr_dl_per_hz, pool)
+        bs_power = device.bs_tx_power_w * (b / pool)  # radio.rate.bs_tx_power_per_share_w
+    else:
+        dl, dl_slope = _transfer(device.bits_dl, b, device.snr_dl_per_hz)
+        bs_power = device.bs_tx_power_w
     ul, ul_slope = _transfer(device.bits_ul, b, device.snr_ul_per_hz)
-    bs, comp, tx = energy_parts_j(dl, device.compute_s, ul, device.compute_power_w, device.tx_power_w,
-                                  device.bs_tx_power_w)
+    bs, comp, tx = energy_parts_j(dl, device.compute_s, ul, device.compute_power_w, device.tx_power_w, bs_power)
     bs_slope, _, tx_slope = energy_parts_j(dl_slope, 0.0, ul_slope, device.compute_power_w, device.tx_power_w,
-                                           device.bs_tx_power_w)
+                                           bs_power)
+    if pool > 0.0:  # p(b) f_dl(b) = P bits / (B log2(1 + snr / B)): the product rule's two terms cancel exactly
+        bs_slope = 0.0
     return ShareCost(dl + device.compute_s + ul, bs + comp + tx, dl_slope + ul_slope, bs_slope + tx_slope)

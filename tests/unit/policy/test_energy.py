@@ -23,7 +23,7 @@ from wdmoe.policy.energy_split import energy_split
 from wdmoe.policy.evaluate import layer_breakdown
 from wdmoe.radio.compute import DeviceProfiles
 from wdmoe.radio.energy import ShareDevice
-from wdmoe.radio.link import LinkState
+from wdmoe.radio.link import DownlinkPower, LinkState
 
 BS_W = 19.95
 INSTANCES = 520
@@ -31,6 +31,8 @@ INSTANCES = 520
 
 @dataclass(frozen=True)
 class RefDevice:
+    """pool: 0.0 for the BS's full power on every downlink, else the DL pool its power is spread over."""
+
     bits_dl: float
     bits_ul: float
     compute_s: float
@@ -38,22 +40,29 @@ class RefDevice:
     snr_ul: float
     tx_w: float
     compute_w: float
+    pool: float = 0.0
 
 
-def _transfer(bits: float, b: float, snr: float) -> float:
+def _transfer(bits: float, b: float, snr: float, spread_over: float | None = None) -> float:
+    """Shannon: the power spread over `spread_over` Hz (the share itself when None)."""
     if bits == 0.0:
         return 0.0
     # log1p, not log2(1 + y): a deep fade in a wide share has y ~ 1e-5, where 1 + y loses 1e-11 of the rate
-    return bits * math.log(2.0) / (b * math.log1p(snr / b)) if b > 0.0 else math.inf
+    width = b if spread_over is None else spread_over
+    return bits * math.log(2.0) / (b * math.log1p(snr / width)) if b > 0.0 else math.inf
+
+
+def _down(d: RefDevice, b: float) -> float:
+    return _transfer(d.bits_dl, b, d.snr_dl, d.pool if d.pool > 0.0 else None)
 
 
 def _time(d: RefDevice, b: float) -> float:
-    return _transfer(d.bits_dl, b, d.snr_dl) + d.compute_s + _transfer(d.bits_ul, b, d.snr_ul)
+    return _down(d, b) + d.compute_s + _transfer(d.bits_ul, b, d.snr_ul)
 
 
 def _energy(d: RefDevice, b: float) -> float:
-    return (BS_W * _transfer(d.bits_dl, b, d.snr_dl) + d.compute_w * d.compute_s
-            + d.tx_w * _transfer(d.bits_ul, b, d.snr_ul))
+    bs_w = BS_W * b / d.pool if d.pool > 0.0 else BS_W  # a constant spectral density gives a share P b / B
+    return bs_w * _down(d, b) + d.compute_w * d.compute_s + d.tx_w * _transfer(d.bits_ul, b, d.snr_ul)
 
 
 def _devices(state: LayerState, keep: np.ndarray) -> list[RefDevice]:
@@ -78,7 +87,7 @@ def _devices(state: LayerState, keep: np.ndarray) -> list[RefDevice]:
         if pairs:
             out.append(RefDevice(tokens * state.bits_per_token, pairs * state.bits_per_token, compute,
                                  float(state.link.snr_dl_per_hz[d]), float(state.link.snr_ul_per_hz[d]),
-                                 float(p.tx_power_w[d]), float(p.compute_power_w[d])))
+                                 float(p.tx_power_w[d]), float(p.compute_power_w[d]), state.link.dl_psd_pool_hz))
     return out
 
 
@@ -164,19 +173,21 @@ def reference(state: LayerState, rho: float, budget_s: float) -> float:
 
 
 def instance(seed: int) -> tuple[LayerState, float, float]:
-    """Small random instances (T <= 2, k <= 3, D <= 3, mostly 3); a fifth with a deep fade, a tenth tied."""
+    """Small random instances (T <= 2, k <= 3, D <= 3, mostly 3), half with the BS's power shared by the
+    downlinks; a fifth with a deep fade, a tenth tied."""
     rng = np.random.default_rng(seed)
     top_k = int(rng.integers(1, 4))
     state = random_state(seed, num_tokens=int(rng.integers(1, 3)), top_k=top_k,
-                         num_experts=int(rng.integers(top_k, 7)), num_devices=int(rng.choice([1, 2, 3, 3])))
+                         num_experts=int(rng.integers(top_k, 7)), num_devices=int(rng.choice([1, 2, 3, 3])),
+                         downlink=list(DownlinkPower)[seed % 2])
     link = state.link
     if seed % 5 == 0:  # a deep fade on one device, downlink or uplink
         snr_dl, snr_ul = link.snr_dl_per_hz.copy(), link.snr_ul_per_hz.copy()
         (snr_dl if seed % 2 else snr_ul)[int(rng.integers(0, state.num_devices))] *= 10.0 ** -rng.uniform(2, 4)
-        state = replace(state, link=LinkState(link.distance_m, link.pathloss_db, link.gain_dl, link.gain_ul,
-                                              snr_dl, snr_ul))
+        state = replace(state, link=replace(link, snr_dl_per_hz=snr_dl, snr_ul_per_hz=snr_ul))
     if seed % 10 == 3:  # ties: every device the same
-        state = replace(state, link=LinkState.uniform(state.num_devices, 1e9),
+        state = replace(state, link=replace(LinkState.uniform(state.num_devices, 1e9),
+                                            dl_psd_pool_hz=link.dl_psd_pool_hz),
                         profiles=DeviceProfiles.uniform(state.profiles[0], state.num_devices),  # type: ignore[index]
                         topk_weight=np.full(state.topk_weight.shape, 1.0 / top_k))
     rho = float(rng.choice([0.0, 0.3, 0.5, 0.7, 0.9, 1.0]))
@@ -213,11 +224,12 @@ def test_the_optimum_equals_brute_force_on_random_small_instances() -> None:
 def test_the_split_of_three_devices_equals_brute_force(seed: int) -> None:
     rng = np.random.default_rng(1000 + seed)
     band = float(10.0 ** rng.uniform(5, 8))
+    pool = band if seed % 2 else 0.0
     devices = [ShareDevice(float(10 ** rng.uniform(3, 5)), float(10 ** rng.uniform(3, 5)), float(rng.uniform(0, 1e-3)),
                            float(10 ** rng.uniform(3, 11)), float(10 ** rng.uniform(3, 11)), 0.2,
-                           float(rng.uniform(5, 30)), BS_W) for _ in range(3)]
+                           float(rng.uniform(5, 30)), BS_W, pool) for _ in range(3)]
     mine = [RefDevice(d.bits_dl, d.bits_ul, d.compute_s, d.snr_dl_per_hz, d.snr_ul_per_hz, d.tx_power_w,
-                      d.compute_power_w) for d in devices]
+                      d.compute_power_w, pool) for d in devices]
     cap = max(_time(d, band / 3) for d in mine) * float(rng.uniform(0.9, 3.0))
 
     split = energy_split(devices, band, cap)
@@ -281,7 +293,7 @@ def test_bad_settings_are_refused() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(state=layer_states(max_tokens=6), rho=st.sampled_from([0.0, 0.5, 0.8, 1.0]))
+@given(state=layer_states(max_tokens=6, downlinks=tuple(DownlinkPower)), rho=st.sampled_from([0.0, 0.5, 0.8, 1.0]))
 def test_never_slower_and_never_more_energy_than_topk(state: LayerState, rho: float) -> None:
     decision = EnergyMinJoint(rho=rho).decide(state)
     mine, topk = layer_breakdown(state, decision), layer_breakdown(state, TopK().decide(state))
