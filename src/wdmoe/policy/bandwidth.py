@@ -181,7 +181,12 @@ def pair_split(a0: float, a1: float, c0: float, c1: float, base0: float, base1: 
     safeguarded by the bracket of f(b_0) = t_0(b_0) - t_1(B - b_0) (decreasing in b_0), with a bisection step
     when a step leaves it. The first exact evaluation almost always meets rtol (tests/unit/policy/test_bandwidth).
     dl_pool: the downlink power model (radio.rate's solver forms; `LinkState.dl_psd_pool_hz`).
+    Degenerate problems (`pair_degenerate`) get `degenerate_split`'s answer.
     split_arrays.pair_split is this, operation for operation, on arrays."""
+    if not (budget > 0.0 and d0 > 0.0 and d1 > 0.0 and u0 > 0.0 and u1 > 0.0):  # one test on the fast path
+        degenerate = pair_degenerate(a0, a1, c0, c1, d0, d1, u0, u1, budget)
+        if degenerate is not None:
+            return degenerate
     b = _pair_start(a0, a1, c0, c1, base0, base1, d0, d1, u0, u1, budget, dl_pool)
     lo, hi = 0.0, budget
     for _ in range(max_iter):
@@ -197,6 +202,38 @@ def pair_split(a0: float, a1: float, c0: float, c1: float, base0: float, base1: 
             hi = b
         step = pair_model_step(b, e, t0, 1.0 / w0, t1, 1.0 / w1, budget)
         b = step if lo < step < hi else 0.5 * (lo + hi)
+    return None
+
+
+def pair_degenerate(a0: float, a1: float, c0: float, c1: float, d0: float, d1: float, u0: float, u1: float,
+                    budget: float) -> tuple[float, float] | None:
+    """`degenerate_split` for `pair_split`'s two devices, or None where the problem is not degenerate."""
+    if not budget >= 0.0 or math.isinf(budget):
+        raise ValueError(f"the bandwidth budget is {budget!r} Hz; give a finite budget >= 0 Hz")
+    dead0 = (a0 > 0.0 and not d0 > 0.0) or (c0 > 0.0 and not u0 > 0.0)
+    dead1 = (a1 > 0.0 and not d1 > 0.0) or (c1 > 0.0 and not u1 > 0.0)
+    if budget == 0.0:
+        return 0.0, 0.0
+    if dead0 and dead1:
+        return 0.5 * budget, 0.5 * budget
+    if dead0:
+        return 0.0, budget
+    if dead1:
+        return budget, 0.0
+    return None
+
+
+def degenerate_split(moves: np.ndarray, dead: np.ndarray, budget_hz: float) -> np.ndarray | None:
+    """The min-max split where it is degenerate, or None. A device that moves bits over a direction with an SNR of
+    0 (a dead link) never finishes: the layer's time is infinite whatever the split, so the dead devices get 0 Hz
+    and the live ones share the whole budget (min-max among them: `minmax_split` recurses) so that they finish as
+    early as they can; only dead devices: the budget in equal parts. A budget of 0 Hz gives every device 0 Hz
+    (infinite time where bits move). moves, dead: (D,) masks of the devices that move bits and of the dead ones
+    among them. Returns the shares (D,) for the zero budget and the all-dead cases, None otherwise."""
+    if budget_hz == 0.0:
+        return np.zeros(moves.shape[0])
+    if dead.any() and not (moves & ~dead).any():
+        return np.where(dead, budget_hz / int(np.count_nonzero(dead)), 0.0)
     return None
 
 
@@ -239,8 +276,16 @@ def minmax_split(bits_dl: np.ndarray, bits_ul: np.ndarray, compute_s: np.ndarray
 
     Devices that move bits share the whole budget so that they all finish together; active devices that move
     no bits, and idle devices, get 0 Hz. When no device moves bits, the active devices share it equally.
+    Dead links (an SNR of 0 where bits move) and a zero budget: `degenerate_split`. A negative or non-finite
+    budget, or a negative or nan SNR, raises ValueError.
     """
+    if not budget_hz >= 0.0 or math.isinf(budget_hz):
+        raise ValueError(f"the bandwidth budget is {budget_hz!r} Hz; give a finite budget >= 0 Hz")
     need = active & ((bits_dl > 0.0) | (bits_ul > 0.0))
+    dead = need & (((bits_dl > 0.0) & ~(snr_dl_per_hz > 0.0)) | ((bits_ul > 0.0) & ~(snr_ul_per_hz > 0.0)))
+    if dead.any() or budget_hz == 0.0:
+        return _degenerate_minmax(bits_dl, bits_ul, compute_s, snr_dl_per_hz, snr_ul_per_hz, budget_hz, need,
+                                  dead, rtol, max_iter, dl_pool_hz)
     count = int(np.count_nonzero(need))
     out = np.zeros(need.shape[0])
     if count == 0:
@@ -263,6 +308,23 @@ def minmax_split(bits_dl: np.ndarray, bits_ul: np.ndarray, compute_s: np.ndarray
         return b
     out[need] = b
     return out
+
+
+def _degenerate_minmax(bits_dl: np.ndarray, bits_ul: np.ndarray, compute_s: np.ndarray, snr_dl: np.ndarray,
+                       snr_ul: np.ndarray, budget_hz: float, need: np.ndarray, dead: np.ndarray, rtol: float,
+                       max_iter: int, dl_pool_hz: float) -> np.ndarray:
+    """`minmax_split` with dead links or no band (`degenerate_split`); a negative or nan SNR is an error."""
+    for name, snr, bits in (("snr_dl_per_hz", snr_dl, bits_dl), ("snr_ul_per_hz", snr_ul, bits_ul)):
+        bad = np.flatnonzero(need & (bits > 0.0) & ((snr < 0.0) | np.isnan(snr)))
+        if bad.size:
+            raise ValueError(f"device {int(bad[0])} has {name} = {float(snr[bad[0]])} Hz; an SNR is >= 0 (0: a dead "
+                             "link, which takes infinitely long)")
+    split = degenerate_split(need, dead, budget_hz)
+    if split is not None:
+        return split
+    live = need & ~dead
+    return minmax_split(bits_dl, bits_ul, compute_s, snr_dl, snr_ul, budget_hz, live, rtol, max_iter,
+                        dl_pool_hz=dl_pool_hz)
 
 
 @dataclass(frozen=True)

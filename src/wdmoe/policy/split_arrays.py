@@ -104,12 +104,27 @@ def pair_split(a0: np.ndarray, a1: np.ndarray, c0: np.ndarray, c1: np.ndarray, b
                base1: np.ndarray, d0: np.ndarray, d1: np.ndarray, u0: np.ndarray, u1: np.ndarray,
                budget: np.ndarray, *, rtol: float = 1e-10, max_iter: int = 60, dl_pool: float = 0.0) -> PairSplit:
     """policy.bandwidth.pair_split on arrays of n problems, iterate for iterate; converged problems leave.
+    Degenerate problems (a dead link where bits move, or a budget that is not > 0: policy.bandwidth.pair_degenerate)
+    are not solved here: nan, like a problem that does not converge, so the caller takes the scalar form's answer.
 
     Both devices are evaluated in one call on (2, m) arrays (row 0: device 0 at b, row 1: device 1 at B - b):
     elementwise, the same operations as two calls. Problems are independent, so they are solved in blocks of
     about _BLOCK (elementwise work on arrays that fit in cache)."""
     n = a0.shape[0]
+    with np.errstate(invalid="ignore"):
+        dead = (((a0 > 0.0) & ~(d0 > 0.0)) | ((c0 > 0.0) & ~(u0 > 0.0)) | ((a1 > 0.0) & ~(d1 > 0.0))
+                | ((c1 > 0.0) & ~(u1 > 0.0)) | ~(budget > 0.0))
+    if dead.any():
+        solved = np.flatnonzero(~dead)
+        live = pair_split(*(x.take(solved) for x in (a0, a1, c0, c1, base0, base1, d0, d1, u0, u1, budget)),
+                          rtol=rtol, max_iter=max_iter, dl_pool=dl_pool)
+        out = [np.full(n, np.nan) for _ in range(6)]
+        for target, value in zip(out, (live.b0, live.b1, live.t0, live.inv0, live.t1, live.inv1), strict=True):
+            target[solved] = value
+        return PairSplit(*out)
     out = [np.full(n, np.nan) for _ in range(6)]  # b0, b1, t0, t1, inv0, inv1
+    if n == 0:
+        return PairSplit(*out)
     blocks = max(-(-n // _BLOCK), 1)
     size = -(-n // blocks)
     for start in range(0, n, size):

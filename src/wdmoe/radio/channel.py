@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -30,6 +30,8 @@ ModelName = Literal["uma", "umi", "inh"]
 THERMAL_NOISE_DBM_PER_HZ = -174.0  # kT at 290 K
 SPEED_OF_LIGHT_M_S = 3.0e8  # the value TR 38.901 Note 1 of Table 7.4.1-1 uses for the breakpoint distance
 ENVIRONMENT_HEIGHT_M = 1.0  # h_E for UMi, and for UMa with h_UT < 13 m (TR 38.901 Table 7.4.1-1 Notes 1, 4)
+UMA_TALL_UT_M = 13.0  # from this UT height on, UMa's C(d_2D, h_UT) > 0: h_E is drawn (Table 7.4.1-1 Note 1)
+UMA_ENVIRONMENT_HEIGHTS_M = (12.0, 3.0)  # the drawn h_E: uniform over {12, 15, ..., h_UT - 1.5} m (Note 1)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class LargeScale:
     los: np.ndarray
     pathloss_db: np.ndarray
     shadowing_db: np.ndarray
+    environment_height_m: np.ndarray
 
 
 def distance_3d_m(distance_2d_m: np.ndarray | float, bs_height_m: float, ut_height_m: float) -> np.ndarray:
@@ -93,11 +96,44 @@ def distance_3d_m(distance_2d_m: np.ndarray | float, bs_height_m: float, ut_heig
     return np.sqrt(np.square(np.asarray(distance_2d_m, dtype=float)) + height * height)
 
 
-def breakpoint_distance_m(bs_height_m: float, ut_height_m: float, carrier_ghz: float) -> float:
-    """d'_BP = 4 h'_BS h'_UT f_c / c with h' = h - h_E, h_E = 1 m (TR 38.901 Table 7.4.1-1 Note 1), metres."""
-    h_bs = bs_height_m - ENVIRONMENT_HEIGHT_M
-    h_ut = ut_height_m - ENVIRONMENT_HEIGHT_M
+def breakpoint_distance_m(bs_height_m: float, ut_height_m: float, carrier_ghz: float,
+                          environment_height_m: Any = ENVIRONMENT_HEIGHT_M) -> Any:
+    """d'_BP = 4 h'_BS h'_UT f_c / c with h' = h - h_E (TR 38.901 Table 7.4.1-1 Note 1), metres; h_E = 1 m unless
+    given (a float, or an array of per-link draws, `draw_environment_height_m`: then an array)."""
+    h_bs = bs_height_m - environment_height_m
+    h_ut = ut_height_m - environment_height_m
     return 4.0 * h_bs * h_ut * carrier_ghz * 1e9 / SPEED_OF_LIGHT_M_S
+
+
+def uma_c(distance_2d_m: np.ndarray, ut_height_m: float) -> np.ndarray:
+    """C(d_2D, h_UT) of TR 38.901 UMa (Table 7.4.2-1 and Note 1 of Table 7.4.1-1), (D,): 0 for h_UT < 13 m or
+    d_2D <= 18 m, else ((h_UT - 13) / 10)^1.5 * 5/4 (d_2D / 100)^3 exp(-d_2D / 150)."""
+    d = np.atleast_1d(np.asarray(distance_2d_m, dtype=float))
+    c_prime = 0.0 if ut_height_m <= UMA_TALL_UT_M else ((ut_height_m - 13.0) / 10.0
+                                                        * math.sqrt((ut_height_m - 13.0) / 10.0))  # ^1.5
+    cube = d / 100.0
+    cube = cube * cube * cube  # products, not pow: pow's last bit depends on the CPU
+    return np.where(d <= 18.0, 0.0, c_prime * 1.25 * cube * exp_array(-d / 150.0))
+
+
+def draw_environment_height_m(rng: np.random.Generator, model: ChannelModel, distance_2d_m: np.ndarray,
+                              ut_height_m: float) -> np.ndarray:
+    """The effective environment height h_E per link in metres (TR 38.901 Table 7.4.1-1 Note 1), (D,).
+
+    UMa: 1 m with probability 1 / (1 + C(d_2D, h_UT)) (`uma_c`), else uniform over {12, 15, ..., h_UT - 1.5} m
+    ({12} when h_UT - 1.5 < 12, as Sionna does). Draws, per link: U(0, 1) against the probability, then the index
+    of the height (numpy's integers), both always, so the draw count depends only on D. Where C = 0 everywhere
+    (UMa with h_UT <= 13 m, UMi, InH, log-distance) h_E is 1 m and nothing is drawn: those scenarios replay the
+    draws they always did. h_E is part of the large-scale state: drawn once per drop, with the LoS state.
+    """
+    d = np.atleast_1d(np.asarray(distance_2d_m, dtype=float))
+    if model != "uma" or ut_height_m <= UMA_TALL_UT_M:
+        return np.full(d.shape, ENVIRONMENT_HEIGHT_M)
+    one = rng.random(d.shape) < 1.0 / (1.0 + uma_c(d, ut_height_m))
+    first, step = UMA_ENVIRONMENT_HEIGHTS_M
+    count = max(math.floor((ut_height_m - 1.5 - first) / step) + 1, 1)
+    index = rng.integers(0, count, size=d.shape)
+    return np.where(one, ENVIRONMENT_HEIGHT_M, first + step * index)
 
 
 @dataclass(frozen=True)
@@ -141,12 +177,16 @@ def _two_slope_los_db(
     pl0_db: float,
     slope1: float,
     bp_coeff: float,
+    h_e: float | np.ndarray = ENVIRONMENT_HEIGHT_M,
 ) -> np.ndarray:
-    """UMa/UMi LoS: slope1 below the breakpoint, 40 dB/decade beyond it (PL1/PL2 of Table 7.4.1-1)."""
-    d_bp = breakpoint_distance_m(bs_h, ut_h, carrier_ghz)
+    """UMa/UMi LoS: slope1 below the breakpoint, 40 dB/decade beyond it (PL1/PL2 of Table 7.4.1-1); h_E a float
+    or one per link."""
+    d_bp = breakpoint_distance_m(bs_h, ut_h, carrier_ghz, h_e)
     freq_db = 20.0 * log10(carrier_ghz)  # radio.exactmath: the same bits on every CPU (module docstring)
     pl1 = pl0_db + slope1 * log10_array(d3d) + freq_db
-    pl2 = pl0_db + 40.0 * log10_array(d3d) + freq_db - bp_coeff * log10(d_bp * d_bp + (bs_h - ut_h) * (bs_h - ut_h))
+    height2 = (bs_h - ut_h) * (bs_h - ut_h)
+    bp_db = log10(d_bp * d_bp + height2) if np.ndim(d_bp) == 0 else log10_array(d_bp * d_bp + height2)
+    pl2 = pl0_db + 40.0 * log10_array(d3d) + freq_db - bp_coeff * bp_db
     return np.where(d2d <= d_bp, pl1, pl2)
 
 
@@ -157,6 +197,7 @@ def pathloss_38901_db(
     los: np.ndarray | bool,
     bs_height_m: float | None = None,
     ut_height_m: float | None = None,
+    environment_height_m: np.ndarray | float | None = None,
 ) -> np.ndarray:
     """Path loss in dB of TR 38.901 Table 7.4.1-1, without shadowing; distances (D,) in metres, f_c in GHz.
 
@@ -167,21 +208,28 @@ def pathloss_38901_db(
     UMi NLoS: PL' = 22.4 + 35.3 log10(d_3D) + 21.3 log10(f_c) - 0.3 (h_UT - 1.5)
     InH LoS:  PL  = 32.4 + 17.3 log10(d_3D) + 20 log10(f_c)
     InH NLoS: PL' = 17.3 + 38.3 log10(d_3D) + 24.9 log10(f_c)
-    and NLoS PL = max(PL_LoS, PL'). Heights default to the model's (Table 7.2-1 / 7.4.1-1). UMa's h_E is taken
-    as 1 m, exact for h_UT < 13 m. Raises ValueError outside the table's distance range.
+    and NLoS PL = max(PL_LoS, PL'). Heights default to the model's (Table 7.2-1 / 7.4.1-1). The breakpoint's
+    environment height h_E is 1 m for UMi and for UMa with h_UT <= 13 m; for a taller UMa UT the standard draws it
+    per link: pass `environment_height_m` (D,) from `draw_environment_height_m` (ValueError without it). Raises
+    ValueError outside the table's distance range.
     """
     spec = MODELS[model]
     bs_h = spec.bs_height_m if bs_height_m is None else bs_height_m
     ut_h = spec.ut_height_m if ut_height_m is None else ut_height_m
+    if environment_height_m is None and model == "uma" and ut_h > UMA_TALL_UT_M:
+        raise ValueError(f"uma path loss with h_UT = {ut_h:g} m needs the environment height h_E, which TR 38.901 "
+                         "Table 7.4.1-1 Note 1 draws per link for h_UT > 13 m: pass environment_height_m from "
+                         "draw_environment_height_m(rng, ...)")
+    h_e = ENVIRONMENT_HEIGHT_M if environment_height_m is None else environment_height_m
     d2d = np.atleast_1d(np.asarray(distance_2d_m, dtype=float))
     d3d = distance_3d_m(d2d, bs_h, ut_h)
     _check_range(model, d2d, d3d)
     log_d, log_f = log10_array(d3d), log10(carrier_ghz)
     if model == "uma":
-        pl_los = _two_slope_los_db(d2d, d3d, carrier_ghz, bs_h, ut_h, 28.0, 22.0, 9.0)
+        pl_los = _two_slope_los_db(d2d, d3d, carrier_ghz, bs_h, ut_h, 28.0, 22.0, 9.0, h_e)
         pl_nlos = 13.54 + 39.08 * log_d + 20.0 * log_f - 0.6 * (ut_h - 1.5)
     elif model == "umi":
-        pl_los = _two_slope_los_db(d2d, d3d, carrier_ghz, bs_h, ut_h, 32.4, 21.0, 9.5)
+        pl_los = _two_slope_los_db(d2d, d3d, carrier_ghz, bs_h, ut_h, 32.4, 21.0, 9.5, h_e)
         pl_nlos = 22.4 + 35.3 * log_d + 21.3 * log_f - 0.3 * (ut_h - 1.5)
     else:
         pl_los = 32.4 + 17.3 * log_d + 20.0 * log_f
@@ -221,10 +269,7 @@ def los_probability(
     p = 18.0 / d + exp_array(-d / scale) * (1.0 - 18.0 / d)
     if model == "uma":
         h_ut = MODELS["uma"].ut_height_m if ut_height_m is None else ut_height_m
-        c_prime = 0.0 if h_ut <= 13.0 else (h_ut - 13.0) / 10.0 * math.sqrt((h_ut - 13.0) / 10.0)  # ^1.5
-        cube = d / 100.0
-        cube = cube * cube * cube  # products, not pow: pow's last bit depends on the CPU
-        p = p * (1.0 + c_prime * 1.25 * cube * exp_array(-d / 150.0))
+        p = p * (1.0 + uma_c(d, h_ut))
     return np.where(d <= 18.0, 1.0, p)
 
 
@@ -314,14 +359,16 @@ def large_scale_at(rng: np.random.Generator, radio: RadioParams, d2d: np.ndarray
     d3d = distance_3d_m(d2d, ch.bs_height_m, ch.ut_height_m)
     if ch.model == "log_distance":
         los = np.ones(d2d.shape, dtype=bool)
+        h_e = np.full(d2d.shape, ENVIRONMENT_HEIGHT_M)
         pathloss = pathloss_log_distance_db(d3d, ch.pl0_db, ch.d0_m, ch.exponent)
         std = np.full(d2d.shape, ch.log_distance_shadowing_std_db)
     else:
         los = draw_los(rng, ch.model, d2d, ch.los, ch.ut_height_m)
-        pathloss = pathloss_38901_db(ch.model, d2d, ch.carrier_ghz, los, ch.bs_height_m, ch.ut_height_m)
+        h_e = draw_environment_height_m(rng, ch.model, d2d, ch.ut_height_m)  # draws only for UMa h_UT > 13 m
+        pathloss = pathloss_38901_db(ch.model, d2d, ch.carrier_ghz, los, ch.bs_height_m, ch.ut_height_m, h_e)
         std = shadowing_std_db(ch.model, los)
     shadowing = draw_shadowing_db(rng, std) if ch.shadowing else np.zeros(d2d.shape)
-    return LargeScale(d2d, d3d, los, pathloss, shadowing)
+    return LargeScale(d2d, d3d, los, pathloss, shadowing, h_e)
 
 
 def compose_links(
@@ -352,8 +399,8 @@ def draw_gains(rng: np.random.Generator, radio: RadioParams, num_devices: int) -
 def sample_links(rng: np.random.Generator, radio: RadioParams) -> LinkState:
     """One channel realization of the scenario's D devices: geometry, LoS, shadowing and a fading block.
 
-    The same generator state gives the same LinkState. Draw order: distances, LoS, shadowing, DL fading,
-    UL fading (UL is a copy of DL when the fading is reciprocal).
+    The same generator state gives the same LinkState. Draw order: distances, LoS, the environment height (UMa
+    with h_UT > 13 m only), shadowing, DL fading, UL fading (UL is a copy of DL when the fading is reciprocal).
     """
     large = sample_large_scale(rng, radio)
     gain_dl, gain_ul = draw_gains(rng, radio, radio.num_devices)

@@ -166,7 +166,35 @@ def time_and_inverse_slope(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarr
 def scalar_time(b: float, need_dl: float, need_ul: float, base: float, s_dl: float,
                 s_ul: float, dl_pool: float = 0.0) -> tuple[float, float]:
     """`time_and_inverse_slope` for one device with Python floats (the decode fast path); inf where the slope is
-    not positive."""
+    not positive. A degenerate link (no band, or an SNR of 0 where bits move) takes infinitely long, as
+    `share_time_s` says, instead of dividing by zero (`_degenerate_time`)."""
+    try:
+        return _scalar_time(b, need_dl, need_ul, base, s_dl, s_ul, dl_pool)
+    except ZeroDivisionError:
+        return _degenerate_time(b, need_dl, need_ul, base, s_dl, s_ul, dl_pool)
+
+
+def _degenerate_time(b: float, need_dl: float, need_ul: float, base: float, s_dl: float, s_ul: float,
+                     dl_pool: float) -> tuple[float, float]:
+    """`scalar_time` where a division by zero stopped it: a direction with no bits takes 0 s, one with bits over
+    no band or at an SNR of 0 makes the time inf (inverse slope inf: flat); else the same formula."""
+    t, slope = base, 0.0
+    for need, snr, pool in ((need_dl, s_dl, dl_pool), (need_ul, s_ul, 0.0)):
+        if need == 0.0:
+            continue
+        if b <= 0.0 or snr <= 0.0:
+            return math.inf, math.inf
+        y = snr / (pool if pool > 0.0 else b)
+        nats = log1p(y)
+        part = need / (b * nats)
+        t += part
+        slope += part if pool > 0.0 else part * (nats - y / (1.0 + y)) / nats
+    slope /= b
+    return t, (1.0 / slope if slope > 0.0 else math.inf)
+
+
+def _scalar_time(b: float, need_dl: float, need_ul: float, base: float, s_dl: float,
+                 s_ul: float, dl_pool: float) -> tuple[float, float]:
     y_ul = s_ul / b
     l_ul = log1p(y_ul)
     t_ul = need_ul / (b * l_ul)

@@ -13,6 +13,7 @@ from wdmoe.config import ChannelConfig, FadingConfig, Scenario
 from wdmoe.radio.channel import (
     breakpoint_distance_m,
     draw_distances_2d_m,
+    draw_environment_height_m,
     draw_fading,
     draw_los,
     draw_shadowing_db,
@@ -21,9 +22,11 @@ from wdmoe.radio.channel import (
     pathloss_38901_db,
     pathloss_log_distance_db,
     redraw_fading,
+    sample_large_scale,
     sample_links,
     shadowing_std_db,
     snr_per_hz,
+    uma_c,
 )
 
 # Hand computations below use f_c = 3.5 GHz, so 20 log10(3.5) = 20 * 0.544068 = 10.88136 dB.
@@ -291,3 +294,61 @@ def test_log_distance_scenario_uses_the_papers_formula() -> None:
     scenario = Scenario(num_devices=16, channel=channel, fading=FadingConfig(model="none"))
     links = sample_links(np.random.default_rng(12), scenario.radio)
     np.testing.assert_allclose(links.pathloss_db, 128.1 + 37.6 * np.log10(links.distance_m / 1000.0))
+
+
+def test_tall_uma_pathloss_by_hand_with_the_drawn_environment_height() -> None:
+    # h_UT 22.5 m, d_2D 3 km, 3.5 GHz, LoS. h_E = 21 m: d'_BP = 4 (25 - 21)(22.5 - 21) 3.5e9 / 3e8 = 280 m < d_2D,
+    # so PL2 = 28 + 40 log10(d_3D) + 20 log10(3.5) - 9 log10(280^2 + 2.5^2); h_E = 1 m: d'_BP = 4 * 24 * 21.5 *
+    # 11.667 = 24080 m > d_2D, PL1 = 28 + 22 log10(d_3D) + 20 log10(3.5). d_3D = sqrt(3000^2 + 2.5^2).
+    d3d = math.hypot(3000.0, 2.5)
+    pl2 = 28.0 + 40.0 * math.log10(d3d) + 20.0 * math.log10(3.5) - 9.0 * math.log10(280.0**2 + 2.5**2)
+    pl1 = 28.0 + 22.0 * math.log10(d3d) + 20.0 * math.log10(3.5)
+    ours = pathloss_38901_db("uma", np.full(2, 3000.0), 3.5, True, 25.0, 22.5, np.array([21.0, 1.0]))
+
+    np.testing.assert_allclose(ours, [pl2, pl1], atol=1e-9)
+    assert breakpoint_distance_m(25.0, 22.5, 3.5, 21.0) == pytest.approx(280.0)
+    with pytest.raises(ValueError, match=r"h_UT = 22.5 m needs the environment height h_E.*draw_environment_height_m"):
+        pathloss_38901_db("uma", np.array([3000.0]), 3.5, True, 25.0, 22.5)
+
+
+def test_uma_c_by_hand() -> None:
+    # h_UT 22.5 m, d_2D 300 m: ((22.5 - 13) / 10)^1.5 * 5/4 * 3^3 * exp(-2) = 0.92594 * 4.5676 = 4.2293
+    np.testing.assert_allclose(uma_c(np.array([300.0, 18.0]), 22.5),
+                               [0.95**1.5 * 1.25 * 27.0 * math.exp(-2.0), 0.0], rtol=1e-12)
+    np.testing.assert_array_equal(uma_c(np.array([300.0]), 13.0), [0.0])
+
+
+def test_environment_height_draw_follows_the_standard() -> None:
+    """1 m with probability 1 / (1 + C), else uniform over {12, 15, 18, 21} m (h_UT 22.5 m), within 5 standard
+    errors on 40,000 links at 300 m."""
+    n = 40_000
+    h_e = draw_environment_height_m(np.random.default_rng(8), "uma", np.full(n, 300.0), 22.5)
+    p_one = 1.0 / (1.0 + 0.95**1.5 * 1.25 * 27.0 * math.exp(-2.0))
+
+    assert set(np.unique(h_e)) == {1.0, 12.0, 15.0, 18.0, 21.0}
+    assert abs(np.mean(h_e == 1.0) - p_one) <= 5.0 * math.sqrt(p_one * (1 - p_one) / n)
+    for height in (12.0, 15.0, 18.0, 21.0):
+        p = (1.0 - p_one) / 4.0
+        assert abs(np.mean(h_e == height) - p) <= 5.0 * math.sqrt(p * (1 - p) / n)
+    # h_UT 13.5 m: h_UT - 1.5 = 12, so the drawn height is 12 m (h'_UT = 1.5 m)
+    low = draw_environment_height_m(np.random.default_rng(8), "uma", np.full(1000, 100.0), 13.5)
+    assert set(np.unique(low)) <= {1.0, 12.0} and np.any(low == 12.0)
+
+
+def test_environment_height_is_drawn_only_where_the_standard_draws_it() -> None:
+    # UMa at h_UT <= 13 m, UMi and InH: h_E = 1 m without touching the generator, so those scenarios replay their
+    # old draws; a tall UMa UT draws it, reproducibly from the scenario's seed.
+    for model, ut_h in (("uma", 1.5), ("uma", 13.0), ("umi", 20.0), ("inh", 1.0)):
+        rng = np.random.default_rng(4)
+        before = rng.bit_generator.state
+        h_e = draw_environment_height_m(rng, model, np.full(5, 100.0), ut_h)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(h_e, 1.0)
+        assert rng.bit_generator.state == before
+    tall = Scenario(num_devices=64, channel=ChannelConfig(ut_height_m=22.5), distance_max_m=1500.0, seed=3).radio
+    first = sample_large_scale(np.random.default_rng(3), tall)
+    again = sample_large_scale(np.random.default_rng(3), tall)
+    np.testing.assert_array_equal(first.environment_height_m, again.environment_height_m)
+    np.testing.assert_array_equal(first.pathloss_db, again.pathloss_db)
+    assert np.any(first.environment_height_m > 1.0)
+    expected = pathloss_38901_db("uma", first.distance_2d_m, 3.5, first.los, 25.0, 22.5, first.environment_height_m)
+    np.testing.assert_array_equal(first.pathloss_db, expected)
