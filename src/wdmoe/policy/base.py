@@ -61,11 +61,16 @@ class Decision:
     """What runs: keep (T, k) bool, weight (T, k) float (0 where dropped), bandwidth_hz (D,) per device.
 
     Invariant: every token keeps at least one expert.
+
+    optimality_gap: for a policy that optimises an objective (the joint policy), a certified bound on the relative
+        gap (upper bound - metric) / |upper bound| of this decision to the optimum of its own objective: 0.0 when
+        the decision is exact, None when the policy claims nothing (a rule such as TopK or WLR).
     """
 
     keep: np.ndarray
     weight: np.ndarray
     bandwidth_hz: np.ndarray
+    optimality_gap: float | None = None
 
 
 class Policy(Protocol):

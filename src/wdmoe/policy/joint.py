@@ -6,22 +6,23 @@ Contract: maximise, per layer step, the capability-over-latency metric
     lagrangian:  M(a, b) = sum_j sum_k a_jk w_jk - lam * T_layer(a, b)
 
 over the kept pairs a (inside the router's top-k, >= 1 per token, kept weight >= rho * the token's top-k total)
-and the bandwidth b (sum b <= B), with T_layer from radio.latency. Alternating optimisation:
+and the bandwidth b (sum b <= B), with T_layer from radio.latency. For a fixed a the best b is the exact min-max
+split (policy.bandwidth), so the search is over a:
 
-1. a = the router's top-k; b = the exact min-max split for a (policy.bandwidth).
-2. Selection: each token offers its droppable pair with the lowest score w_jk / (mu_d * t_d / pairs_d), where
-   mu_d = (1/|dt_d/db_d|) / sum (1/|dt/db|) is device d's KKT weight (how much the equalised T falls per second
-   saved on d) and t_d / pairs_d its mean time per pair. Dropping the m lowest offers, for m in {n, n/2, ..., 1},
-   each followed by its min-max bandwidth step, gives candidates; the best is accepted only if M does not
-   decrease.
-3. Stop when M improves by less than tol (relative) or after max_iter rounds.
+- one token (decode, any k): exact, `policy.joint_decode` (a bounded search over the kept slots per device);
+  `decide_steps`, the batched form, decides steps on at most two devices on arrays (`policy.joint_pairs`, and
+  `policy.joint_top2` for k = 2), the same bits; the others go to the per-state path.
+- a small block (at most `exact_masks` feasible masks): exact, `policy.joint_block` (enumeration by load, bounded).
+- a larger block: the alternating heuristic below, then a local search over the optional pairs kept per device
+  (`policy.joint_counts`), and the decision carries a certified optimality gap (`policy.joint_gap`: an upper
+  bound on M from a relaxation and duality), reported in the telemetry (`LayerRecord.optimality_gap`).
 
-Decode (one token) runs the same rounds on Python floats over the token's k routed slots: numpy's per-call
-overhead would dominate arrays of k <= 8 entries. `decide_steps`, the batched form (policy.steps), runs them on
-arrays over n one-token steps (`policy.joint_rounds`, and `policy.joint_top2` for k = 2).
+The heuristic: 1. a = the router's top-k, b its min-max split. 2. Each token offers its droppable pair with the
+lowest score w_jk / (mu_d * t_d / pairs_d) (mu_d: device d's KKT weight, t_d / pairs_d its mean time per pair);
+dropping the m lowest offers, m in {n, n/2, ..., 1}, each with its min-max split, gives candidates; the best is
+accepted if M rises. 3. Stop when M rises by less than tol (relative) or after max_iter rounds.
 
-The bandwidth step never lowers M for a fixed a (T_layer is minimised), so M is non-decreasing over the rounds;
-`solve` returns the history for the tests.
+`solve` returns the metric of the top-k and, when it differs, of the decision (`metric_history`) for the tests.
 """
 
 from __future__ import annotations
@@ -31,15 +32,20 @@ from typing import Literal
 
 import numpy as np
 
-from wdmoe.policy.bandwidth import minmax_split, pair_split
+from wdmoe.policy.bandwidth import minmax_split
 from wdmoe.policy.base import Decision, LayerState
-from wdmoe.policy.joint_rounds import beyond_two_devices, decide_rounds
+from wdmoe.policy.joint_block import solve_block
+from wdmoe.policy.joint_counts import improve_counts
+from wdmoe.policy.joint_decode import OneTokenChoice, OneTokenSlots, solve_one_token
+from wdmoe.policy.joint_gap import certified_gap
+from wdmoe.policy.joint_pairs import beyond_two_devices, decide_two_devices
+from wdmoe.policy.joint_search import objective
 from wdmoe.policy.joint_top2 import decide_top2
 from wdmoe.policy.selection import DeviceCosts, device_costs, device_times_s, profiles_of, renormalize
 from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 from wdmoe.radio.compute import roofline_one_token_s
 from wdmoe.radio.exactmath import LN2
-from wdmoe.radio.rate import scalar_time, time_and_inverse_slope
+from wdmoe.radio.rate import time_and_inverse_slope
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,9 @@ class JointSelectionBandwidth:
         form: "ratio" (kept weight / layer seconds) or "lagrangian" (kept weight - lam * layer seconds).
         lam: weight units per second of layer time, for the lagrangian form.
         rho: accuracy guard, each token keeps >= rho x its top-k weight total.
-        max_iter, tol: at most max_iter selection rounds; stop when M improves by < tol relative.
+        max_iter, tol: the heuristic of large blocks: at most max_iter selection rounds; stop when M improves by
+            < tol relative.
+        exact_masks: blocks of at most this many feasible keep masks are solved exactly (one token always is).
     """
 
     form: Literal["ratio", "lagrangian"] = "ratio"
@@ -77,6 +85,7 @@ class JointSelectionBandwidth:
     rho: float = 0.5
     max_iter: int = 10
     tol: float = 1e-4
+    exact_masks: int = 4096
     name = "joint"  # a class attribute, not a field: the Policy protocol reads it as a plain str
     order_independent = True
 
@@ -89,13 +98,15 @@ class JointSelectionBandwidth:
             raise ValueError(f"JointSelectionBandwidth.lam = {self.lam} must be >= 0 (weight per second)")
 
     def decide(self, state: LayerState) -> Decision:
+        if state.num_tokens == 1:
+            return _one_token_decision(state, _solve_one_token(self, state))
         return self.solve(state).decision
 
     def decide_steps(self, steps: OneTokenSteps) -> BatchDecision | None:
         """Equals `JointSelectionBandwidth.decide` on each step's LayerState (None for a subclass, which may
         decide otherwise). Steps whose slots lie on one or two devices go to `joint_top2.decide_top2` (k = 2) or
-        `joint_rounds.decide_rounds`; steps on three or more devices or with a zero payload are left `fallback`
-        for the per-state path, as are the two-device steps whose array split does not converge."""
+        `joint_pairs.decide_two_devices`; steps on three or more devices or with a zero payload are left
+        `fallback` for the per-state path, as are the two-device steps whose array split does not converge."""
         if type(self) is not JointSelectionBandwidth:
             return None
         n, k = steps.slot_device.shape
@@ -110,12 +121,28 @@ class JointSelectionBandwidth:
         return BatchDecision(keep, weight, share, fallback, steps.slot_device, steps.num_devices)
 
     def solve(self, state: LayerState) -> JointSolution:
+        """The decision with the top-k's metric and the decision's (`metric_history`) and its layer time."""
+        weight = state.topk_weight.astype(float)
+        top = self._point(state, np.ones(weight.shape, dtype=bool), float(weight.sum()))
         if state.num_tokens == 1:
-            return _solve_one_token(self, state)
-        return self._solve_batch(state)
+            choice = _solve_one_token(self, state)
+            decision = _one_token_decision(state, choice)
+            return JointSolution(decision, _history(top.metric, choice.metric, bool(decision.keep.all())),
+                                 choice.layer_s)
+        block = solve_block(self, state, self.exact_masks, lambda keep, kept: self._evaluate(state, keep, kept))
+        if block is None:
+            return self._solve_batch(state)
+        point = self._point(state, block.keep, block.kept_weight)
+        decision = Decision(point.keep, renormalize(weight, point.keep), point.bandwidth_hz, 0.0)
+        return JointSolution(decision, _history(top.metric, point.metric, bool(point.keep.all())),
+                             state.bs_time_s + float(point.times_s.max(initial=0.0)))
+
+    def _evaluate(self, state: LayerState, keep: np.ndarray, kept_weight: float) -> tuple[float, float]:
+        point = self._point(state, keep, kept_weight)
+        return point.metric, state.bs_time_s + float(point.times_s.max(initial=0.0))
 
     def _solve_batch(self, state: LayerState) -> JointSolution:
-        """The vectorized rounds for any number of tokens (`solve` sends one token to the float path)."""
+        """The heuristic rounds (module docstring) for a block too large to enumerate, with its certified gap."""
         weight = state.topk_weight.astype(float)  # (T, k)
         guard = self.rho * weight.sum(axis=1)  # (T,)
         point = self._point(state, np.ones(weight.shape, dtype=bool), float(weight.sum()))
@@ -141,13 +168,26 @@ class JointSelectionBandwidth:
             history.append(point.metric)
             if gain <= self.tol * abs(history[-2]):
                 break
-        decision = Decision(point.keep, renormalize(weight, point.keep), point.bandwidth_hz)
+        counts = improve_counts(self, state, point.keep)  # a local search over the kept pairs per device
+        if not np.array_equal(counts, point.keep):
+            trial = self._point(state, counts, float(weight[counts].sum()))
+            if trial.metric > point.metric:
+                point = trial
+                history.append(point.metric)
+        for _ in range(4):  # the relaxation's own choice, while it improves on the rounds
+            bound = certified_gap(self, state, point.metric, point.bandwidth_hz, point.keep)
+            if bound.suggestion is None or not bound.gap > 0.0:
+                break
+            trial = self._point(state, bound.suggestion, float(weight[bound.suggestion].sum()))
+            if not trial.metric > point.metric:
+                break
+            point = trial
+            history.append(point.metric)
+        decision = Decision(point.keep, renormalize(weight, point.keep), point.bandwidth_hz, bound.gap)
         return JointSolution(decision, tuple(history), state.bs_time_s + float(point.times_s.max(initial=0.0)))
 
     def _metric(self, kept_weight: float, layer_s: float) -> float:
-        if self.form == "ratio":
-            return kept_weight / layer_s if layer_s > 0.0 else float("inf")
-        return kept_weight - self.lam * layer_s
+        return objective(self, kept_weight, layer_s)
 
     def _point(self, state: LayerState, keep: np.ndarray, kept_weight: float) -> _Point:
         costs = device_costs(state, keep)
@@ -191,121 +231,49 @@ class JointSelectionBandwidth:
         return np.maximum(mu * point.times_s / pairs, 1e-300)
 
 
+
+
+def _history(top: float, final: float, kept_all: bool) -> tuple[float, ...]:
+    return (top,) if kept_all else (top, final)
+
+
 def _decide_two_devices(steps: OneTokenSteps, policy: JointSelectionBandwidth) -> BatchDecision:
-    """The batched rounds for steps whose slots lie on at most two devices: top-2 by its fast version (the same
-    decisions bit for bit, by direct column arithmetic), any other k by the generic rounds."""
+    """The batched exact search for steps whose slots lie on at most two devices: top-2 by its fast version (the
+    same decisions bit for bit, by direct column arithmetic), any other k by the generic enumeration."""
     if steps.slot_device.shape[1] == 2:
         return decide_top2(steps, policy)
-    return decide_rounds(steps, policy)
+    return decide_two_devices(steps, policy)
 
 
-@dataclass(frozen=True)
-class _OneToken:
-    """Per routed slot of the single token: device, weight, 1-token roofline, SNRs (Python lists of length k)."""
-
-    device: list[int]
-    weight: list[float]
-    roof_s: list[float]
-    snr_dl: list[float]
-    snr_ul: list[float]
-
-
-def _one_token(state: LayerState) -> _OneToken:
+def _solve_one_token(policy: JointSelectionBandwidth, state: LayerState) -> OneTokenChoice:
+    """joint_decode.solve_one_token on the state's one token (Python lists of its k slots)."""
     profiles = profiles_of(state)
     device = state.expert_device[state.topk_index[0]].tolist()  # k entries: item() beats fancy indexing here
     flops, mem, overhead = profiles.flops_per_s, profiles.mem_bytes_per_s, profiles.overhead_s
     roof = [roofline_one_token_s(state.expert_flops_per_token, state.expert_weight_bytes, flops.item(d), mem.item(d),
                                  overhead.item(d)) for d in device]
     snr_dl, snr_ul = state.link.snr_dl_per_hz, state.link.snr_ul_per_hz
-    return _OneToken(device, state.topk_weight[0].astype(float).tolist(), roof,
-                     [snr_dl.item(d) for d in device], [snr_ul.item(d) for d in device])
+    slots = OneTokenSlots(device, state.topk_weight[0].astype(float).tolist(), roof,
+                          [snr_dl.item(d) for d in device], [snr_ul.item(d) for d in device])
+    return solve_one_token(policy, slots, state.bits_per_token, state.bandwidth_hz, state.bs_time_s,
+                           state.link.dl_psd_pool_hz)
 
 
-def _evaluate_one_token(policy: JointSelectionBandwidth, state: LayerState, slots: _OneToken,
-                        keep: list[bool]) -> tuple[float, dict[int, float], dict[int, float], dict[int, float]]:
-    """(metric, share per active device, time per device, KKT weight mu per device) for one token's keep."""
-    need = state.bits_per_token * LN2
-    pairs: dict[int, int] = {}
-    compute: dict[int, float] = {}
-    snr: dict[int, tuple[float, float]] = {}
-    kept_weight = 0.0
-    for j, kept in enumerate(keep):
+def _one_token_decision(state: LayerState, choice: OneTokenChoice) -> Decision:
+    """The Decision of a one-token choice: kept weights scaled to the top-k total (selection.renormalize's rule,
+    on Python floats in slot order, as policy.joint_pairs does on arrays)."""
+    weight = state.topk_weight[0].astype(float).tolist()
+    keep = choice.keep
+    total = kept_weight = 0.0
+    for w, kept in zip(weight, keep, strict=True):
+        total += w
         if kept:
-            d = slots.device[j]
-            pairs[d] = pairs.get(d, 0) + 1
-            compute[d] = compute.get(d, 0.0) + slots.roof_s[j]
-            snr[d] = (slots.snr_dl[j], slots.snr_ul[j])
-            kept_weight += slots.weight[j]
-    devices = list(pairs)
-    budget, pool = state.bandwidth_hz, state.link.dl_psd_pool_hz
-    if need == 0.0:
-        shares = {d: budget / len(devices) for d in devices}
-    elif len(devices) == 1:
-        shares = {devices[0]: budget}
-    elif len(devices) == 2:  # lower device id first: equal problems in any slot order (the batched rounds memoise)
-        d0, d1 = min(devices), max(devices)
-        split = pair_split(need, need, need * pairs[d0], need * pairs[d1], compute[d0], compute[d1],
-                           snr[d0][0], snr[d1][0], snr[d0][1], snr[d1][1], budget, dl_pool=pool)
-        if split is None:  # never seen; the vectorized solver has a bisection fallback
-            split = tuple(minmax_split(np.full(2, state.bits_per_token),
-                                       state.bits_per_token * np.array([pairs[d0], pairs[d1]], dtype=float),
-                                       np.array([compute[d0], compute[d1]]), np.array([snr[d0][0], snr[d1][0]]),
-                                       np.array([snr[d0][1], snr[d1][1]]), budget, np.ones(2, dtype=bool),
-                                       dl_pool_hz=pool))
-        shares = {d0: split[0], d1: split[1]}
-    else:
-        b = minmax_split(np.full(len(devices), state.bits_per_token),
-                         state.bits_per_token * np.array([pairs[d] for d in devices], dtype=float),
-                         np.array([compute[d] for d in devices]), np.array([snr[d][0] for d in devices]),
-                         np.array([snr[d][1] for d in devices]), budget, np.ones(len(devices), dtype=bool),
-                         dl_pool_hz=pool)
-        shares = dict(zip(devices, b.tolist(), strict=True))
-    times: dict[int, float] = {}
-    inverse_slope: dict[int, float] = {}
-    for d in devices:
-        if need == 0.0:
-            times[d], inverse_slope[d] = compute[d], 1.0
-        else:
-            times[d], inverse_slope[d] = scalar_time(shares[d], need, need * pairs[d], compute[d], *snr[d], pool)
-    total_inverse = sum(inverse_slope.values())
-    mu = {d: inverse_slope[d] / total_inverse for d in devices}
-    layer_s = state.bs_time_s + max(times.values())
-    return policy._metric(kept_weight, layer_s), shares, times, {d: mu[d] * times[d] / pairs[d] for d in devices}
-
-
-def _solve_one_token(policy: JointSelectionBandwidth, state: LayerState) -> JointSolution:
-    """`JointSelectionBandwidth.solve` for one token (decode), on Python floats; same rounds, same metric."""
-    slots = _one_token(state)
-    k = len(slots.device)
-    guard = policy.rho * sum(slots.weight)
-    keep = [True] * k
-    metric, shares, times, cost = _evaluate_one_token(policy, state, slots, keep)
-    history = [metric]
-    for _ in range(policy.max_iter):
-        kept_weight = sum(w for w, kept in zip(slots.weight, keep, strict=True) if kept)
-        if sum(keep) < 2:
-            break
-        offers = [j for j in range(k) if keep[j] and kept_weight - slots.weight[j] >= guard]
-        if not offers:
-            break
-        drop = min(offers, key=lambda j: slots.weight[j] / max(cost[slots.device[j]], 1e-300))
-        trial_keep = [kept and j != drop for j, kept in enumerate(keep)]
-        trial = _evaluate_one_token(policy, state, slots, trial_keep)
-        if not trial[0] > metric:
-            break
-        gain = trial[0] - metric
-        keep, (metric, shares, times, cost) = trial_keep, trial
-        history.append(metric)
-        if gain <= policy.tol * abs(history[-2]):
-            break
-    kept_weight = sum(w for w, kept in zip(slots.weight, keep, strict=True) if kept)
-    total = sum(slots.weight)
+            kept_weight += w
     if kept_weight > 0.0:
-        weight = [w * total / kept_weight if kept else 0.0 for w, kept in zip(slots.weight, keep, strict=True)]
+        out = [w * total / kept_weight if kept else 0.0 for w, kept in zip(weight, keep, strict=True)]
     else:  # the selection.renormalize rule: share the total equally among the kept experts
-        weight = [total / sum(keep) if kept else 0.0 for kept in keep]
+        out = [total / sum(keep) if kept else 0.0 for kept in keep]
     bandwidth = np.zeros(state.num_devices)
-    for d, share in shares.items():
+    for d, share in choice.shares.items():
         bandwidth[d] = share
-    decision = Decision(np.array([keep]), np.array([weight]), bandwidth)
-    return JointSolution(decision, tuple(history), state.bs_time_s + max(times.values()))
+    return Decision(np.array([keep]), np.array([out]), bandwidth, 0.0)

@@ -71,6 +71,12 @@ class LayerRecord:
     def experts_per_token(self) -> np.ndarray:
         return self.keep.sum(axis=1)
 
+    @property
+    def optimality_gap(self) -> float | None:
+        """The policy's certified relative gap to the optimum of its own objective (`Decision.optimality_gap`):
+        0.0 for an exact decision, None when no decision was recorded or the policy claims nothing."""
+        return None if self.decision is None else self.decision.optimality_gap
+
 
 @dataclass
 class StepRecord:

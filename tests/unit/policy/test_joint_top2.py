@@ -1,5 +1,5 @@
-"""The joint policy's top-2 fast path (joint_top2) decides bit for bit what the generic batched rounds and the
-per-state policy decide, degenerate steps included."""
+"""The joint policy's top-2 fast path (joint_top2) decides bit for bit what the generic batched search
+(joint_pairs) and the per-state policy decide, degenerate steps included."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 
 from tests.unit.policy.states import random_state
 from wdmoe.policy import JointSelectionBandwidth
-from wdmoe.policy.joint_rounds import decide_rounds
+from wdmoe.policy.joint_pairs import decide_two_devices as decide_rounds
 from wdmoe.policy.joint_top2 import decide_top2
 from wdmoe.policy.selection import one_token_steps
 from wdmoe.policy.steps import BatchDecision, OneTokenSteps
 
-# dead links (zero SNR) give inf and nan times: the generic rounds warn on them, and so would the fast path
+# dead links (zero SNR) give inf and nan times: the generic search warns on them, and so would the fast path
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 POLICIES = [JointSelectionBandwidth(), JointSelectionBandwidth(rho=0.0), JointSelectionBandwidth(rho=1.0),
@@ -61,7 +61,7 @@ def assert_bitwise_equal(a: BatchDecision, b: BatchDecision) -> None:
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: f"{p.form}-{p.lam}-{p.rho}-{p.max_iter}")
 @pytest.mark.parametrize("seed", range(4))
-def test_top2_equals_the_generic_rounds_bit_for_bit(policy: JointSelectionBandwidth, seed: int) -> None:
+def test_top2_equals_the_generic_search_bit_for_bit(policy: JointSelectionBandwidth, seed: int) -> None:
     steps = random_steps(seed, 3000)
     fast, generic = decide_top2(steps, policy), decide_rounds(steps, policy)
 
@@ -85,7 +85,7 @@ def test_the_cases_are_exercised() -> None:
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), devices=st.integers(1, 8), n=st.integers(1, 300),
        policy=st.sampled_from(POLICIES))
-def test_top2_equals_the_generic_rounds_on_random_batches(seed: int, devices: int, n: int,
+def test_top2_equals_the_generic_search_on_random_batches(seed: int, devices: int, n: int,
                                                           policy: JointSelectionBandwidth) -> None:
     steps = random_steps(seed, n, devices, blocks=max(n // 4, 1))
     assert_bitwise_equal(decide_top2(steps, policy), decide_rounds(steps, policy))

@@ -8,7 +8,7 @@ import sys
 
 def test_sim_imports_without_torch() -> None:
     code = ("import sys, wdmoe.sim, wdmoe.sim.grid, wdmoe.sim.report, wdmoe.policy.steps, "
-            "wdmoe.policy.joint_rounds, wdmoe.cli.sim_cmd; "
+            "wdmoe.policy.joint_pairs, wdmoe.cli.sim_cmd; "
             "print(sorted(m for m in ('torch', 'transformers', 'scipy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
