@@ -38,11 +38,13 @@ class BlockChoice:
     kept_weight: float
 
 
-def _token_subsets(weight: np.ndarray, rho: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per token: its feasible slot subsets (s, k) bool and their kept weights (s,), summed in slot order."""
+def _token_subsets(weight: np.ndarray, rho: float, limit: float = np.inf) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Per token: its feasible slot subsets (s, k) bool and their kept weights (s,), summed in slot order; None
+    as soon as their product (the number of feasible masks) exceeds `limit`."""
     k = weight.shape[1]
     every = np.array(list(itertools.product((True, False), repeat=k)), dtype=bool)[:-1]  # nonempty, keep-all first
-    out = []
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    count = 1
     for row in weight:
         kept = np.zeros(every.shape[0])
         for j in range(k):
@@ -52,13 +54,16 @@ def _token_subsets(weight: np.ndarray, rho: float) -> list[tuple[np.ndarray, np.
             total += w
         ok = kept >= rho * total
         out.append((every[ok], kept[ok]))
+        count *= int(ok.sum())
+        if count > limit:
+            return None
     return out
 
 
 def feasible_masks(weight: np.ndarray, rho: float) -> int:
     """The number of feasible keep masks of a block (the product over tokens of their feasible subsets)."""
     count = 1
-    for subsets, _ in _token_subsets(weight, rho):
+    for subsets, _ in _token_subsets(weight, rho) or []:
         count *= subsets.shape[0]
     return count
 
@@ -83,11 +88,8 @@ def solve_block(rule: JointRule, state: LayerState, max_masks: int,
     """The exact joint decision of a small block (module docstring); `evaluate(keep, kept_weight)` gives the
     metric and layer time of a mask (the policy's own evaluation, min-max split included)."""
     weight = state.topk_weight.astype(float)
-    subsets = _token_subsets(weight, rule.rho)
-    count = 1
-    for s, _ in subsets:
-        count *= s.shape[0]
-    if count > max_masks:
+    subsets = _token_subsets(weight, rule.rho, max_masks)
+    if subsets is None:
         return None
     masks, kept = _enumerate(subsets)
     m, t, k = masks.shape

@@ -5,8 +5,9 @@ heuristic rounds' mask), or `keep` itself. Candidates keep every mandatory pair 
 meet the guard without it) and, on each device d, its x_d heaviest optional pairs; a candidate's load per device
 depends on x_d only, so the exact costs of every x on every device (tokens sent, pairs returned, the roofline of
 each expert's tokens) are tabulated once, and a candidate costs one min-max split (policy.bandwidth). Coordinate
-search on x with steps 8, 2, 1 (first improvement), from the counts of `keep`; candidates that break a token's
-guard are skipped. A heuristic: the certified gap (policy.joint_gap) says how far from the optimum it ends.
+search on x with steps 4 then 1 (first improvement, at most _MAX_EVALUATIONS candidates), from the counts of
+`keep`; candidates that break a token's guard are skipped. A heuristic: the certified gap (policy.joint_gap) says
+how far from the optimum it ends.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from wdmoe.radio.compute import roofline_time_s
 from wdmoe.radio.exactmath import LN2
 from wdmoe.radio.rate import time_and_inverse_slope
 
-_STEPS = (8, 2, 1)
-_MAX_EVALUATIONS = 240
+_STEPS = (4, 1)
+_MAX_EVALUATIONS = 48
 
 
 def mandatory_pairs(rule: JointRule, weight: np.ndarray) -> np.ndarray:
