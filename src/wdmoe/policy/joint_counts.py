@@ -132,7 +132,8 @@ def improve_counts(rule: JointRule, state: LayerState, keep: np.ndarray) -> np.n
     if not (keep | ~search.mandatory).all():
         return keep
     x = search.counts_of(keep)
-    best = search.metric(x)
+    best = search.metric(x)  # -inf where the top-x mask of keep's counts breaks a guard: only feasible ones replace it
+    start = x
     evaluations = 1
     for step in _STEPS:
         improved = True
@@ -148,5 +149,5 @@ def improve_counts(rule: JointRule, state: LayerState, keep: np.ndarray) -> np.n
                     evaluations += 1
                     if value > best:
                         best, x, improved = value, y, True
-    return search.mask(x)
+    return keep if x is start else search.mask(x)
 
