@@ -102,6 +102,9 @@ def serve(
     max_prompt_tokens: Annotated[int, typer.Option(min=1, help="Longest prompt accepted, in tokens.")] = 2048,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens per prompt.")] = 512,
     max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait; beyond it 429.")] = 64,
+    max_body_bytes: Annotated[
+        int, typer.Option(min=1024, help="Largest request body, in bytes; beyond it 413, before it is read.")
+    ] = 4 * 2**20,
     ray_address: Annotated[str | None, typer.Option(help="Ray head HOST:PORT (default: a local cluster).")] = None,
     token_file: Annotated[Path | None, typer.Option(help="Ray cluster token file, mode 0600.")] = None,
     transport: Annotated[
@@ -123,7 +126,8 @@ def serve(
         except BaseException:
             sock.close()
             raise
-        app = create_app(engine, api_key=key, limits=Limits(max_prompt_tokens, max_tokens, max_queue=max_queue))
+        app = create_app(engine, api_key=key, limits=Limits(max_prompt_tokens, max_tokens, max_queue=max_queue,
+                                                                  max_body_bytes=max_body_bytes))
     bound = sock.getsockname()[1]
     url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
     console.print(f"serving [bold]{engine.name}[/bold] on {engine.model.num_devices} devices ({policy}): "

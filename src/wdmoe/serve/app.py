@@ -3,7 +3,8 @@
 Routes: the OpenAI ones under /v1 (bearer key when `api_key` is set), GET /health, GET /metrics (Prometheus),
 the dashboard at / with its SSE stream at /dashboard/events. Every error is a JSON body in OpenAI's shape,
 `{"error": {"message", "type", "param", "code"}}`: 400 for bad values, 401 for a missing or wrong key, 404/405 for
-unknown routes, 429 when the queue is full. The caller owns the engine (and closes it).
+unknown routes, 413 for a body over `limits.max_body_bytes` (refused before it is read), 429 when the queue is full,
+503 when the dashboard has its most live streams. The caller owns the engine (and closes it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from wdmoe.serve.body_limit import BodyLimit
 from wdmoe.serve.dashboard import DashboardState, dashboard_router
 from wdmoe.serve.engine import Engine, QueueFull
 from wdmoe.serve.metrics import Metrics
@@ -43,11 +45,17 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
     app.state.ctx = ctx
 
     app.include_router(openai_router(ctx))
-    app.include_router(dashboard_router(dashboard))
+    app.include_router(dashboard_router(dashboard, limits.max_dashboard_streams))
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": engine.name, "devices": engine.model.num_devices, "queue": engine.pending}
+    async def health() -> JSONResponse:
+        """ok: every device live; degraded: some dead (their experts go to replicas or substitutes); down: none
+        live, the model cannot serve (503)."""
+        alive, total = engine.devices_alive()
+        status = "ok" if alive == total else "degraded" if alive else "down"
+        body = {"status": status, "model": engine.name, "devices": total, "devices_alive": alive,
+                "queue": engine.pending, "max_queue": engine.max_queue}
+        return JSONResponse(body, status_code=503 if status == "down" else 200)
 
     @app.get("/metrics", response_class=Response)
     async def prometheus() -> Response:
@@ -74,6 +82,7 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
         return response
 
     _install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # added last: the outermost, before any other
     return app
 
 

@@ -134,8 +134,11 @@ class DashboardState:
         return state
 
 
-def dashboard_router(state: DashboardState) -> APIRouter:
+def dashboard_router(state: DashboardState, max_streams: int = 16) -> APIRouter:
+    """The page, its script, the snapshot and the SSE stream; at most `max_streams` streams at once (each holds a
+    connection and polls the state), beyond that 503 with Retry-After."""
     router = APIRouter(include_in_schema=False)
+    open_streams = [0]
 
     @router.get("/")
     async def index() -> FileResponse:
@@ -149,9 +152,22 @@ def dashboard_router(state: DashboardState) -> APIRouter:
     async def snapshot() -> JSONResponse:
         return JSONResponse(state.snapshot())
 
-    @router.get("/dashboard/events")
-    async def events(request: Request) -> StreamingResponse:
-        return StreamingResponse(_events(state, request), media_type="text/event-stream",
+    @router.get("/dashboard/events", response_model=None)
+    async def events(request: Request) -> StreamingResponse | JSONResponse:
+        if open_streams[0] >= max_streams:
+            message = f"{open_streams[0]} dashboard streams are open, the limit is {max_streams}; retry later"
+            return JSONResponse({"error": {"message": message, "type": "server_busy", "param": None, "code": None}},
+                                status_code=503, headers={"Retry-After": "5"})
+
+        async def counted() -> AsyncIterator[str]:
+            open_streams[0] += 1  # here, not before: a body never started must not hold a slot
+            try:
+                async for chunk in _events(state, request):
+                    yield chunk
+            finally:
+                open_streams[0] -= 1
+
+        return StreamingResponse(counted(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return router

@@ -112,6 +112,10 @@ class Engine:
         self.failure_sinks: list[Callable[[int], None]] = []
         self.between_requests: list[Callable[[], None]] = []  # run on the worker thread after each call
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wdmoe-engine")
+        # Tokenizing a long prompt takes a while: one thread of its own keeps it off the event loop (and serialized:
+        # a fast tokenizer is not meant to be called from several threads at once).
+        self._tokenize_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wdmoe-tokenize")
+        self.max_token_chars = _max_token_chars(model.tokenizer)
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._steps: list[StepRecord] = []
@@ -242,7 +246,17 @@ class Engine:
             ttft_s=first[0] if first else wall_s, wall_s=wall_s, summary=self.model.summary(self._take_steps()),
         )
 
+    def tokenize(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Run a tokenizing call (`wdmoe.serve.prompts`) on the tokenizer's thread."""
+        return self._tokenize_executor.submit(fn, *args, **kwargs)
+
+    def devices_alive(self) -> tuple[int, int]:
+        """(devices the runtime has not declared dead, devices in all)."""
+        runtime = self.model.runtime
+        return self.model.num_devices - len(runtime.liveness.dead), self.model.num_devices
+
     def close(self) -> None:
+        self._tokenize_executor.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
         if self._on_step in self.model.telemetry.listeners:
             self.model.telemetry.listeners.remove(self._on_step)
@@ -253,3 +267,12 @@ def _top(logp: torch.Tensor, n: int) -> dict[int, float]:
         return {}
     values, index = torch.topk(logp, min(n, logp.shape[-1]))
     return {int(i): float(v) for v, i in zip(values.tolist(), index.tolist(), strict=True)}
+
+
+def _max_token_chars(tokenizer: Any) -> int | None:
+    """An upper bound on the characters one token covers (its vocabulary string is at least as long as the text
+    it decodes to, for byte-level and word-piece vocabularies alike; +1 for a marker like SentencePiece's "▁")."""
+    if tokenizer is None:
+        return None
+    vocab = tokenizer.get_vocab()
+    return max((len(token) for token in vocab), default=1) + 1

@@ -22,7 +22,18 @@ class BadRequest(ValueError):
         self.param = param
 
 
-def encode_text(engine: Engine, text: str, param: str) -> list[int]:
+def check_text_length(engine: Engine, text_chars: int, limits: Limits, param: str) -> None:
+    """Refuse, before tokenizing, a text that cannot fit: more characters than `max_prompt_tokens` tokens can cover
+    (`Engine.max_token_chars` per token), or, without a tokenizer, than that many ids can be written in."""
+    per_token = engine.max_token_chars or len(str(engine.vocab_size)) + 2  # "1234, "
+    most = limits.max_prompt_tokens * per_token
+    if text_chars > most:
+        raise BadRequest(f"{param}: the prompt has {text_chars} characters, more than {limits.max_prompt_tokens} "
+                         f"tokens (the limit) can hold ({most} characters); send a shorter prompt", param)
+
+
+def encode_text(engine: Engine, text: str, param: str, limits: Limits) -> list[int]:
+    check_text_length(engine, len(text), limits, param)
     if engine.tokenizer is not None:
         return list(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
     try:
@@ -38,9 +49,12 @@ def encode_text(engine: Engine, text: str, param: str) -> list[int]:
 def encode_prompts(engine: Engine, prompt: str | list[Any], limits: Limits) -> list[list[int]]:
     """The prompts of a /v1/completions body as token-id lists, each checked."""
     if isinstance(prompt, str):
-        batches: list[list[int]] = [encode_text(engine, prompt, "prompt")]
+        batches: list[list[int]] = [encode_text(engine, prompt, "prompt", limits)]
     elif prompt and all(isinstance(p, str) for p in prompt):
-        batches = [encode_text(engine, p, f"prompt[{i}]") for i, p in enumerate(prompt)]
+        if len(prompt) > limits.max_prompts:
+            raise BadRequest(f"prompt: {len(prompt)} prompts in one request; the limit is {limits.max_prompts}",
+                             "prompt")
+        batches = [encode_text(engine, p, f"prompt[{i}]", limits) for i, p in enumerate(prompt)]
     elif prompt and all(isinstance(p, list) for p in prompt):
         batches = [list(p) for p in prompt]
     else:
@@ -54,8 +68,9 @@ def encode_prompts(engine: Engine, prompt: str | list[Any], limits: Limits) -> l
 
 def encode_chat(engine: Engine, messages: list[ChatMessage], limits: Limits) -> list[int]:
     """The conversation rendered by the tokenizer's chat template (or a plain one) and tokenized."""
+    check_text_length(engine, sum(len(m.text) for m in messages), limits, "messages")
     if engine.tokenizer is None:
-        ids = [i for n, m in enumerate(messages) for i in encode_text(engine, m.text, f"messages[{n}].content")]
+        ids = [i for n, m in enumerate(messages) for i in encode_text(engine, m.text, f"messages[{n}].content", limits)]
     else:
         turns = [{"role": m.role, "content": m.text} for m in messages]
         template = None if getattr(engine.tokenizer, "chat_template", None) else FALLBACK_TEMPLATE

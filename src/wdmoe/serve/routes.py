@@ -53,7 +53,7 @@ def openai_router(ctx: ServeContext) -> APIRouter:
 
     @router.post("/completions")
     async def completions(body: CompletionRequest) -> Any:
-        prompts = encode_prompts(engine, body.prompt, limits)
+        prompts = await asyncio.wrap_future(engine.tokenize(encode_prompts, engine, body.prompt, limits))
         samplings = [sampling_for(engine, limits, len(ids), body.max_tokens, body.temperature, body.top_p, body.seed,
                                   body.stop, default_tokens=COMPLETION_DEFAULT_TOKENS) for ids in prompts]
         if body.stream:
@@ -70,7 +70,7 @@ def openai_router(ctx: ServeContext) -> APIRouter:
 
     @router.post("/chat/completions")
     async def chat(body: ChatRequest) -> Any:
-        ids = encode_chat(engine, body.messages, limits)
+        ids = await asyncio.wrap_future(engine.tokenize(encode_chat, engine, body.messages, limits))
         sampling = sampling_for(engine, limits, len(ids), body.requested_tokens, body.temperature, body.top_p,
                                 body.seed, body.stop)
         if body.stream:

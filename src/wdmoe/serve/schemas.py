@@ -27,6 +27,8 @@ class Limits:
     max_tokens: int = 512  # new tokens per prompt
     max_prompts: int = 32  # prompts in one /v1/completions request
     max_queue: int = 64  # requests waiting for the model; beyond it 429
+    max_body_bytes: int = 4 * 2**20  # a request body beyond it is refused (413) before it is read
+    max_dashboard_streams: int = 16  # concurrent /dashboard/events clients; beyond it 503
 
 
 class _Body(BaseModel):
