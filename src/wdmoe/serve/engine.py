@@ -28,13 +28,17 @@ R = TypeVar("R")
 TokenCallback = Callable[[int], None]
 
 
+GREEDY_BELOW = 1e-6
+
+
 class QueueFull(RuntimeError):
     """More requests wait than the server accepts; the client should retry later."""
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """How to pick new tokens: greedy when temperature == 0."""
+    """How to pick new tokens: greedy when temperature < GREEDY_BELOW (0, or so small that logits / temperature
+    overflows to inf and sampling would see NaN probabilities; greedy is the limit it tends to)."""
 
     max_tokens: int
     temperature: float = 0.0
@@ -225,7 +229,7 @@ class Engine:
 
         stop = _StopWhen(cancel or threading.Event(), sampling.stop, self.decode, len(ids))
         kwargs: dict[str, Any] = {}
-        if sampling.temperature > 0:
+        if sampling.temperature >= GREEDY_BELOW:
             kwargs = dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed % 2**63)

@@ -180,3 +180,12 @@ def test_device_failures_are_counted(engine: Engine, client: TestClient) -> None
     engine.record_device_failure(1)
 
     assert 'wdmoe_device_failures_total{device="1"} 1.0' in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("tiny", [1e-38, 1e-12, 5e-7])
+def test_a_tiny_positive_temperature_is_greedy_not_a_500(client: TestClient, tiny: float) -> None:
+    greedy = client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 5, "temperature": 0})
+    cold = client.post("/v1/completions", json={"prompt": "hello", "max_tokens": 5, "temperature": tiny})
+
+    assert cold.status_code == 200, cold.text
+    assert cold.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
