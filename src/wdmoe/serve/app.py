@@ -22,12 +22,9 @@ from wdmoe.serve.dashboard import DashboardState, dashboard_router
 from wdmoe.serve.engine import Engine, QueueFull
 from wdmoe.serve.metrics import Metrics
 from wdmoe.serve.prompts import BadRequest
+from wdmoe.serve.responses import error_body
 from wdmoe.serve.routes import ServeContext, openai_router
 from wdmoe.serve.schemas import Limits
-
-
-def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:

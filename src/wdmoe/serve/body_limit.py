@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from wdmoe.serve.responses import error_body
+
 DRAIN_MAX_BYTES = 256 * 2**20  # read (and drop) at most this much of a refused body before answering
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -38,9 +40,7 @@ class BodyLimit:
                 await _error(send, 400, f"Content-Length {declared.decode(errors='replace')!r} is not a number")
                 return
             if too_large:
-                if not waiting:
-                    await _drain(receive, DRAIN_MAX_BYTES)
-                await _error(send, 413, self._message(int(declared)))
+                await self._refuse(receive, send, int(declared), drain=not waiting)
                 return
         received, started, over, body_done = 0, False, False, False
 
@@ -64,9 +64,7 @@ class BodyLimit:
             if over:
                 if message["type"] == "http.response.start" and not started:
                     started = True
-                    if not body_done:
-                        await _drain(receive, DRAIN_MAX_BYTES)
-                    await _error(send, 413, self._message(received))
+                    await self._refuse(receive, send, received, drain=not body_done)
                 return  # the app's own answer to the cut body is dropped
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -77,9 +75,12 @@ class BodyLimit:
             if not over:
                 raise
         if over and not started:
-            if not body_done:
-                await _drain(receive, DRAIN_MAX_BYTES)
-            await _error(send, 413, self._message(received))
+            await self._refuse(receive, send, received, drain=not body_done)
+
+    async def _refuse(self, receive: Any, send: Any, size: int, drain: bool) -> None:
+        if drain:
+            await _drain(receive, DRAIN_MAX_BYTES)
+        await _error(send, 413, self._message(size))
 
     def _message(self, size: int) -> str:
         return (f"the request body has {size} bytes or more; the limit is {self.max_bytes} bytes (wdmoe serve "
@@ -99,9 +100,8 @@ async def _drain(receive: Any, most: int) -> None:
 
 
 async def _error(send: Any, status: int, message: str) -> None:
-    kind = "invalid_request_error"
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None,
-                                 "code": "request_too_large" if status == 413 else None}}).encode()
+    body = json.dumps(error_body(message, "invalid_request_error",
+                                 code="request_too_large" if status == 413 else None)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})

@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
 from wdmoe.runtime.telemetry import StepRecord
 from wdmoe.serve.engine import Engine
+from wdmoe.serve.responses import error_body
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 HISTORY = 120  # forward steps kept for the sparklines
@@ -156,8 +157,7 @@ def dashboard_router(state: DashboardState, max_streams: int = 16) -> APIRouter:
     async def events(request: Request) -> StreamingResponse | JSONResponse:
         if open_streams[0] >= max_streams:
             message = f"{open_streams[0]} dashboard streams are open, the limit is {max_streams}; retry later"
-            return JSONResponse({"error": {"message": message, "type": "server_busy", "param": None, "code": None}},
-                                status_code=503, headers={"Retry-After": "5"})
+            return JSONResponse(error_body(message, "server_busy"), status_code=503, headers={"Retry-After": "5"})
 
         async def counted() -> AsyncIterator[str]:
             open_streams[0] += 1  # here, not before: a body never started must not hold a slot

@@ -19,6 +19,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape, the body of every error answer (400, 401, 413, 429, 503...)."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def sse(obj: Any) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
