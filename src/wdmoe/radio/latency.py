@@ -240,6 +240,21 @@ def step_totals(layers: Sequence[LatencyBreakdown]) -> StepLatency:
     )
 
 
+def step_share(step: StepLatency, share: float) -> StepLatency:
+    """One request's part of a forward step it shared with others (continuous batching): it waits for the whole
+    step, so the latency stays; energy and bits are split in proportion to its `share` (0..1) of the step's tokens."""
+    return StepLatency(
+        latency_s=step.latency_s,
+        energy_j=step.energy_j * share,
+        energy_device_tx_j=step.energy_device_tx_j * share,
+        energy_device_compute_j=step.energy_device_compute_j * share,
+        energy_bs_tx_j=step.energy_bs_tx_j * share,
+        bits_dl=step.bits_dl * share,
+        bits_ul=step.bits_ul * share,
+        num_layers=step.num_layers,
+    )
+
+
 @dataclass(frozen=True)
 class RequestLatency:
     """A request: TTFT = its prefill step, TPOT = mean decode step (nan without decode steps), in seconds."""

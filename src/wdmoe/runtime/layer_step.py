@@ -184,6 +184,7 @@ def layer_record(step: LayerPlan, delivery: Delivery, bits: int, bs_time_s: floa
         failover=step.events,
         rerouted=step.moved,
         fused_tokens=delivery.fused_tokens,
+        expert_device=step.routing.primary[step.layer],
     )
 
 

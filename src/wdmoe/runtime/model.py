@@ -22,11 +22,12 @@ from wdmoe.model.shards import MANIFEST, Manifest
 from wdmoe.model.split import split_dir_for
 from wdmoe.placement import Placement
 from wdmoe.radio.costs import ModelCosts
+from wdmoe.runtime.batch import SequenceCache, forward_segments
 from wdmoe.runtime.device_moe import DeviceMoE
 from wdmoe.runtime.graphed_decode import GraphedDecoder, cache_length, plain_greedy
 from wdmoe.runtime.layer_step import Runtime
 from wdmoe.runtime.loading import build_bs_model, check_dtype, check_torch_device
-from wdmoe.runtime.telemetry import StepRecord, Telemetry, last_request, summarize
+from wdmoe.runtime.telemetry import Phase, StepRecord, Telemetry, last_request, summarize
 
 if TYPE_CHECKING:
     from wdmoe.config import Scenario
@@ -57,6 +58,8 @@ class DistributedMoE:
         self.hf_model.register_forward_pre_hook(self._start_step, with_kwargs=True)
         self.hf_model.register_forward_hook(self._finish_step)
         self._step_start_s = 0.0
+        self._segments_phase: Phase | None = None  # the phase of the batched step running (step_segments)
+        self._last_step: StepRecord | None = None
         self.runtime.hold(temporary)
         self.tokenizer = _load_tokenizer(root / "bs")
         self.wireless: WirelessDecider | None = None
@@ -206,6 +209,18 @@ class DistributedMoE:
             return decoder.generate(input_ids, max_new_tokens, eos_ids)
         return self.hf_model.generate(input_ids, **kwargs)
 
+    def step_segments(self, tokens: list[list[int]],
+                      caches: list[SequenceCache]) -> tuple[torch.Tensor, StepRecord | None]:
+        """One forward step over the new tokens of several sequences, each with its own KV cache
+        (`wdmoe.runtime.batch.forward_segments`): (N, V) fp32 logits of each sequence's last new token, and the
+        step's telemetry record (rows in the order of `tokens`). Phase "prefill" when a sequence starts in it."""
+        self._segments_phase = "prefill" if any(c.length == 0 for c in caches) else "decode"
+        try:
+            logits = forward_segments(self.hf_model, tokens, caches)
+        finally:
+            self._segments_phase = None
+        return logits, self._last_step
+
     def _graphed_decoder(self, input_ids: torch.Tensor,
                          kwargs: dict[str, Any]) -> tuple[GraphedDecoder, int, list[int]] | None:
         """The CUDA-graph decoder for this request (wdmoe.runtime.graphed_decode), or None where transformers'
@@ -247,8 +262,10 @@ class DistributedMoE:
         source = input_ids if input_ids is not None else kwargs["inputs_embeds"][..., 0]
         num_tokens = int(source.numel())
         cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers renamed it in 5.24
-        prefill = cache is None or cache.get_seq_length() == 0
-        self.telemetry.start("prefill" if prefill else "decode", num_tokens)
+        phase = self._segments_phase
+        if phase is None:
+            phase = "prefill" if cache is None or cache.get_seq_length() == 0 else "decode"
+        self._last_step = self.telemetry.start(phase, num_tokens)
         if self.wireless is not None:
             self.wireless.start_step()
         self._step_start_s = self.runtime.mark_s = time.perf_counter()

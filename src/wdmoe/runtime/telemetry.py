@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from wdmoe.policy.base import Decision
-from wdmoe.radio.latency import LatencyBreakdown, request_latency, step_totals
+from wdmoe.radio.latency import LatencyBreakdown, request_latency, step_share, step_totals
 from wdmoe.runtime.failover import FailoverEvent
 
 Phase = Literal["prefill", "decode"]
@@ -41,6 +41,8 @@ class LayerRecord:
         rerouted: assignments moved off dead devices in this step: (to a replica, to a substitute expert, dropped).
         fused_tokens: tokens not sent down because token fusion merged them with a near-duplicate
             (`wdmoe.runtime.air`); `tokens_down` and `bits_down` count what was sent.
+        expert_device: (E,) the device that served each expert in this step (the routing table's primary), so a
+            request's rows of a batched step can be attributed to devices (`slice_layer`).
     """
 
     layer: int
@@ -62,6 +64,7 @@ class LayerRecord:
     failover: tuple[FailoverEvent, ...] = ()
     rerouted: tuple[int, int, int] = (0, 0, 0)
     fused_tokens: int = 0
+    expert_device: np.ndarray | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -173,13 +176,16 @@ def summarize(steps: list[StepRecord], num_devices: int) -> dict[str, Any]:
     return summary
 
 
-def modeled_summary(steps: list[StepRecord]) -> dict[str, Any] | None:
+def modeled_summary(steps: list[StepRecord], shares: list[float] | None = None) -> dict[str, Any] | None:
     """The radio model's view of a request (`wdmoe.radio.latency`): TTFT = the first step, TPOT = the mean of the
-    others, bytes on air, energy, and per-layer means. None when a step has no modeled latency."""
+    others, bytes on air, energy, and per-layer means. None when a step has no modeled latency. `shares`: the
+    request's share of each step's tokens when it shared them with other requests (`radio.latency.step_share`)."""
     layers = [[r.modeled for r in s.layers if r.modeled is not None] for s in steps]
     if not steps or any(len(ms) != len(s.layers) for ms, s in zip(layers, steps, strict=True)):
         return None
     totals = [step_totals(ms) for ms in layers]
+    if shares is not None:
+        totals = [step_share(t, share) for t, share in zip(totals, shares, strict=True)]
     request = request_latency(totals[0], totals[1:])
     by_layer: dict[int, list[LatencyBreakdown]] = {}
     measured: dict[int, list[float]] = {}  # wall time of the dispatch round(s): transport + device + (emulated) air
@@ -224,3 +230,59 @@ def modeled_summary(steps: list[StepRecord]) -> dict[str, Any] | None:
             "bs_tx": sum(t.energy_bs_tx_j for t in totals),
         },
     }
+
+
+@dataclass(frozen=True)
+class StepShare:
+    """Rows start..stop of `step` were one request's tokens; `first`: its prefill."""
+
+    step: StepRecord
+    start: int
+    stop: int
+    first: bool
+
+    @property
+    def share(self) -> float:
+        return (self.stop - self.start) / max(self.step.num_tokens, 1)
+
+
+def slice_layer(rec: LayerRecord, start: int, stop: int) -> LayerRecord:
+    """The rows start..stop of a layer record: their route, and the devices' tokens and bits they account for
+    (counted from the route and `expert_device`; without it, the record's totals in proportion to the rows)."""
+    rows = slice(start, stop)
+    index = (rec.topk_index if rec.routed_index is None else rec.routed_index)[rows]
+    keep = rec.keep[rows]
+    num_devices = rec.tokens_down.shape[0]
+    share = (stop - start) / max(rec.num_tokens, 1)
+    if rec.expert_device is not None:
+        device = np.asarray(rec.expert_device)[index]  # (t, k)
+        assignments = np.bincount(device[keep], minlength=num_devices).astype(np.int64)
+        sent = np.zeros((keep.shape[0], num_devices), dtype=bool)  # (t, D) token t goes down to device d
+        sent[np.nonzero(keep)[0], device[keep]] = True
+        tokens = sent.sum(axis=0).astype(np.int64)
+    else:
+        assignments = np.rint(rec.assignments * share).astype(np.int64)
+        tokens = np.rint(rec.tokens_down * share).astype(np.int64)
+    bits = int(rec.bits_up.sum() // max(int(rec.assignments.sum()), 1))  # the air format's bits per token
+    return LayerRecord(
+        layer=rec.layer, topk_index=rec.topk_index[rows], topk_weight=rec.topk_weight[rows], keep=keep,
+        weight=rec.weight[rows], logits=None if rec.logits is None else rec.logits[rows], tokens_down=tokens,
+        assignments=assignments, bits_down=tokens * bits, bits_up=assignments * bits, bs_time_s=rec.bs_time_s,
+        device_time_s=rec.device_time_s * share, dispatch_time_s=rec.dispatch_time_s, modeled=None,
+        decision=rec.decision, routed_index=None if rec.routed_index is None else index, failover=rec.failover,
+        rerouted=rec.rerouted, fused_tokens=rec.fused_tokens, expert_device=rec.expert_device,
+    )
+
+
+def request_summary(parts: list[StepShare], num_devices: int) -> dict[str, Any]:
+    """`summarize` of one request that shared its forward steps with others: its own rows of each step (route,
+    tokens and bits per device), the measured device time in proportion to its tokens, and the radio model's
+    TTFT/TPOT of the steps it waited for, with their energy and bytes in proportion (`modeled_summary`)."""
+    steps = [StepRecord(p.step.index, "prefill" if p.first else "decode", p.stop - p.start,
+                        [slice_layer(r, p.start, p.stop) for r in p.step.layers], p.step.wall_s, p.step.tail_s)
+             for p in parts]
+    summary = summarize(steps, num_devices)
+    modeled = modeled_summary([p.step for p in parts], [p.share for p in parts])
+    if modeled is not None:
+        summary.update(modeled)
+    return summary

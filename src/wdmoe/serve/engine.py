@@ -1,9 +1,17 @@
-"""The serving engine: one `DistributedMoE`, one worker thread, requests queued in front of it.
+"""The serving engine: one `DistributedMoE`, continuous batching on one worker thread, requests queued in front.
 
-Contract: `Engine.submit(fn, ...)` runs `fn` on the single worker thread (the model is not re-entrant), or raises
-`QueueFull` when `max_queue` requests already wait. `generate` and `prompt_logprobs` run there; every finished
-forward step reaches the telemetry sinks (metrics, dashboard) from that thread. Telemetry is cleared after each
-request, so a long-running server holds no history beyond what the sinks aggregate.
+Contract: `Engine.start(ids, sampling, ...)` hands a generation to the scheduler (wdmoe.runtime.scheduler) and
+returns a `Handle` at once; the request joins the running batch at the next forward step, so concurrent requests
+share every step (and every MoE layer's dispatch to the devices) instead of queueing behind each other.
+`Handle.cancel()` retires it at the next step (a client gone); its future then holds the tokens so far, with
+finish_reason "cancelled". A failing step (e.g. a runtime error when devices are lost) fails the future of every
+request in that step with the runtime's exception, and the engine goes on with the next requests.
+
+The worker thread runs one step per job and queues the next step behind whatever else was submitted meanwhile
+(`submit`: prompt scoring, a policy change, the between-requests hooks), so those run between two steps. `QueueFull`
+is raised when `max_queue` requests are already pending (running or waiting). Every finished forward step reaches
+the telemetry sinks (metrics, dashboard) from the worker thread; the model's telemetry is cleared after each step,
+so a long-running server holds no history beyond what the sinks aggregate and the running requests hold.
 """
 
 from __future__ import annotations
@@ -21,30 +29,18 @@ import numpy as np
 import torch
 
 from wdmoe.policy.base import Policy
+from wdmoe.runtime.sampling import GREEDY_BELOW as GREEDY_BELOW
+from wdmoe.runtime.sampling import Sampling as Sampling
+from wdmoe.runtime.sampling import choice_seed as choice_seed
+from wdmoe.runtime.scheduler import Scheduler, Sequence, TokenCallback, top_logprobs
 from wdmoe.runtime.telemetry import StepRecord
 
 P = ParamSpec("P")
 R = TypeVar("R")
-TokenCallback = Callable[[int], None]
-
-
-GREEDY_BELOW = 1e-6
 
 
 class QueueFull(RuntimeError):
     """More requests wait than the server accepts; the client should retry later."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How to pick new tokens: greedy when temperature < GREEDY_BELOW (0, or so small that logits / temperature
-    overflows to inf and sampling would see NaN probabilities; greedy is the limit it tends to)."""
-
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,10 +51,10 @@ class Generation:
     tokens: list[int]
     logprobs: list[float]  # log p(token) of each new token under the unprocessed logits
     top_logprobs: list[dict[int, float]]  # per new token, the top-n tokens and their log p (n = 0: empty)
-    finish_reason: str  # "stop" (EOS or a stop string) or "length"
-    ttft_s: float  # measured wall time to the first new token
-    wall_s: float
-    summary: dict[str, Any] = field(default_factory=dict)  # DistributedMoE.summary of the request's steps
+    finish_reason: str  # "stop" (EOS or a stop string), "length", or "cancelled"
+    ttft_s: float  # measured wall time from arrival to the first new token
+    wall_s: float  # measured wall time from arrival to the end
+    summary: dict[str, Any] = field(default_factory=dict)  # wdmoe.runtime.telemetry.request_summary
 
 
 @dataclass(frozen=True)
@@ -71,44 +67,24 @@ class PromptScores:
     summary: dict[str, Any]
 
 
-class _Streamer:
-    """transformers streamer: the first `put` is the prompt, each later one a new token."""
+@dataclass(frozen=True)
+class Handle:
+    """A request handed to the engine: its future result, and how to retire it early."""
 
-    def __init__(self, on_token: TokenCallback) -> None:
-        self.on_token = on_token
-        self.seen_prompt = False
+    future: Future[Generation]
+    sequence: Sequence
+    engine: Engine
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.seen_prompt:
-            self.seen_prompt = True
-            return
-        for token in value.reshape(-1).tolist():
-            self.on_token(int(token))
-
-    def end(self) -> None:
-        return None
-
-
-class _StopWhen:
-    """Stopping criterion: a cancel event (client gone) or a stop string in the decoded new text."""
-
-    def __init__(self, cancel: threading.Event, stop: tuple[str, ...], decode: Callable[[list[int]], str],
-                 prompt_len: int) -> None:
-        self.cancel, self.stop, self.decode, self.prompt_len = cancel, stop, decode, prompt_len
-        self.hit_stop = False
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        done = self.cancel.is_set()
-        if self.stop and not done:
-            text = self.decode(input_ids[0, self.prompt_len :].tolist())
-            self.hit_stop = done = any(s in text for s in self.stop)
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
+    def cancel(self) -> None:
+        """Retire the request at the next step (its future then holds the tokens so far)."""
+        self.engine.scheduler.cancel(self.sequence)
 
 
 class Engine:
-    """Serves one model: a single worker thread runs every model call; telemetry goes to `sinks`."""
+    """Serves one model: a single worker thread runs every model call, `max_batch` requests per forward step at
+    most; telemetry goes to `sinks`."""
 
-    def __init__(self, model: Any, name: str = "wdmoe", max_queue: int = 64) -> None:
+    def __init__(self, model: Any, name: str = "wdmoe", max_queue: int = 64, max_batch: int = 64) -> None:
         self.model = model
         self.name = name
         self.max_queue = max_queue
@@ -124,6 +100,9 @@ class Engine:
         self._pending_lock = threading.Lock()
         self._steps: list[StepRecord] = []
         model.telemetry.listeners.append(self._on_step)
+        self.scheduler = Scheduler(model, max_batch, self.eos_token_ids, self.decode)
+        self._futures: dict[int, Future[Generation]] = {}  # by sequence id, while pending
+        self._stepping = False  # a step job is queued or running on the worker thread
 
     # -- model facts -----------------------------------------------------------------------------------------
     @property
@@ -159,19 +138,86 @@ class Engine:
         return str(self.tokenizer.decode([token]))
 
     # -- queueing --------------------------------------------------------------------------------------------
-    def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+    def _reserve(self) -> None:
         with self._pending_lock:
             if self._pending >= self.max_queue:
                 raise QueueFull(f"{self._pending} requests are queued, the limit is {self.max_queue}; retry later")
             self._pending += 1
+
+    def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Run `fn` on the worker thread, between two forward steps."""
+        self._reserve()
         future = self._executor.submit(fn, *args, **kwargs)
         future.add_done_callback(self._done)
         return future
 
+    def start(self, ids: list[int], sampling: Sampling, top_n: int = 0,
+              on_token: TokenCallback | None = None) -> Handle:
+        """Hand a generation to the scheduler (module docstring); `on_token` is called on the worker thread with
+        each new token. Raises QueueFull."""
+        seq = self.scheduler.new(ids, sampling, top_n, on_token)
+        self._reserve()
+        future: Future[Generation] = Future()
+        future.add_done_callback(self._done)
+        with self._pending_lock:
+            self._futures[seq.id] = future
+            self.scheduler.add(seq)
+            run = not self._stepping
+            self._stepping = True
+        if run:
+            self._executor.submit(self._step)
+        return Handle(future, seq, self)
+
+    def generate(self, ids: list[int], sampling: Sampling, top_n: int = 0, on_token: TokenCallback | None = None,
+                 cancel: threading.Event | None = None) -> Generation:
+        """`start` and wait (never call it on the worker thread); a set `cancel` event cancels the request."""
+        if threading.current_thread().name.startswith("wdmoe-engine"):
+            raise RuntimeError("Engine.generate waits for the worker thread; on the worker thread use Engine.start")
+        handle = self.start(ids, sampling, top_n, on_token)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                return handle.future.result(timeout=0.05)
+            if cancel is not None and cancel.is_set():
+                handle.cancel()
+
+    def _step(self) -> None:
+        """One forward step of the running batch (worker thread); queues the next behind other jobs."""
+        try:
+            retired = self.scheduler.step()
+        except Exception as exc:  # the step's requests fail with the runtime's error; the engine goes on
+            logging.getLogger(__name__).exception("a forward step failed")
+            for seq in self.scheduler.fail_running():
+                self._resolve(seq, exc)
+            retired = []
+        finally:
+            self.model.telemetry.clear()
+        for seq in retired:
+            self._resolve(seq)
+        with self._pending_lock:
+            self._stepping = self.scheduler.busy
+            again = self._stepping
+        if again:
+            with contextlib.suppress(RuntimeError):  # raised once the engine shuts down
+                self._executor.submit(self._step)
+
+    def _resolve(self, seq: Sequence, error: BaseException | None = None) -> None:
+        with self._pending_lock:
+            future = self._futures.pop(seq.id)
+        if error is not None:
+            future.set_exception(error)
+            return
+        done = seq.done_s or time.perf_counter()
+        first = seq.first_token_s if seq.first_token_s is not None else done
+        future.set_result(Generation(
+            prompt_ids=list(seq.prompt), tokens=list(seq.tokens), logprobs=list(seq.logprobs),
+            top_logprobs=list(seq.top_logprobs), finish_reason=seq.finish_reason or "length",
+            ttft_s=first - seq.arrival_s, wall_s=done - seq.arrival_s, summary=self.scheduler.summary(seq),
+        ))
+
     def _done(self, _future: Future[Any]) -> None:
         with self._pending_lock:
             self._pending -= 1
-        if self.between_requests:  # queued behind the requests already waiting, after this one has answered
+        if self.between_requests:  # queued behind the jobs already waiting, after this one has answered
             with contextlib.suppress(RuntimeError):  # raised once the engine shuts down
                 self._executor.submit(self._run_hooks)
 
@@ -210,44 +256,9 @@ class Engine:
         logp = torch.log_softmax(logits, dim=-1)
         chosen = logp[:-1].gather(1, torch.tensor(ids[1:]).unsqueeze(1)).squeeze(1).tolist()  # (T-1,)
         return PromptScores(
-            logprobs=chosen, top_logprobs=[_top(row, top_n) for row in logp[:-1]], next_logprobs=logp[-1].numpy(),
+            logprobs=chosen, top_logprobs=[top_logprobs(row, top_n) for row in logp[:-1]],
+            next_logprobs=logp[-1].numpy(),
             summary=self.model.summary(self._take_steps()),
-        )
-
-    def generate(self, ids: list[int], sampling: Sampling, top_n: int = 0, on_token: TokenCallback | None = None,
-                 cancel: threading.Event | None = None) -> Generation:
-        """New tokens after `ids` (KV cache), with their log-probabilities and the request's telemetry."""
-        self._take_steps()
-        start = time.perf_counter()
-        first: list[float] = []
-
-        def token_seen(token: int) -> None:
-            if not first:
-                first.append(time.perf_counter() - start)
-            if on_token is not None:
-                on_token(token)
-
-        stop = _StopWhen(cancel or threading.Event(), sampling.stop, self.decode, len(ids))
-        kwargs: dict[str, Any] = {}
-        if sampling.temperature >= GREEDY_BELOW:
-            kwargs = dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed % 2**63)
-        else:
-            kwargs = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
-        out = self.model.generate(
-            torch.tensor([ids]), max_new_tokens=sampling.max_tokens, min_new_tokens=0, streamer=_Streamer(token_seen),
-            stopping_criteria=[stop], output_logits=True, return_dict_in_generate=True, **kwargs,
-        )
-        tokens = out.sequences[0, len(ids) :].tolist()
-        logps = [torch.log_softmax(step[0].float(), dim=-1) for step in out.logits]  # each (V,)
-        hit_eos = bool(tokens) and tokens[-1] in self.eos_token_ids
-        finish = "stop" if hit_eos or stop.hit_stop else "length"
-        wall_s = time.perf_counter() - start
-        return Generation(
-            prompt_ids=list(ids), tokens=tokens, logprobs=[float(lp[t]) for lp, t in zip(logps, tokens, strict=True)],
-            top_logprobs=[_top(lp, top_n) for lp in logps], finish_reason=finish,
-            ttft_s=first[0] if first else wall_s, wall_s=wall_s, summary=self.model.summary(self._take_steps()),
         )
 
     def tokenize(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Future[R]:
@@ -260,17 +271,12 @@ class Engine:
         return self.model.num_devices - len(runtime.liveness.dead), self.model.num_devices
 
     def close(self) -> None:
+        for seq in self.scheduler.running + list(self.scheduler.waiting):
+            self.scheduler.cancel(seq)
         self._tokenize_executor.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
         if self._on_step in self.model.telemetry.listeners:
             self.model.telemetry.listeners.remove(self._on_step)
-
-
-def _top(logp: torch.Tensor, n: int) -> dict[int, float]:
-    if n <= 0:
-        return {}
-    values, index = torch.topk(logp, min(n, logp.shape[-1]))
-    return {int(i): float(v) for v, i in zip(values.tolist(), index.tolist(), strict=True)}
 
 
 def _max_token_chars(tokenizer: Any) -> int | None:

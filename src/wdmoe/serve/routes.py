@@ -1,15 +1,15 @@
 """The OpenAI routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (JSON or SSE).
 
-Each request is one job on the engine's worker thread (all prompts of a batch in one job), so requests never
-interleave inside the model and concurrent clients get exactly what they would get one at a time.
+Each prompt is one request to the engine's scheduler (`Engine.start`): concurrent requests (and the prompts of one
+request) run batched in the same forward steps, each with its own KV cache and sampling, so a client gets what it
+would get alone (wdmoe.runtime.batch states the bound). A client that goes away cancels its request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,8 +60,7 @@ def openai_router(ctx: ServeContext) -> APIRouter:
             if len(prompts) > 1 or body.echo or body.logprobs is not None:
                 raise BadRequest("stream: streaming takes one prompt, without echo or logprobs", "stream")
             return _stream(ctx, prompts[0], samplings[0], chat=False, include_usage=_usage_on(body))
-        future = engine.submit(_complete_all, engine, prompts, samplings, body.logprobs, body.echo)
-        results = await asyncio.wrap_future(future)
+        results = await _complete_all(engine, prompts, samplings, body.logprobs, body.echo)
         for _, gen in results:
             ctx.finished(gen)
         choices = [completion_choice(engine, i, gen, scores, body.echo, body.logprobs, samplings[i].stop)
@@ -75,7 +74,7 @@ def openai_router(ctx: ServeContext) -> APIRouter:
                                 body.seed, body.stop)
         if body.stream:
             return _stream(ctx, ids, sampling, chat=True, include_usage=_usage_on(body))
-        gen = await asyncio.wrap_future(engine.submit(_complete_one, engine, ids, sampling))
+        gen = await _complete_one(engine, ids, sampling)
         ctx.finished(gen)
         return JSONResponse(chat_body(engine, gen, sampling.stop))
 
@@ -86,24 +85,29 @@ def _usage_on(body: CompletionRequest | ChatRequest) -> bool:
     return body.stream_options is not None and body.stream_options.include_usage
 
 
-def _complete_one(engine: Engine, ids: list[int], sampling: Sampling) -> Generation:
-    if sampling.max_tokens == 0:
-        return Generation(list(ids), [], [], [], "length", 0.0, 0.0, {})
-    return engine.generate(ids, sampling)
+async def _complete_one(engine: Engine, ids: list[int], sampling: Sampling, top_n: int = 0) -> Generation:
+    """One generation; cancelled when the client goes away (the awaiting task is cancelled)."""
+    handle = engine.start(ids, sampling, top_n)
+    try:
+        return await asyncio.wrap_future(handle.future)
+    except asyncio.CancelledError:
+        handle.cancel()
+        raise
 
 
-def _complete_all(engine: Engine, prompts: list[list[int]], samplings: list[Sampling], top_n: int | None,
-                  echo: bool) -> list[tuple[PromptScores | None, Generation]]:
-    """Worker thread: each prompt in turn. With echo + logprobs the prompt is scored by one forward pass; a
-    greedy single new token (what lm-evaluation-harness asks for) is then read off that same pass."""
+async def _complete_all(engine: Engine, prompts: list[list[int]], samplings: list[Sampling], top_n: int | None,
+                        echo: bool) -> list[tuple[PromptScores | None, Generation]]:
+    """Every prompt at once (they share the forward steps). With echo + logprobs the prompt is scored by one
+    forward pass on the worker thread; a greedy single new token (what lm-evaluation-harness asks for) is then read
+    off that same pass."""
+    if not (echo and top_n is not None):
+        gens = await asyncio.gather(*(_complete_one(engine, ids, s, top_n or 0) for ids, s in zip(prompts, samplings,
+                                                                                               strict=True)))
+        return [(None, gen) for gen in gens]
     results: list[tuple[PromptScores | None, Generation]] = []
     for ids, sampling in zip(prompts, samplings, strict=True):
-        if not (echo and top_n is not None):
-            results.append((None, engine.generate(ids, sampling, top_n or 0) if sampling.max_tokens else
-                            _complete_one(engine, ids, sampling)))
-            continue
         start = time.perf_counter()
-        scores = engine.prompt_logprobs(ids, top_n)
+        scores = await asyncio.wrap_future(engine.submit(engine.prompt_logprobs, ids, top_n))
         if sampling.max_tokens == 1 and sampling.temperature == 0 and not sampling.stop:
             token = int(np.argmax(scores.next_logprobs))
             wall_s = time.perf_counter() - start
@@ -112,7 +116,7 @@ def _complete_all(engine: Engine, prompts: list[list[int]], samplings: list[Samp
             gen = Generation(list(ids), [token], [float(scores.next_logprobs[token])], [tops], finish, wall_s, wall_s,
                              scores.summary)
         else:
-            gen = _complete_one(engine, ids, sampling)
+            gen = await _complete_one(engine, ids, sampling)
         results.append((scores, gen))
     return results
 
@@ -130,12 +134,12 @@ def _stream(ctx: ServeContext, ids: list[int], sampling: Sampling, chat: bool, i
     engine = ctx.engine
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[int | None] = asyncio.Queue()
-    cancel = threading.Event()
 
     def push(item: int | None) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, item)
 
-    future = engine.submit(_generate_streaming, engine, ids, sampling, push, cancel)
+    handle = engine.start(ids, sampling, on_token=push)
+    future = handle.future
     future.add_done_callback(lambda _: push(None))
     request_id = new_id("chatcmpl" if chat else "cmpl")
 
@@ -155,7 +159,7 @@ def _stream(ctx: ServeContext, ids: list[int], sampling: Sampling, chat: bool, i
                     yield sse(chunk(engine, request_id, chat, text[len(sent) :], None))
                     sent = text
                 if stopped:
-                    cancel.set()
+                    handle.cancel()
             gen = await asyncio.wrap_future(future)
             ctx.finished(gen)
             finish = "stop" if stopped else gen.finish_reason
@@ -167,13 +171,6 @@ def _stream(ctx: ServeContext, ids: list[int], sampling: Sampling, chat: bool, i
                            "usage": final["usage"], "wdmoe": final["wdmoe"]})
             yield "data: [DONE]\n\n"
         finally:
-            cancel.set()
+            handle.cancel()  # the client went away (or the stream ended): retire the request at the next step
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _generate_streaming(engine: Engine, ids: list[int], sampling: Sampling, push: Callable[[int | None], None],
-                        cancel: threading.Event) -> Generation:
-    if sampling.max_tokens == 0:
-        return _complete_one(engine, ids, sampling)
-    return engine.generate(ids, sampling, on_token=push, cancel=cancel)

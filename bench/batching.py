@@ -1,0 +1,117 @@
+"""Continuous batching on the shipped model: output tokens/s and TTFT with 1, 4, 16 and 64 concurrent clients,
+side by side in one run, each concurrency serving the same requests (the concurrency-1 run is the requests one at
+a time). Clients run closed loops against `wdmoe.serve.engine.Engine` (no HTTP: the figure is the engine's).
+
+    python bench/batching.py [--requests 64] [--tokens 32] [--concurrency 1 4 16 64] [--json]
+
+Every request asks for exactly --tokens new tokens (end-of-sequence biased away with logit_bias), greedy, with
+prompts of held-out text of 8 to 40 tokens. "step" is the mean wall time of one forward step at that concurrency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def prompts(engine: object, count: int) -> list[list[int]]:
+    from wdmoe.model.shipped import HELDOUT_TEXT
+
+    tokenizer = engine.tokenizer  # type: ignore[attr-defined]
+    docs = [d.strip() for d in HELDOUT_TEXT.read_text().split("<|endofdoc|>") if len(d.strip()) > 40]
+    out = []
+    for i in range(count):
+        ids = list(tokenizer(docs[i % len(docs)], add_special_tokens=False)["input_ids"])
+        out.append(ids[: 8 + (i * 11) % 33])
+    return out
+
+
+def run_level(engine: object, requests: list[list[int]], tokens: int, concurrency: int) -> dict[str, float]:
+    from wdmoe.runtime.sampling import Sampling
+
+    eos = sorted(engine.eos_token_ids)  # type: ignore[attr-defined]
+    sampling = Sampling(max_tokens=tokens, logit_bias=tuple((e, -100.0) for e in eos))
+    todo = list(range(len(requests)))
+    lock = threading.Lock()
+    gens = []
+    steps: list[float] = []
+    engine.sinks.append(lambda step: steps.append(step.wall_s))  # type: ignore[attr-defined]
+
+    def client() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i = todo.pop(0)
+            gen = engine.generate(requests[i], sampling)  # type: ignore[attr-defined]
+            with lock:
+                gens.append(gen)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    engine.sinks.pop()  # type: ignore[attr-defined]
+    out_tokens = sum(len(g.tokens) for g in gens)
+    ttft = sorted(g.ttft_s for g in gens)
+    tpot = [(g.wall_s - g.ttft_s) / (len(g.tokens) - 1) for g in gens if len(g.tokens) > 1]
+    return {"concurrency": concurrency, "requests": len(gens), "output_tokens": out_tokens, "wall_s": wall,
+            "tokens_per_s": out_tokens / wall, "ttft_p50_s": statistics.median(ttft),
+            "ttft_p90_s": ttft[int(0.9 * (len(ttft) - 1))], "tpot_p50_s": statistics.median(tpot),
+            "step_s": statistics.mean(steps), "steps": len(steps)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the machine is shared)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+    from wdmoe.runtime.open import ModelOptions, open_model
+    from wdmoe.runtime.sampling import Sampling
+    from wdmoe.serve.engine import Engine
+
+    model = open_model(None, ModelOptions(devices=8))
+    engine = Engine(model, max_queue=1024, max_batch=max(args.concurrency))
+    try:
+        requests = prompts(engine, args.requests)
+        engine.generate(requests[0][:4], Sampling(max_tokens=4))  # warm-up
+        rows = [run_level(engine, requests, args.tokens, c) for c in args.concurrency]
+    finally:
+        engine.close()
+        model.close()
+    base = rows[0]
+    for row in rows:
+        row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
+        row["ttft_p50_vs_c1_plus_step"] = row["ttft_p50_s"] / (base["ttft_p50_s"] + row["step_s"])
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    print(f"{args.requests} requests x {args.tokens} tokens, shipped model, 8 in-process devices, TopK, CPU")
+    print("conc  tok/s   x c1   TTFT p50   TTFT p90   TPOT p50   step      TTFT p50 / (c1 TTFT p50 + step)")
+    for r in rows:
+        print(f"{r['concurrency']:>4}  {r['tokens_per_s']:6.1f}  {r['speedup']:5.2f}  {r['ttft_p50_s'] * 1e3:7.1f} ms"
+              f"  {r['ttft_p90_s'] * 1e3:7.1f} ms  {r['tpot_p50_s'] * 1e3:7.1f} ms  {r['step_s'] * 1e3:6.1f} ms"
+              f"  {r['ttft_p50_vs_c1_plus_step']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Continuous batching: which sequences run in the next forward step, and what each does with its logits.
+
+    add(seq)    -> waits
+    step()      -> admits waiting sequences (up to max_batch running), drops cancelled ones, runs ONE forward step
+                   over every running sequence (prefills and decode tokens together: `DistributedMoE.step_segments`),
+                   lets each pick its token (`TokenPicker`), retires the finished ones
+    cancel(seq) -> retired at the next step
+
+A sequence finishes on an end-of-sequence token ("stop", the token kept, as transformers' generate keeps it), a
+stop string in its decoded new text ("stop"), `max_tokens` ("length") or a cancel ("cancelled"). The scheduler is
+single-threaded: the serving engine (wdmoe.serve.engine) calls it from its worker thread only; `add` and `cancel`
+it guards with a lock, because clients call them from other threads.
+
+Telemetry: each step's `StepRecord` holds the rows of every sequence; a sequence keeps (step, its rows) per step
+(`StepShare`) and its summary is `wdmoe.runtime.telemetry.request_summary` of those.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from wdmoe.runtime.batch import SequenceCache
+from wdmoe.runtime.sampling import Sampling, TokenPicker
+from wdmoe.runtime.telemetry import StepShare, request_summary
+
+if TYPE_CHECKING:
+    from wdmoe.runtime.model import DistributedMoE
+
+TokenCallback = Callable[[int], None]
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request's state while it waits or runs (module docstring)."""
+
+    prompt: list[int]
+    sampling: Sampling
+    picker: TokenPicker
+    top_n: int = 0
+    on_token: TokenCallback | None = None
+    id: int = field(default_factory=lambda: next(_ids))
+    cache: SequenceCache = field(default_factory=SequenceCache)
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    parts: list[StepShare] = field(default_factory=list)
+    finish_reason: str | None = None
+    cancelled: bool = False
+    arrival_s: float = field(default_factory=time.perf_counter)
+    first_token_s: float | None = None
+    done_s: float | None = None
+
+    @property
+    def next_input(self) -> list[int]:
+        return self.prompt if self.cache.length == 0 else self.tokens[-1:]
+
+
+class Scheduler:
+    """Admits, steps and retires sequences of one model (module docstring)."""
+
+    def __init__(self, model: DistributedMoE, max_batch: int = 64, eos_ids: set[int] | None = None,
+                 decode: Callable[[list[int]], str] | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch = {max_batch}: at least one sequence must run")
+        self.model = model
+        self.max_batch = max_batch
+        self.eos_ids = eos_ids or set()
+        self.decode = decode
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._lock = threading.Lock()
+
+    def new(self, prompt: list[int], sampling: Sampling, top_n: int = 0,
+            on_token: TokenCallback | None = None) -> Sequence:
+        if not prompt:
+            raise ValueError("a sequence needs a prompt of at least one token")
+        vocab = int(self.model.config.vocab_size)
+        return Sequence(list(prompt), sampling, TokenPicker(sampling, vocab), top_n, on_token)
+
+    def add(self, seq: Sequence) -> None:
+        with self._lock:
+            self.waiting.append(seq)
+
+    def cancel(self, seq: Sequence) -> None:
+        seq.cancelled = True
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self.running or self.waiting)
+
+    def step(self) -> list[Sequence]:
+        """Admit, run one forward step, retire (module docstring); returns the sequences retired by this step."""
+        retired = self._admit()
+        batch = list(self.running)
+        if not batch:
+            return retired
+        logits, record = self.model.step_segments([s.next_input for s in batch], [s.cache for s in batch])
+        logits = logits.cpu()  # (N, V)
+        logp = torch.log_softmax(logits, dim=-1)  # row by row, as each request alone
+        now = time.perf_counter()
+        start = 0
+        for row, seq in enumerate(batch):
+            first = not seq.tokens
+            width = len(seq.prompt) if first else 1
+            if record is not None:
+                seq.parts.append(StepShare(record, start, start + width, first))
+            start += width
+            self._take_token(seq, logits[row], logp[row], now)
+        return retired + self._take_done()
+
+    def fail_running(self) -> list[Sequence]:
+        """The running sequences, taken out of the batch after a failed step (their caches may hold half a step)."""
+        failed, self.running = self.running, []
+        return failed
+
+    def _admit(self) -> list[Sequence]:
+        """Waiting sequences into the batch, as room allows; cancelled ones (and max_tokens = 0) retire at once."""
+        retired: list[Sequence] = []
+        with self._lock:
+            self.running = [s for s in self.running if not s.cancelled or _retire(s, "cancelled", retired)]
+            while self.waiting and len(self.running) < self.max_batch:
+                seq = self.waiting.popleft()
+                if seq.cancelled:
+                    _retire(seq, "cancelled", retired)
+                elif seq.sampling.max_tokens <= 0:
+                    _retire(seq, "length", retired)
+                else:
+                    self.running.append(seq)
+                    if self.model.wireless is not None:  # a channel redrawn per request (coherence "request")
+                        self.model.wireless.start_request()
+        return retired
+
+    def _take_token(self, seq: Sequence, logits: torch.Tensor, logp: torch.Tensor, now: float) -> None:
+        token, logp = seq.picker.pick(logits, logp)
+        seq.tokens.append(token)
+        seq.logprobs.append(float(logp[token]))
+        seq.top_logprobs.append(top_logprobs(logp, seq.top_n))
+        if seq.first_token_s is None:
+            seq.first_token_s = now
+        if seq.on_token is not None:
+            seq.on_token(token)
+        if token in self.eos_ids or self._stopped(seq):
+            seq.finish_reason = "stop"
+        elif len(seq.tokens) >= seq.sampling.max_tokens:
+            seq.finish_reason = "length"
+
+    def _stopped(self, seq: Sequence) -> bool:
+        """A stop string in the decoded new text (a stop string may span tokens)."""
+        stop = seq.sampling.stop
+        return bool(stop) and self.decode is not None and any(s in self.decode(seq.tokens) for s in stop)
+
+    def _take_done(self) -> list[Sequence]:
+        done = [s for s in self.running if s.finish_reason is not None]
+        if done:
+            self.running = [s for s in self.running if s.finish_reason is None]
+            now = time.perf_counter()
+            for seq in done:
+                seq.done_s = now
+        return done
+
+    def summary(self, seq: Sequence) -> dict[str, Any]:
+        """The request's telemetry summary (`wdmoe.runtime.telemetry.request_summary`)."""
+        return request_summary(seq.parts, self.model.num_devices)
+
+
+def _retire(seq: Sequence, reason: str, into: list[Sequence]) -> bool:
+    seq.finish_reason = reason
+    seq.done_s = time.perf_counter()
+    into.append(seq)
+    return False
+
+
+def top_logprobs(logp: torch.Tensor, n: int) -> dict[int, float]:
+    """The n most probable tokens of a (V,) log-probability row and their log p (n <= 0: empty)."""
+    if n <= 0:
+        return {}
+    values, index = torch.topk(logp, min(n, logp.shape[-1]))
+    return {int(i): float(v) for v, i in zip(values.tolist(), index.tolist(), strict=True)}

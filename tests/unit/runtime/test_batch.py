@@ -1,0 +1,157 @@
+"""Continuous batching: a request batched with others gets what it gets alone (TopK, fp32), and the telemetry of
+shared steps is attributed to requests without losing or inventing anything."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wdmoe.runtime.model import DistributedMoE
+from wdmoe.runtime.sampling import Sampling
+from wdmoe.runtime.scheduler import Scheduler, Sequence
+from wdmoe.runtime.telemetry import StepRecord
+from wdmoe.serve.engine import Engine, Generation
+
+# fp32 projections over more rows may round differently (wdmoe.runtime.batch): tokens equal, log p within this
+LOGPROB_TOL = 1e-4
+
+# 8 requests: prompt length, sampling, the step at which each arrives
+REQUESTS: list[tuple[int, Sampling, int]] = [
+    (5, Sampling(max_tokens=6), 0),
+    (1, Sampling(max_tokens=9, temperature=0.8, seed=11), 0),
+    (12, Sampling(max_tokens=4, temperature=1.3, top_p=0.7, seed=5), 1),
+    (3, Sampling(max_tokens=7, frequency_penalty=1.5, presence_penalty=0.5), 2),
+    (8, Sampling(max_tokens=5, temperature=1.0, seed=99, logit_bias=((3, 5.0), (7, -100.0))), 2),
+    (20, Sampling(max_tokens=3), 4),
+    (2, Sampling(max_tokens=8, temperature=0.5, top_p=0.9, seed=1, frequency_penalty=0.7), 5),
+    (6, Sampling(max_tokens=1, temperature=2.0, seed=3), 7),
+]
+
+
+@pytest.fixture(scope="module")
+def model(mixtral_split: Path) -> Iterator[DistributedMoE]:
+    model = DistributedMoE.from_pretrained(mixtral_split)
+    yield model
+    model.close()
+
+
+def prompt(length: int, salt: int) -> list[int]:
+    return [(7 * i + 13 * salt + 1) % 120 for i in range(length)]
+
+
+def run(model: DistributedMoE, arrivals: list[tuple[list[int], Sampling, int]]) -> list[Sequence]:
+    """Run sequences through one scheduler, each added before the step numbered by its arrival."""
+    scheduler = Scheduler(model, max_batch=64)
+    seqs = [scheduler.new(ids, sampling) for ids, sampling, _ in arrivals]
+    step, last = 0, max(at for _, _, at in arrivals)
+    while step <= last or scheduler.busy:
+        for seq, (_, _, at) in zip(seqs, arrivals, strict=True):
+            if at == step:
+                scheduler.add(seq)
+        scheduler.step()
+        step += 1
+    return seqs
+
+
+def assert_same(batched: Sequence, alone: Sequence) -> None:
+    assert batched.tokens == alone.tokens
+    assert batched.finish_reason == alone.finish_reason
+    np.testing.assert_allclose(batched.logprobs, alone.logprobs, rtol=0, atol=LOGPROB_TOL)
+
+
+def test_eight_requests_arriving_at_different_steps_get_what_they_get_alone(model: DistributedMoE) -> None:
+    arrivals = [(prompt(n, i), s, at) for i, (n, s, at) in enumerate(REQUESTS)]
+    batched = run(model, arrivals)
+    assert max(len(s.parts[-1].step.layers[0].topk_index) for s in batched) > 8  # some steps really were shared
+    for seq, (ids, sampling, _) in zip(batched, arrivals, strict=True):
+        [alone] = run(model, [(ids, sampling, 0)])
+        assert_same(seq, alone)
+        assert len(seq.tokens) == sampling.max_tokens  # the tiny model has no EOS
+
+
+def test_the_order_of_arrival_does_not_matter(model: DistributedMoE) -> None:
+    arrivals = [(prompt(n, i), s, at) for i, (n, s, at) in enumerate(REQUESTS)]
+    forward = run(model, arrivals)
+    backward = run(model, [(ids, s, 7 - at) for ids, s, at in reversed(arrivals)])
+    for a, b in zip(forward, reversed(backward), strict=True):
+        assert_same(a, b)
+
+
+def test_greedy_alone_equals_transformers_generate(model: DistributedMoE) -> None:
+    ids = prompt(9, 4)
+    [seq] = run(model, [(ids, Sampling(max_tokens=6), 0)])
+    out = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True)
+    assert seq.tokens == out.sequences[0, len(ids):].tolist()
+    expected = [float(torch.log_softmax(step[0].float(), -1)[t]) for step, t in zip(out.logits, seq.tokens,
+                                                                                    strict=True)]
+    np.testing.assert_allclose(seq.logprobs, expected, rtol=0, atol=LOGPROB_TOL)
+
+
+def test_logit_bias_and_penalties_act() -> None:
+    from wdmoe.runtime.sampling import TokenPicker
+
+    logits = torch.tensor([3.0, 2.0, 1.0, 0.0])
+    assert TokenPicker(Sampling(1, logit_bias=((3, 10.0),)), 4).pick(logits)[0] == 3
+    picker = TokenPicker(Sampling(4, frequency_penalty=1.5), 4)
+    assert [picker.pick(logits)[0] for _ in range(3)] == [0, 1, 0]  # 3 - 1.5 < 2, then 3 - 1.5 > 2 - 1.5
+    picker = TokenPicker(Sampling(4, presence_penalty=5.0), 4)
+    assert [picker.pick(logits)[0] for _ in range(4)] == [0, 1, 2, 3]
+
+
+def test_shared_steps_are_attributed_in_full(model: DistributedMoE) -> None:
+    records: list[StepRecord] = []
+    model.telemetry.listeners.append(records.append)
+    try:
+        seqs = run(model, [(prompt(n, i), s, at) for i, (n, s, at) in enumerate(REQUESTS[:4])])
+    finally:
+        model.telemetry.listeners.remove(records.append)
+    summaries = [Scheduler(model).summary(seq) for seq in seqs]
+    for key, field in (("bits_up_per_device", "bits_up"), ("bits_down_per_device", "bits_down"),
+                       ("tokens_per_device", "tokens_down")):
+        attributed = np.sum([s[key] for s in summaries], axis=0)
+        recorded = np.sum([getattr(r, field) for step in records for r in step.layers], axis=0)
+        np.testing.assert_array_equal(attributed, recorded, err_msg=key)
+
+
+def test_engine_serves_concurrent_clients_as_alone(model: DistributedMoE) -> None:
+    engine = Engine(model, max_queue=64, max_batch=64)
+    try:
+        arrivals = [(prompt(n, i), s) for i, (n, s, _) in enumerate(REQUESTS)]
+        alone = [engine.start(ids, s).future.result() for ids, s in arrivals]
+        results: list[Generation | None] = [None] * len(arrivals)
+
+        def client(i: int) -> None:
+            time.sleep(0.01 * (i % 3))
+            results[i] = engine.generate(*arrivals[i])
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(arrivals))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for got, ref in zip(results, alone, strict=True):
+            assert got is not None and got.tokens == ref.tokens
+            np.testing.assert_allclose(got.logprobs, ref.logprobs, rtol=0, atol=LOGPROB_TOL)
+    finally:
+        engine.close()
+
+
+def test_cancel_retires_a_request_at_the_next_step(model: DistributedMoE) -> None:
+    engine = Engine(model)
+    try:
+        seen = threading.Event()
+        handle = engine.start(prompt(4, 0), Sampling(max_tokens=500), on_token=lambda _: seen.set())
+        assert seen.wait(30)
+        handle.cancel()
+        gen = handle.future.result(timeout=30)
+        assert gen.finish_reason == "cancelled" and 0 < len(gen.tokens) < 500
+        assert engine.pending == 0
+    finally:
+        engine.close()
