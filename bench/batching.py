@@ -4,8 +4,9 @@ a time). Clients run closed loops against `wdmoe.serve.engine.Engine` (no HTTP: 
 
     python bench/batching.py [--requests 64] [--tokens 32] [--concurrency 1 4 16 64] [--json]
 
-Every request asks for exactly --tokens new tokens (end-of-sequence biased away with logit_bias), greedy, with
-prompts of held-out text of 8 to 40 tokens. "step" is the mean wall time of one forward step at that concurrency.
+Request i asks for exactly --tokens/2 + (13 i mod --tokens) new tokens (end-of-sequence biased away with logit_bias;
+--tokens on average, so requests end at different steps, as real ones do), greedy, with prompts of held-out text of
+8 to 40 tokens. "step" is the mean wall time of one forward step at that concurrency.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def run_level(engine: object, requests: list[list[int]], tokens: int, concurrenc
     from wdmoe.runtime.sampling import Sampling
 
     eos = sorted(engine.eos_token_ids)  # type: ignore[attr-defined]
-    sampling = Sampling(max_tokens=tokens, logit_bias=tuple((e, -100.0) for e in eos))
+    no_eos = tuple((e, -100.0) for e in eos)
+    samplings = [Sampling(max_tokens=tokens // 2 + (13 * i) % tokens, logit_bias=no_eos) for i in range(len(requests))]
     todo = list(range(len(requests)))
     lock = threading.Lock()
     gens = []
@@ -51,7 +53,7 @@ def run_level(engine: object, requests: list[list[int]], tokens: int, concurrenc
                 if not todo:
                     return
                 i = todo.pop(0)
-            gen = engine.generate(requests[i], sampling)  # type: ignore[attr-defined]
+            gen = engine.generate(requests[i], samplings[i])  # type: ignore[attr-defined]
             with lock:
                 gens.append(gen)
 

@@ -5,7 +5,8 @@
     every layer: projections, norms, routers, the LM head on all tokens at once; the MoE layer step
                  (`Runtime.run`) dispatches all of them to each device together, so the policy decides over the
                  whole batch and shares the bandwidth over it
-    attention:   per segment, its queries against its own cache (`SegmentedAttention`)
+    attention:   a prompt against itself, causally; the decode tokens of all sequences in one call, each against
+                 its own cache (`segmented_attention`)
     out:         (N, V) the logits of each segment's last token
 
 Why this shape and not transformers' own continuous batching (`generate_batch`, `ContinuousBatchingManager`, the
@@ -14,15 +15,14 @@ its request ids) and changed between 5.17, the device image's transformers, and 
 sampling, stop strings, cancellation and the per-request telemetry would have to be bolted on from outside, and its
 paged attention kernels compute each sequence's attention with other shapes than a run alone does. Here the only
 hook is transformers' `AttentionInterface` (stable across both versions): the model's own modules compute
-everything, and each segment's attention is transformers' `sdpa_attention_forward` on exactly the shapes a run of
-that sequence alone gives it (prefill: causal over the prompt; decode: one query over the whole cache). A
-sequence's cache is its own per-layer key/value tensors (`SequenceCache`), so admitting and retiring a sequence is
-adding and dropping an object, with no padding and no attention mask.
+everything else. A sequence's cache is its own per-layer key/value buffers (`SequenceCache`), so admitting and
+retiring a sequence is adding and dropping an object; only the decode attention pads the caches (to the longest,
+masked) so that one call serves every sequence.
 
-Exactness: attention, sampling and every per-token operation see the same numbers as a run alone; the dense
-matrix products (projections, experts, LM head) see more rows, and a BLAS may round a row differently with another
-row count (fp32, ~1e-6 relative). Tokens are then identical and log-probabilities agree to ~1e-5
-(tests/unit/runtime/test_batch.py states the bound it checks).
+Exactness: sampling and every per-token operation see the same numbers as a run alone; the dense matrix products
+(projections, experts, LM head) see more rows and the decode attention more (masked) keys, and a BLAS may round a
+row differently with another row count (fp32, ~1e-6 relative). Tokens are then identical and log-probabilities
+agree to ~1e-6 (tests/unit/runtime/test_batch.py checks 1e-4).
 """
 
 from __future__ import annotations
@@ -38,11 +38,29 @@ NAME = "wdmoe_segments"  # the attention implementation's name while a batched s
 
 @dataclass
 class SequenceCache:
-    """One sequence's KV cache: per attention layer, keys and values (1, kv_heads, length, head_dim)."""
+    """One sequence's KV cache: per attention layer, key and value buffers (capacity, kv_heads, head_dim) whose
+    first `length` rows hold positions 0..length-1 (grown by doubling, so a decode token is one in-place write)."""
 
     key: dict[int, torch.Tensor] = field(default_factory=dict)
     value: dict[int, torch.Tensor] = field(default_factory=dict)
-    length: int = 0  # tokens already in the cache (positions 0..length-1)
+    length: int = 0  # tokens already in the cache (positions 0..length-1), all layers
+
+    def append(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> int:
+        """Write the step's (t, kv_heads, d) keys and values after the cached ones; returns the new length."""
+        start, stop = self.length, self.length + key.shape[0]
+        if layer not in self.key or self.key[layer].shape[0] < stop:
+            self.key[layer] = _grown(self.key.get(layer), key, start, stop)
+            self.value[layer] = _grown(self.value.get(layer), value, start, stop)
+        self.key[layer][start:stop] = key
+        self.value[layer][start:stop] = value
+        return stop
+
+
+def _grown(old: torch.Tensor | None, like: torch.Tensor, keep: int, need: int) -> torch.Tensor:
+    new = like.new_empty((max(need, 2 * (0 if old is None else old.shape[0]), 16), *like.shape[1:]))
+    if old is not None and keep:
+        new[:keep] = old[:keep]
+    return new
 
 
 @dataclass(frozen=True)
@@ -60,7 +78,10 @@ _STEP: contextvars.ContextVar[tuple[Segment, ...] | None] = contextvars.ContextV
 def segmented_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                         attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention-interface signature; query (1, heads, T, d), key/value (1, kv_heads, T, d) of the
-    step's new tokens (rotary embedding applied). Returns (1, T, heads, d_v)."""
+    step's new tokens (rotary embedding applied). Returns (1, T, heads, d_v).
+
+    A prompt attends causally to itself (transformers' `sdpa_attention_forward`, as in a run alone); the decode
+    tokens of every sequence attend to their caches in one call, the caches padded to the longest and masked."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     segments = _STEP.get()
@@ -68,18 +89,41 @@ def segmented_attention(module: Any, query: torch.Tensor, key: torch.Tensor, val
         raise RuntimeError(f"attention implementation {NAME!r} runs only inside `forward_segments`")
     layer = int(module.layer_idx)
     kwargs.pop("is_causal", None)
-    outs = []
+    k_rows, v_rows = key[0].transpose(0, 1), value[0].transpose(0, 1)  # (T, kv_heads, d)
+    out = query.new_empty((1, query.shape[2], query.shape[1], value.shape[-1]))  # (1, T, heads, d_v)
+    decode: list[Segment] = []
+    lengths: list[int] = []
     for seg in segments:
-        cache = seg.cache
-        k_new, v_new = key[:, :, seg.start : seg.stop], value[:, :, seg.start : seg.stop]
-        if layer in cache.key:
-            k_new = torch.cat([cache.key[layer], k_new], dim=2)
-            v_new = torch.cat([cache.value[layer], v_new], dim=2)
-        cache.key[layer], cache.value[layer] = k_new, v_new
-        # a prompt (no past) is causal over itself; a decode token attends to the whole cache
-        out, _ = sdpa_attention_forward(module, query[:, :, seg.start : seg.stop], k_new, v_new, None, **kwargs)
-        outs.append(out)  # (1, t_i, heads, d_v)
-    return torch.cat(outs, dim=1), None
+        length = seg.cache.append(layer, k_rows[seg.start : seg.stop], v_rows[seg.start : seg.stop])
+        if seg.stop - seg.start == 1 and length > 1:
+            decode.append(seg)
+            lengths.append(length)
+            continue
+        k = seg.cache.key[layer][:length].transpose(0, 1).unsqueeze(0)  # (1, kv_heads, L, d)
+        v = seg.cache.value[layer][:length].transpose(0, 1).unsqueeze(0)
+        q = query[:, :, seg.start : seg.stop]
+        out[:, seg.start : seg.stop] = sdpa_attention_forward(module, q, k, v, None, **kwargs)[0]
+    if decode:
+        rows = torch.tensor([seg.start for seg in decode], device=query.device)
+        out[0, rows] = _decode_attention(module, query[0, :, rows].unsqueeze(2), decode, lengths, layer, kwargs)
+    return out, None
+
+
+def _decode_attention(module: Any, query: torch.Tensor, segments: list[Segment], lengths: list[int], layer: int,
+                      kwargs: dict[str, Any]) -> torch.Tensor:
+    """query (heads, B, 1, d) -> (B, heads, d_v): one decode token per sequence against its padded, masked cache."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    keys = pad_sequence([s.cache.key[layer][:n] for s, n in zip(segments, lengths, strict=True)], batch_first=True)
+    values = pad_sequence([s.cache.value[layer][:n] for s, n in zip(segments, lengths, strict=True)],
+                          batch_first=True)  # (B, L_max, kv_heads, d)
+    valid = torch.arange(keys.shape[1], device=keys.device) < torch.tensor(lengths, device=keys.device)[:, None]
+    groups = query.shape[0] // keys.shape[2]
+    k = keys.transpose(1, 2).repeat_interleave(groups, dim=1)  # (B, heads, L_max, d)
+    v = values.transpose(1, 2).repeat_interleave(groups, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.transpose(0, 1), k, v, attn_mask=valid[:, None, None, :], scale=kwargs.get("scaling"))
+    return out[:, :, 0]  # (B, heads, d_v)
 
 
 def _register() -> None:

@@ -11,6 +11,11 @@ stop string in its decoded new text ("stop"), `max_tokens` ("length") or a cance
 single-threaded: the serving engine (wdmoe.serve.engine) calls it from its worker thread only; `add` and `cancel`
 it guards with a lock, because clients call them from other threads.
 
+Radio: before each step the channel is derived from the oldest running request's seed and step number
+(`WirelessDecider.seed_step`), so a seeded request alone is reproducible under a latency-aware policy; batched, the
+policy decides over every request's tokens together (it shares the bandwidth among them), so what a request gets
+under such a policy depends on its company, as in a real cell.
+
 Telemetry: each step's `StepRecord` holds the rows of every sequence; a sequence keeps (step, its rows) per step
 (`StepShare`) and its summary is `wdmoe.runtime.telemetry.request_summary` of those.
 """
@@ -18,6 +23,7 @@ Telemetry: each step's `StepRecord` holds the rows of every sequence; a sequence
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 import time
 from collections import deque
@@ -58,6 +64,7 @@ class Sequence:
     arrival_s: float = field(default_factory=time.perf_counter)
     first_token_s: float | None = None
     done_s: float | None = None
+    channel_seed: int = field(default_factory=lambda: secrets.randbits(63))  # the request's seed when it has one
 
     @property
     def next_input(self) -> list[int]:
@@ -84,7 +91,10 @@ class Scheduler:
         if not prompt:
             raise ValueError("a sequence needs a prompt of at least one token")
         vocab = int(self.model.config.vocab_size)
-        return Sequence(list(prompt), sampling, TokenPicker(sampling, vocab), top_n, on_token)
+        seq = Sequence(list(prompt), sampling, TokenPicker(sampling, vocab), top_n, on_token)
+        if sampling.seed is not None:
+            seq.channel_seed = sampling.seed % 2**63
+        return seq
 
     def add(self, seq: Sequence) -> None:
         with self._lock:
@@ -104,6 +114,9 @@ class Scheduler:
         batch = list(self.running)
         if not batch:
             return retired
+        wireless = self.model.wireless
+        if wireless is not None:  # the channel of this step: the oldest request's seed and step, no shared state
+            wireless.seed_step(batch[0].channel_seed, len(batch[0].tokens))
         logits, record = self.model.step_segments([s.next_input for s in batch], [s.cache for s in batch])
         logits = logits.cpu()  # (N, V)
         logp = torch.log_softmax(logits, dim=-1)  # row by row, as each request alone
@@ -136,8 +149,6 @@ class Scheduler:
                     _retire(seq, "length", retired)
                 else:
                     self.running.append(seq)
-                    if self.model.wireless is not None:  # a channel redrawn per request (coherence "request")
-                        self.model.wireless.start_request()
         return retired
 
     def _take_token(self, seq: Sequence, logits: torch.Tensor, logp: torch.Tensor, now: float) -> None:

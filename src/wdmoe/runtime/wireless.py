@@ -57,6 +57,17 @@ class WirelessDecider:
         if redraws_at(self.radio.coherence, "request"):
             self.link = redraw_fading(self.rng, self.link, self.radio)
 
+    def seed_step(self, channel_seed: int, step: int) -> None:
+        """Derive the channel of the next forward step from (`channel_seed`, `step`): a request's seed and its step
+        number, not the state earlier steps left, so a seeded request sees the same fading whatever ran before it
+        (the serving scheduler calls this before each batched step, keyed by the batch's oldest request). Coherence
+        "request": the block of the request's first step; "step" and "layer": drawn from there by `start_step` and
+        `state` as usual."""
+        per_request = redraws_at(self.radio.coherence, "request")
+        self.rng = np.random.default_rng([int(self.scenario.seed), int(channel_seed), 0 if per_request else int(step)])
+        if per_request:
+            self.link = redraw_fading(self.rng, self.link, self.radio)
+
     def start_step(self) -> None:
         if redraws_at(self.radio.coherence, "step"):
             self.link = redraw_fading(self.rng, self.link, self.radio)

@@ -155,3 +155,22 @@ def test_cancel_retires_a_request_at_the_next_step(model: DistributedMoE) -> Non
         assert engine.pending == 0
     finally:
         engine.close()
+
+
+def test_a_seeded_request_is_reproducible_under_a_latency_aware_policy(model: DistributedMoE) -> None:
+    from wdmoe.config import Scenario
+    from wdmoe.policy.factory import make_policy
+
+    model.set_policy(make_policy("wlr", theta=0.3), Scenario.default(model.num_devices))
+    try:
+        ask = (prompt(6, 1), Sampling(max_tokens=6, seed=42), 0)
+        [first] = run(model, [ask])
+        run(model, [(prompt(9, 2), Sampling(max_tokens=5, seed=7), 0)])  # moves any shared channel state on
+        [again] = run(model, [ask])
+        [other] = run(model, [(ask[0], Sampling(max_tokens=6, seed=43), 0)])
+    finally:
+        model.set_policy(None)
+    assert again.tokens == first.tokens
+    steps = [Scheduler(model).summary(s)["latency"]["per_step_s"] for s in (first, again, other)]
+    assert steps[1] == steps[0]  # the same channel realization, step by step
+    assert steps[2] != steps[0]  # another seed, another realization
