@@ -275,6 +275,10 @@ class Engine:
             self.scheduler.cancel(seq)
         self._tokenize_executor.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._pending_lock:
+            left, self._futures = list(self._futures.values()), {}
+        for future in left:  # requests the last steps did not reach: their clients hear why
+            future.set_exception(RuntimeError("the engine closed before this request finished"))
         if self._on_step in self.model.telemetry.listeners:
             self.model.telemetry.listeners.remove(self._on_step)
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from wdmoe.serve.dashboard import DashboardState
-from wdmoe.serve.engine import Engine, Generation, PromptScores, Sampling
+from wdmoe.serve.engine import Engine, Generation, Handle, PromptScores, QueueFull, Sampling
 from wdmoe.serve.metrics import Metrics
 from wdmoe.serve.prompts import BadRequest, encode_chat, encode_prompts, sampling_for
 from wdmoe.serve.responses import chat_body, chunk, completion_body, completion_choice, cut_at_stop, new_id, sse
@@ -87,12 +87,29 @@ def _usage_on(body: CompletionRequest | ChatRequest) -> bool:
 
 async def _complete_one(engine: Engine, ids: list[int], sampling: Sampling, top_n: int = 0) -> Generation:
     """One generation; cancelled when the client goes away (the awaiting task is cancelled)."""
-    handle = engine.start(ids, sampling, top_n)
+    return (await _await_all([engine.start(ids, sampling, top_n)]))[0]
+
+
+async def _await_all(handles: list[Handle]) -> list[Generation]:
     try:
-        return await asyncio.wrap_future(handle.future)
-    except asyncio.CancelledError:
-        handle.cancel()
+        return list(await asyncio.gather(*(asyncio.wrap_future(h.future) for h in handles)))
+    except BaseException:  # the client went away (CancelledError) or one failed: retire the others
+        for handle in handles:
+            handle.cancel()
         raise
+
+
+def _start_all(engine: Engine, prompts: list[list[int]], samplings: list[Sampling], top_n: int) -> list[Handle]:
+    """Every prompt handed to the engine, or none (a full queue refuses the whole request)."""
+    handles: list[Handle] = []
+    try:
+        for ids, sampling in zip(prompts, samplings, strict=True):
+            handles.append(engine.start(ids, sampling, top_n))
+    except QueueFull:
+        for handle in handles:
+            handle.cancel()
+        raise
+    return handles
 
 
 async def _complete_all(engine: Engine, prompts: list[list[int]], samplings: list[Sampling], top_n: int | None,
@@ -101,8 +118,7 @@ async def _complete_all(engine: Engine, prompts: list[list[int]], samplings: lis
     forward pass on the worker thread; a greedy single new token (what lm-evaluation-harness asks for) is then read
     off that same pass."""
     if not (echo and top_n is not None):
-        gens = await asyncio.gather(*(_complete_one(engine, ids, s, top_n or 0) for ids, s in zip(prompts, samplings,
-                                                                                               strict=True)))
+        gens = await _await_all(_start_all(engine, prompts, samplings, top_n or 0))
         return [(None, gen) for gen in gens]
     results: list[tuple[PromptScores | None, Generation]] = []
     for ids, sampling in zip(prompts, samplings, strict=True):
