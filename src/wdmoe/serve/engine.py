@@ -95,6 +95,9 @@ class Engine:
         # Tokenizing a long prompt takes a while: one thread of its own keeps it off the event loop (and serialized:
         # a fast tokenizer is not meant to be called from several threads at once).
         self._tokenize_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wdmoe-tokenize")
+        # A finished request's telemetry summary (its rows of every step it ran in) is built here, off the worker
+        # thread, so the next forward step does not wait for it.
+        self._summary_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wdmoe-summary")
         self.max_token_chars = _max_token_chars(model.tokenizer)
         self._pending = 0
         self._pending_lock = threading.Lock()
@@ -158,7 +161,6 @@ class Engine:
         seq = self.scheduler.new(ids, sampling, top_n, on_token)
         self._reserve()
         future: Future[Generation] = Future()
-        future.add_done_callback(self._done)
         with self._pending_lock:
             self._futures[seq.id] = future
             self.scheduler.add(seq)
@@ -192,7 +194,7 @@ class Engine:
         finally:
             self.model.telemetry.clear()
         for seq in retired:
-            self._resolve(seq)
+            self._summary_executor.submit(self._resolve, seq)
         with self._pending_lock:
             self._stepping = self.scheduler.busy
             again = self._stepping
@@ -203,6 +205,7 @@ class Engine:
     def _resolve(self, seq: Sequence, error: BaseException | None = None) -> None:
         with self._pending_lock:
             future = self._futures.pop(seq.id)
+        self._done(future)  # released before the result is set: a client that has its answer sees the queue without it
         if error is not None:
             future.set_exception(error)
             return
@@ -275,9 +278,11 @@ class Engine:
             self.scheduler.cancel(seq)
         self._tokenize_executor.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._summary_executor.shutdown(wait=True)
         with self._pending_lock:
             left, self._futures = list(self._futures.values()), {}
         for future in left:  # requests the last steps did not reach: their clients hear why
+            self._done(future)
             future.set_exception(RuntimeError("the engine closed before this request finished"))
         if self._on_step in self.model.telemetry.listeners:
             self.model.telemetry.listeners.remove(self._on_step)

@@ -209,7 +209,7 @@ def test_serve_with_plan_cluster_replans_between_requests(tmp_path: Path, tiny_m
     engine = load_engine(tmp_path / "hf", None, "topk", 0.5, None, Backend.local, tmp_path / "cluster.toml")
     controller = engine.between_requests[0].args[1]  # type: ignore[attr-defined]  # functools.partial
     try:
-        engine.submit(engine.generate, [1, 2, 3], Sampling(max_tokens=3)).result()
+        engine.generate([1, 2, 3], Sampling(max_tokens=3))  # batched on the worker thread; waits here
         engine.submit(lambda: None).result()  # the hook of the first request ran before this
 
         assert engine.model.placement == controller.plan.to_placement()
