@@ -174,3 +174,15 @@ def test_a_seeded_request_is_reproducible_under_a_latency_aware_policy(model: Di
     steps = [Scheduler(model).summary(s)["latency"]["per_step_s"] for s in (first, again, other)]
     assert steps[1] == steps[0]  # the same channel realization, step by step
     assert steps[2] != steps[0]  # another seed, another realization
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(model: DistributedMoE) -> None:
+    engine = Engine(model)
+    try:
+        bad = engine.start([10**6], Sampling(max_tokens=2))  # outside the vocabulary: the embedding raises
+        with pytest.raises(IndexError):
+            bad.future.result(timeout=60)
+        gen = engine.generate(prompt(5, 0), Sampling(max_tokens=3))
+        assert len(gen.tokens) == 3 and engine.pending == 0
+    finally:
+        engine.close()
