@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from wdmoe.atomic import write_dir_atomic
 from wdmoe.cli.common import JsonOut, console, offline, print_json, user_errors
 
 
@@ -82,8 +83,10 @@ def make_tiny(
     with user_errors():
         from wdmoe.model.tiny import tiny_model
 
+        if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
+            raise FileExistsError(f"{out} exists and is not a model directory; choose an empty or new --out")
         model = tiny_model(family, seed=seed, hidden_size=hidden, num_hidden_layers=layers)
-        model.save_pretrained(out)
+        write_dir_atomic(out, model.save_pretrained)
         parameters = sum(p.numel() for p in model.parameters())
     if json_out:
         print_json({"family": family, "hidden_size": hidden, "layers": layers, "seed": seed, "parameters": parameters,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from wdmoe.atomic import write_json_atomic
+from wdmoe.atomic import write_dir_atomic, write_json_atomic
 from wdmoe.train.config import EXPERT_VOCAB_SIZE, PRESETS
 from wdmoe.train.data import read_documents
 from wdmoe.train.domains import DOMAINS, domain_names, prepare_domain_corpus
@@ -47,7 +47,8 @@ def prepare(root: Path) -> dict[str, dict[str, int]]:
     """Domain corpora and the shared tokenizer under `root`; returns documents per part per domain."""
     counts = {name: prepare_domain_corpus(name, root / "corpora" / name) for name in domain_names()}
     texts = [doc for name in DOMAINS for doc in read_documents(root / "corpora" / name / "train.txt")]
-    train_tokenizer(texts, EXPERT_VOCAB_SIZE).save_pretrained(root / "tokenizer")
+    tokenizer = train_tokenizer(texts, EXPERT_VOCAB_SIZE)
+    write_dir_atomic(root / "tokenizer", tokenizer.save_pretrained)
     return counts
 
 

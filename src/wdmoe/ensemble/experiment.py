@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from wdmoe.atomic import write_json_atomic
+from wdmoe.atomic import write_atomic, write_json_atomic
 from wdmoe.ensemble import gate as gate_mod
 from wdmoe.ensemble import scores as scores_mod
 from wdmoe.ensemble.aggregate import ensemble_accuracy
@@ -167,7 +167,7 @@ def plot(rows: list[dict[str, Any]], xlabel: str, scale: float, path: Path) -> N
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png"))
     plt.close(fig)
 
 

@@ -4,24 +4,40 @@ Contract: `experiment_trace` records the model generating greedily on held-out p
 router's choices are what every policy then decides on in replay), or loads `Setup.trace_file`.
 `accuracies` evaluates each policy once with `wdmoe.eval` (held-out perplexity, next-token accuracy, task accuracy)
 on realization 0 of the scenario (seed `scenario.seed`), keyed by the policy label and everything the score depends
-on. torch is imported only when something has to be computed.
+on. torch is imported only when something has to be computed. A cached trace or accuracy file that does not load
+(a kill mid-write by an older wdmoe, a hand edit) is named in a warning and rebuilt, never trusted nor fatal.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
 from wdmoe.atomic import write_json_atomic, write_text_atomic
 from wdmoe.experiments.policies import PolicySpec
 from wdmoe.experiments.setup import Progress, Setup
-from wdmoe.sim.trace import Trace
+from wdmoe.sim.trace import Trace, TraceError
 
 ACCURACY_FILE = "accuracy.json"
 ACCURACY_KEYS = ("perplexity", "next_token_accuracy", "task_accuracy", "experts_per_token_mean")
+log = logging.getLogger(__name__)
+
+
+class _Scores(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    perplexity: float
+    next_token_accuracy: float
+    task_accuracy: float  # nan without a task
+    experts_per_token_mean: float
+
+
+_ACCURACY_CACHE = TypeAdapter(dict[str, _Scores])
 
 
 def experiment_trace(setup: Setup, progress: Progress) -> Trace:
@@ -33,7 +49,10 @@ def experiment_trace(setup: Setup, progress: Progress) -> Trace:
             f"-p{setup.prompt_tokens}-n{setup.new_tokens}.npz")
     path = setup.cache_dir / name
     if path.is_file():
-        return Trace.load(path)
+        try:
+            return Trace.load(path)
+        except TraceError as exc:
+            log.warning("cached trace is broken, recording it again: %s", exc)
     trace = record(setup, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     trace.save(path)
@@ -91,11 +110,25 @@ def accuracy_key(setup: Setup, spec: PolicySpec) -> str:
 def accuracies(setup: Setup, specs: Sequence[PolicySpec], progress: Progress) -> dict[str, dict[str, float]]:
     """{label: {perplexity, next_token_accuracy, task_accuracy (nan without a task), experts_per_token_mean}}."""
     path = setup.cache_dir / ACCURACY_FILE
-    cache: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.is_file() else {}
+    cache = read_accuracy_cache(path)
     missing = [s for s in specs if accuracy_key(setup, s) not in cache]
     if missing:
         _evaluate_missing(setup, missing, cache, path, progress)
     return {s.label: cache[accuracy_key(setup, s)] for s in specs}
+
+
+def read_accuracy_cache(path: Path) -> dict[str, dict[str, float]]:
+    """The accuracy cache at `path`, checked against its schema; {} (with a warning naming it) when it is broken."""
+    if not path.is_file():
+        return {}
+    try:
+        data = _ACCURACY_CACHE.validate_json(path.read_bytes())
+    except ValidationError as exc:  # bad JSON or a bad shape
+        first = exc.errors()[0]
+        reason = f"at {'.'.join(map(str, first['loc'])) or 'the top'}: {first['msg']}"
+        log.warning("accuracy cache %s is broken (%s); its accuracies will be computed again", path, reason)
+        return {}
+    return {label: scores.model_dump() for label, scores in data.items()}
 
 
 def _evaluate_missing(setup: Setup, specs: Sequence[PolicySpec], cache: dict[str, dict[str, float]], path: Path,

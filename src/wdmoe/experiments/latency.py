@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from wdmoe.atomic import write_atomic
 from wdmoe.config import Scenario
 from wdmoe.experiments.policies import PolicySpec
 from wdmoe.sim.report import summarize
@@ -52,9 +53,11 @@ def latency(trace: Trace, scenario: Scenario, spec: PolicySpec, realizations: in
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Rows with the same keys as CSV with a header; floats as repr (round-trips exactly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+
+    def fill(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return write_atomic(path, fill)

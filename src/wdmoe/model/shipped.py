@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from wdmoe.atomic import write_dir_atomic
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SHIPPED_DIR = DATA_DIR / "shipped-model"
 HELDOUT_TEXT = DATA_DIR / "heldout.txt"  # the shipped model's held-out documents
@@ -32,7 +34,7 @@ def random_model_dir() -> Path:
         from wdmoe.model.tiny import tiny_model
 
         model = tiny_model("mixtral", seed=0, hidden_size=128, num_hidden_layers=4, intermediate_size=256)
-        model.save_pretrained(path)
+        write_dir_atomic(path, model.save_pretrained)  # a kill mid-save leaves no config without weights
     return path
 
 

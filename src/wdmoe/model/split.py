@@ -1,8 +1,9 @@
 """Split a Hugging Face MoE model into the BS part and one expert shard per device (`wdmoe split`).
 
-The whole output is written to a temporary sibling directory and renamed into place only when complete, so an
-error never leaves a partial split behind. Experts may be stored quantized (`bits`, `wdmoe.model.quantize`):
-8 or 4 bits (weight-only), or 16 (float16); the manifest records each expert's width.
+The whole output is written to a hidden staging sibling and swapped into place only when complete
+(`wdmoe.atomic.write_dir_atomic`), so an error or a kill never leaves a partial split behind, nor loses the old
+one. Experts may be stored quantized (`bits`, `wdmoe.model.quantize`): 8 or 4 bits (weight-only), or 16 (float16);
+the manifest records each expert's width.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from wdmoe.atomic import write_dir_atomic
 from wdmoe.errors import PlacementError, UnsupportedModelError
 from wdmoe.model.families import Family, family_for
 from wdmoe.model.quantize import DEFAULT_GROUP_SIZE, QUANTIZED_BITS, quantize
@@ -105,17 +107,13 @@ def split_model(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise FileExistsError(f"{out} exists and is not a split directory; choose an empty or new --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        manifest = _write_split(model, staging, family, blocks, placement, source_dir, widths, group_size)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return manifest
+    written: list[Manifest] = []
+
+    def fill(staging: Path) -> None:
+        written.append(_write_split(model, staging, family, blocks, placement, source_dir, widths, group_size))
+
+    write_dir_atomic(out, fill)  # the old split or the new one survives a kill at any instant
+    return written[0]
 
 
 def split_dir_for(

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from wdmoe.atomic import write_text_atomic
 from wdmoe.plan.deployment import Candidate, Plan, PlanKind
 from wdmoe.plan.errors import PlanError
 from wdmoe.plan.intra import Tier
@@ -109,10 +110,7 @@ def plan_toml(plan: Plan) -> str:
 
 
 def write_plan(plan: Plan, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(plan_toml(plan), encoding="utf-8")
-    return path
+    return write_text_atomic(path, plan_toml(plan))
 
 
 def _status(d: dict[str, Any]) -> ResourceStatus:

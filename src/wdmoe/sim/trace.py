@@ -13,6 +13,7 @@ A request starts at every prefill step, as `DistributedMoE.generate` starts one 
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +136,7 @@ class Trace:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 arrays = {name: data[name] for name in data.files if name != "meta"}
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # a truncated file: BadZipFile
             raise TraceError(f"{path}: not a wdmoe trace file ({exc})") from None
         if meta.get("format") != FORMAT_VERSION:
             raise TraceError(f"{path}: trace format {meta.get('format')!r}; this wdmoe reads format "

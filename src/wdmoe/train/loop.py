@@ -26,7 +26,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import MixtralForCausalLM, PreTrainedTokenizerFast
 
-from wdmoe.atomic import write_json_atomic
+from wdmoe.atomic import write_dir_atomic, write_json_atomic
 from wdmoe.train.config import BOS_ID, EOS_ID, PAD_ID, TrainConfig, build_model, save_dtype
 from wdmoe.train.data import read_documents
 from wdmoe.train.tokenizer import encode_documents, train_tokenizer, unigram_perplexity_from_ids
@@ -121,8 +121,12 @@ def save_checkpoint(
     clone = copy.deepcopy(model)
     clone.to(device="cpu", dtype=dtype)  # type: ignore[call-arg]  # functools.wraps hides that .to is a method
     clone.config.output_router_logits = False
-    clone.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+
+    def fill(staging: Path) -> None:
+        clone.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+    write_dir_atomic(directory, fill)  # a kill mid-save keeps the previous checkpoint whole
     return sum(p.numel() * p.element_size() for p in clone.parameters())
 
 

@@ -104,6 +104,27 @@ def test_theta_records_a_trace_scores_accuracy_and_caches_both(tmp_path: Path, t
     assert again.started == ["theta: replays"]  # no recording, no evaluation: both came from the cache
 
 
+def test_broken_caches_are_named_and_rebuilt(tmp_path: Path, tiny_lm, caplog: pytest.LogCaptureFixture) -> None:
+    setup = _lm_setup(tmp_path, tiny_lm)
+    first = _read(run_theta(setup, NoProgress(), thetas=(0.0,)).csv)[1]
+    accuracy = setup.cache_dir / "accuracy.json"
+    (trace,) = setup.cache_dir.glob("trace-*.npz")
+    accuracy.write_text(accuracy.read_text()[:40])  # what a kill mid-write by a non-atomic writer left
+    trace.write_bytes(trace.read_bytes()[:100])
+
+    again = CountingProgress()
+    rebuilt = _read(run_theta(setup, again, thetas=(0.0,)).csv)[1]
+
+    assert again.started == ["record trace", "accuracy", "theta: replays"]
+    assert rebuilt == first
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert str(accuracy) in warned and str(trace) in warned
+    accuracy.write_text(json.dumps({"topk|x": {"perplexity": "high"}}))  # valid JSON, wrong schema
+    caplog.clear()
+    run_theta(setup, CountingProgress(), thetas=(0.0,))
+    assert str(accuracy) in caplog.text and "perplexity" in caplog.text
+
+
 def test_pareto_marks_the_front_and_names_a_headline(tmp_path: Path, tiny_lm) -> None:
     setup = _lm_setup(tmp_path, tiny_lm)
 
