@@ -19,12 +19,19 @@ Ports: the kernel picks a free one, unless the node's environment has WDMOE_DIRE
 
 Frames: an int64 length, then that many bytes (`wdmoe.backends.wire` batches and results: only numbers, nothing
 is unpickled). An answer of length -1 carries the device's error message instead of a result (its code raised:
-a bug to report, not a lost device). Lengths above `MAX_FRAME` are refused.
+a bug to report, not a lost device). Lengths above `MAX_FRAME` are refused; the BS knows the size of the result it
+asked for (`wire.result_size`) and refuses any other length before allocating a byte for it.
+
+Hostile peers: a handshake must finish within `HANDSHAKE_TIMEOUT_S` in all (a deadline over every read, so one
+byte every few seconds does not hold it open); at most `MAX_PENDING_HANDSHAKES` connections may be in their
+handshake at once (the next ones are closed at accept, so idle connections cost no thread); an `accept` that
+fails for lack of file descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) backs off and goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import os
@@ -39,7 +46,10 @@ HELLO = b"WDMOE-DIRECT-1\n"
 NONCE_BYTES = 32
 MAX_FRAME = 1 << 31  # 2 GiB: far above a layer step's batch, below anything a corrupt header could ask for
 MAX_ERROR = 1 << 20  # bytes of a device's error message
-HANDSHAKE_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 10.0  # the whole handshake, every read together
+MAX_PENDING_HANDSHAKES = 16  # connections in their handshake at once; the next ones are closed at accept
+ACCEPT_BACKOFF_S = (0.01, 1.0)  # first and longest pause after accept fails for lack of descriptors or memory
+_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _LENGTH = struct.Struct("<q")
 _ERROR = -1
 
@@ -83,8 +93,10 @@ def _mac(key: bytes, role: bytes, device: int, first: bytes, second: bytes) -> b
     return hmac.new(key, b"%s|%d|%s|%s" % (role, device, first, second), hashlib.sha256).digest()
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytearray:
-    """`size` bytes from `sock` (raises DirectError when the peer closes first)."""
+def _recv_exact(sock: socket.socket, size: int, deadline: float | None = None) -> bytearray:
+    """`size` bytes from `sock` (raises DirectError when the peer closes first). With `deadline` (time.monotonic()),
+    every read after the first waits only the time left (the caller sets the first read's timeout), so a peer that
+    trickles bytes cannot stretch the wait; past it, TimeoutError."""
     buf = bytearray(size)
     view, got = memoryview(buf), 0
     while got < size:
@@ -92,7 +104,17 @@ def _recv_exact(sock: socket.socket, size: int) -> bytearray:
         if n == 0:
             raise DirectError(f"connection closed after {got} of {size} bytes")
         got += n
+        if deadline is not None and got < size:
+            _time_left(sock, deadline)
     return buf
+
+
+def _time_left(sock: socket.socket, deadline: float) -> None:
+    """Set `sock`'s timeout to the time left until `deadline`; TimeoutError when none is left."""
+    left = deadline - time.monotonic()
+    if left <= 0.0:
+        raise TimeoutError("the deadline passed")
+    sock.settimeout(left)
 
 
 def _send_frame(sock: socket.socket, payload: bytes | bytearray | memoryview, length: int | None = None) -> None:
@@ -107,8 +129,8 @@ def _send_frame(sock: socket.socket, payload: bytes | bytearray | memoryview, le
         sock.sendall(memoryview(payload)[sent - len(header) :])
 
 
-def _recv_length(sock: socket.socket) -> int:
-    (length,) = _LENGTH.unpack(_recv_exact(sock, _LENGTH.size))
+def _recv_length(sock: socket.socket, deadline: float | None = None) -> int:
+    (length,) = _LENGTH.unpack(_recv_exact(sock, _LENGTH.size, deadline))
     if length > MAX_FRAME or length < _ERROR:
         raise DirectError(f"frame length {length} is outside -1..{MAX_FRAME}")
     return int(length)
@@ -124,6 +146,8 @@ class DirectServer:
         host: the address to listen on (the node's IP).
         ports: the ports it may listen on, the first free one taken (None: the kernel picks a free port).
         on_thread_start: called first in every connection thread (e.g. to set torch's thread count there).
+        handshake_timeout_s: the whole handshake's deadline, in seconds.
+        max_pending: connections allowed in their handshake at once.
     """
 
     def __init__(
@@ -134,30 +158,55 @@ class DirectServer:
         host: str,
         ports: range | None = None,
         on_thread_start: Callable[[], None] | None = None,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        max_pending: int = MAX_PENDING_HANDSHAKES,
     ) -> None:
         self.handler, self.key, self.device = handler, key, device
         self.on_thread_start = on_thread_start
-        self.refused = 0  # connections that failed the handshake
+        self.handshake_timeout_s = handshake_timeout_s
+        self.refused = 0  # connections that failed the handshake, or were closed at accept (too many pending)
+        self.accept_errors = 0  # accepts that failed for lack of descriptors or memory (and were retried)
+        self._pending = threading.BoundedSemaphore(max_pending)
+        self._closed = False
         self.listener = _listen(host, ports, device)
         self.address: tuple[str, int] = self.listener.getsockname()[:2]
         threading.Thread(target=self._accept, name=f"wdmoe-direct-{device}", daemon=True).start()
 
     def _accept(self) -> None:
+        pause_s = ACCEPT_BACKOFF_S[0]
         while True:
             try:
                 conn, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            except OSError as exc:
+                if self._closed or exc.errno not in _EXHAUSTED:
+                    return  # closed
+                self.accept_errors += 1  # the connection stays in the backlog; take it once descriptors free up
+                time.sleep(pause_s)
+                pause_s = min(2 * pause_s, ACCEPT_BACKOFF_S[1])
+                continue
+            pause_s = ACCEPT_BACKOFF_S[0]
+            if not self._pending.acquire(blocking=False):
+                self.refused += 1  # a flood of connections: no thread for the ones beyond the cap
+                conn.close()
+                continue
+            try:
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            except RuntimeError:  # no thread could be started
+                self._pending.release()
+                self.refused += 1
+                conn.close()
 
     def _handshake(self, conn: socket.socket) -> bool:
-        conn.settimeout(HANDSHAKE_TIMEOUT_S)
+        deadline = time.monotonic() + self.handshake_timeout_s
+        conn.settimeout(self.handshake_timeout_s)
         ours = os.urandom(NONCE_BYTES)
         conn.sendall(HELLO + ours)
-        reply = _recv_exact(conn, NONCE_BYTES + hashlib.sha256().digest_size)
+        _time_left(conn, deadline)
+        reply = _recv_exact(conn, NONCE_BYTES + hashlib.sha256().digest_size, deadline)
         theirs, proof = bytes(reply[:NONCE_BYTES]), bytes(reply[NONCE_BYTES:])
         if not hmac.compare_digest(proof, _mac(self.key, b"client", self.device, ours, theirs)):
             return False
+        _time_left(conn, deadline)
         conn.sendall(_mac(self.key, b"server", self.device, theirs, ours))
         conn.settimeout(None)
         return True
@@ -165,10 +214,12 @@ class DirectServer:
     def _serve(self, conn: socket.socket) -> None:
         with conn:
             try:
-                if not self._handshake(conn):
-                    self.refused += 1
-                    return
+                shook = self._handshake(conn)
             except (OSError, DirectError):
+                shook = False
+            finally:
+                self._pending.release()
+            if not shook:
                 self.refused += 1
                 return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -195,6 +246,7 @@ class DirectServer:
                     return
 
     def close(self) -> None:
+        self._closed = True
         with contextlib.suppress(OSError):
             self.listener.close()
 
@@ -211,13 +263,16 @@ class DirectLink:
                 f"cannot reach device {device}'s direct port {address[0]}:{address[1]} ({exc}); open it to the BS, "
                 "or use --transport compiled (Ray's own ports only)"
             ) from exc
+        deadline = time.monotonic() + timeout_s  # the whole handshake, however slowly the bytes come
         try:
-            hello = _recv_exact(self.sock, len(HELLO) + NONCE_BYTES)
+            hello = _recv_exact(self.sock, len(HELLO) + NONCE_BYTES, deadline)
             if not hello.startswith(HELLO):
                 raise DirectError(f"{address[0]}:{address[1]} is not a wdmoe device (greeting {bytes(hello[:16])!r})")
             theirs, ours = bytes(hello[len(HELLO) :]), os.urandom(NONCE_BYTES)
+            _time_left(self.sock, deadline)
             self.sock.sendall(ours + _mac(key, b"client", device, theirs, ours))
-            proof = bytes(_recv_exact(self.sock, hashlib.sha256().digest_size))
+            _time_left(self.sock, deadline)
+            proof = bytes(_recv_exact(self.sock, hashlib.sha256().digest_size, deadline))
         except (OSError, DirectError) as exc:
             self.close()
             raise DirectError(f"device {device} at {address[0]}:{address[1]} refused the handshake ({exc})") from exc
@@ -229,17 +284,22 @@ class DirectLink:
     def send(self, payload: bytes) -> None:
         _send_frame(self.sock, payload)
 
-    def receive(self, deadline: float) -> bytearray:
-        """The answer to the last `send`, waiting until `deadline` (time.monotonic()) at most."""
+    def receive(self, deadline: float, expected: int | None = None) -> bytearray:
+        """The answer to the last `send`, waiting until `deadline` (time.monotonic()) at most, over all its reads.
+        With `expected` (the result's size in bytes, which the BS knows from the batch), an answer of any other
+        length is refused before anything is allocated for it."""
         self.sock.settimeout(max(deadline - time.monotonic(), 1e-4))
-        length = _recv_length(self.sock)
+        length = _recv_length(self.sock, deadline)
         if length == _ERROR:
-            (size,) = _LENGTH.unpack(_recv_exact(self.sock, _LENGTH.size))
+            (size,) = _LENGTH.unpack(_recv_exact(self.sock, _LENGTH.size, deadline))
             if not 0 <= size <= MAX_ERROR:
                 raise DirectError(f"error message length {size} is outside 0..{MAX_ERROR}")
-            message = bytes(_recv_exact(self.sock, size)).decode(errors="replace")
+            message = bytes(_recv_exact(self.sock, size, deadline)).decode(errors="replace")
             raise DeviceCodeError(f"device {self.device}: {message}")
-        return _recv_exact(self.sock, length)
+        if expected is not None and length != expected:
+            raise DirectError(f"device {self.device} announced an answer of {length} bytes; its batch's result has "
+                              f"{expected}")
+        return _recv_exact(self.sock, length, deadline)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -247,13 +307,17 @@ class DirectLink:
 
 
 def direct_round(
-    links: dict[int, DirectLink], payloads: dict[int, bytes], timeout_s: float
+    links: dict[int, DirectLink], payloads: dict[int, bytes], timeout_s: float,
+    expected: dict[int, int] | None = None,
 ) -> tuple[dict[int, bytearray], dict[int, str]]:
     """Send every device in `payloads` its batch, then read every answer: ({device: result}, {device: why lost}).
 
     The sends come first, so the devices compute concurrently; each read blocks in the kernel until its answer,
     the connection's end (the device's process died: noticed at once) or the shared deadline (`timeout_s`).
+    `expected`: {device: the byte size of its answer}; a device that announces another size is lost (its
+    connection is closed: what it would send next cannot be trusted).
     """
+    sizes = expected or {}
     deadline = time.monotonic() + timeout_s
     raw: dict[int, bytearray] = {}
     lost: dict[int, str] = {}
@@ -267,7 +331,7 @@ def direct_round(
     raised: list[DeviceCodeError] = []
     for device in sent:  # every answer is read, even after an error, so that no connection holds a stale one
         try:
-            raw[device] = links[device].receive(deadline)
+            raw[device] = links[device].receive(deadline, sizes.get(device))
         except TimeoutError:
             lost[device] = f"no answer within {timeout_s:.2f} s (call_timeout_s + emulated air time)"
         except (OSError, DirectError) as exc:

@@ -117,6 +117,12 @@ def encode_result(result: DeviceResult) -> bytes:
     return b"".join((head, _raw(result.output)))
 
 
+def result_size(batch: DeviceBatch) -> int:
+    """The byte size of the result of `batch` (`encode_result`: one output row per assignment, in the batch's
+    dtype), which a receiver checks an announced length against before allocating for it."""
+    return _RESULT_HEAD.size + batch.token_index.shape[0] * batch.hidden.shape[1] * batch.hidden.element_size()
+
+
 def decode_result(buf: bytes | bytearray | memoryview) -> DeviceResult:
     _, device, m, hidden_size, code, compute_s, air_s = _header(buf, _RESULT_HEAD)
     if min(m, hidden_size) < 0:

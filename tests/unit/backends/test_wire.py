@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from wdmoe.backends.base import DeviceBatch, DeviceResult
-from wdmoe.backends.wire import WireError, decode_batch, decode_result, encode_batch, encode_result
+from wdmoe.backends.wire import (
+    WireError,
+    decode_batch,
+    decode_result,
+    encode_batch,
+    encode_result,
+    result_size,
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -83,7 +90,9 @@ def test_a_device_answers_in_the_wire_dtype_whatever_its_weights(mixtral_split: 
     for experts in (torch.tensor([held[0]] * 4), torch.tensor([held[0], held[1], held[1], held[0]])):
         exact = worker.run(DeviceBatch(0, layer, hidden, rows, experts)).output
         batch = decode_batch(encode_batch(DeviceBatch(0, layer, hidden.to(wire_dtype), rows, experts)))
-        out = decode_result(encode_result(worker.run(batch))).output
+        answer = encode_result(worker.run(batch))
+        assert len(answer) == result_size(batch)  # what the BS checks a device's announced length against
+        out = decode_result(answer).output
         assert out.dtype == wire_dtype
         torch.testing.assert_close(out.float(), exact, rtol=0.05, atol=0.05)
 
