@@ -17,3 +17,9 @@ class ShardError(WdmoeError):
 
 class PlacementError(WdmoeError):
     """A placement of experts on devices is invalid (an expert on no device, an unknown device id, ...)."""
+
+
+class DevicesUnavailable(RuntimeError):
+    """The devices cannot run the model now: every device lost, a device that died or hung while starting, a cluster
+    out of reach. Not an input error: the same request may succeed later, once the devices are back (the server
+    answers 503, retryable; the CLI prints one line and exits with status 3)."""

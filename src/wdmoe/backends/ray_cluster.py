@@ -12,17 +12,29 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from wdmoe.backends.ray_actor import SPLIT_DIR_ENV
+from wdmoe.errors import DevicesUnavailable, WdmoeError
 
 NAMESPACE = "wdmoe"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 DEFAULT_TOKEN_FILE = Path.home() / ".ray" / "auth_token"  # Ray's own default; created for a new local cluster
+# Ray's metrics exporter (a Prometheus endpoint per node, on all interfaces) answers without the token: off in the
+# clusters and nodes wdmoe starts, unless the environment already says otherwise (docs/cluster.md, "Ports")
+METRICS_ENV = "RAY_enable_metrics_collection"
+
+
+REACH_TIMEOUT_S = 10.0  # how long a cluster address may take to accept a TCP connection before it is refused
+
+
+class ClusterUnreachable(DevicesUnavailable):
+    """No Ray head answers at the address given (nothing listens there, or the host is out of reach)."""
 
 
 DEVICE_SLOTS = 16  # units of its resource a device node offers: the actors of up to 16 models (pools) at once
@@ -95,10 +107,31 @@ def enable_auth(token_file: Path) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Refuse, within `timeout_s`, an address where no head listens: Ray itself retries such an address for about
+    12 minutes (20 attempts of ~36 s) before it gives up."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise WdmoeError(f"--ray-address {address!r} is not HOST:PORT; give the address `ray start --head` printed, "
+                         "e.g. 10.0.0.1:6379")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise ClusterUnreachable(
+            f"--ray-address {address}: no Ray head answers there ({why}, tried for up to {timeout_s:g} s); start it "
+            f"on the BS with `ray start --head --port {port}`, or fix the address"
+        ) from exc
+
+
 def connect(options: RayOptions, num_devices: int) -> None:
-    """Join the cluster at `options.address`, or start a local one that offers all `num_devices` devices."""
+    """Join the cluster at `options.address` (refused at once where nothing listens), or start a local one that
+    offers all `num_devices` devices."""
     import ray
 
+    if options.address is not None and options.address != "auto":
+        check_reachable(options.address)
     if ray.is_initialized():
         return
     token_file = options.token_file
@@ -108,6 +141,7 @@ def connect(options: RayOptions, num_devices: int) -> None:
     if options.address is not None:
         ray.init(address=options.address, namespace=NAMESPACE, log_to_driver=False)
         return
+    os.environ.setdefault(METRICS_ENV, "0")  # read by the Ray processes this starts
     ray.init(
         address="local",  # a new cluster, even where another one already runs on this machine
         num_cpus=options.num_cpus,
@@ -138,11 +172,12 @@ def device_node_command(
 def device_node_env(
     token_file: Path | None, split_dir: Path | None, direct_ports: str | None = None
 ) -> dict[str, str]:
-    """The environment of a device node: this process's, token authentication on, the local split dir, and the
-    ports its direct sockets may use (checked here, so that a malformed range stops `wdmoe device start`)."""
+    """The environment of a device node: this process's, token authentication on, Ray's unauthenticated metrics
+    exporter off (unless this environment sets it), the local split dir, and the ports its direct sockets may use
+    (checked here, so that a malformed range stops `wdmoe device start`)."""
     from wdmoe.backends.direct import DIRECT_PORTS_ENV, parse_ports
 
-    env = {**os.environ, **auth_env(token_file)}
+    env = {METRICS_ENV: "0", **os.environ, **auth_env(token_file)}
     if split_dir is not None:
         env[SPLIT_DIR_ENV] = str(split_dir.resolve())
     if direct_ports is not None:

@@ -30,8 +30,38 @@ from wdmoe.backends.direct import DirectError, DirectLink, direct_round
 from wdmoe.backends.ray_actor import ActorInfo, DeviceActor
 from wdmoe.backends.ray_cluster import NAMESPACE, RayOptions, connect, device_resource
 from wdmoe.backends.ray_compiled import CompiledRound
-from wdmoe.backends.wire import decode_result, encode_batch
+from wdmoe.backends.wire import decode_result, encode_batch, result_size
+from wdmoe.errors import DevicesUnavailable
 from wdmoe.model.shards import Manifest
+
+
+class DeviceStartError(DevicesUnavailable):
+    """A device did not start: its node never joined, its actor died while loading, or its load hung."""
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _late_message(late: list[int], timeout_s: float) -> str:
+    """Why devices `late` did not start: no live node offers their resource, or one does and the load hangs there."""
+    import ray
+
+    nodes = {device_resource(d): n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]
+             for d in late if device_resource(d) in n["Resources"]}
+    hung = [d for d in late if device_resource(d) in nodes]
+    absent = [d for d in late if d not in hung]
+    parts = []
+    if hung:
+        where = ", ".join(f"{d} on {nodes[device_resource(d)]}" for d in hung)
+        parts.append(f"devices {where} did not finish loading within {timeout_s:.0f} s although their node is up "
+                     "(the load hangs or is too slow: see the node's log, `ray logs`, or allow more time)")
+    if absent:
+        parts.append(f"devices {absent} did not start within {timeout_s:.0f} s: no live node offers their resource "
+                     f"({device_resource(absent[0])}, ...); start each with `wdmoe device start --address HOST:PORT "
+                     "--device-id K`")
+    return "; ".join(parts)
 
 
 class RayDevicePool:
@@ -116,15 +146,19 @@ class RayDevicePool:
             for actor, _ in spawned.values():
                 ray.kill(actor, no_restart=True)
             self.close()
-            raise TimeoutError(
-                f"devices {late} did not start within {timeout_s:.0f} s: no live node offers their resource "
-                f"({device_resource(late[0])}, ...); start each with `wdmoe device start --address HOST:PORT "
-                "--device-id K`"
-            )
+            raise DeviceStartError(_late_message(late, timeout_s))
         self.actors = {device: actor for device, (actor, _) in spawned.items()}
         try:
             for device, (_, ref) in spawned.items():
-                self.info[device] = ray.get(ref)  # raises the device's own error, e.g. a shard checksum mismatch
+                try:
+                    self.info[device] = ray.get(ref)  # raises the device's own error, e.g. a shard checksum mismatch
+                except ray.exceptions.RayTaskError:
+                    raise
+                except ray.exceptions.RayError as exc:  # its process died (or its node) while it loaded
+                    raise DeviceStartError(
+                        f"device {device}'s actor died while loading its shard ({_first_line(exc)}); see its node's "
+                        f"log (`ray logs`) and start the node again with `wdmoe device start --device-id {device}`"
+                    ) from exc
                 if self.transport == "direct":
                     self._link(device)  # at start, an unreachable port is an error to report, not a failure
         except Exception:
@@ -143,7 +177,7 @@ class RayDevicePool:
         if self.transport != "compiled" and self.graph is not None:
             self._drop_graph()  # switched away from compiled: its actors answer nothing else while a graph runs
         if self.transport == "direct":
-            raw, lost = self._run_direct(live, timeout_s)
+            raw, lost = self._run_direct(live, timeout_s, {b.device: result_size(b) for b in batches})
             failed.update(lost)
         elif self.transport == "compiled" and live:
             raw = self._run_compiled(live, timeout_s)
@@ -222,17 +256,18 @@ class RayDevicePool:
 
     # -- transports --------------------------------------------------------------------------------------------
     def _run_direct(
-        self, payloads: dict[int, bytes], timeout_s: float
+        self, payloads: dict[int, bytes], timeout_s: float, expected: dict[int, int]
     ) -> tuple[dict[int, bytearray], dict[int, str]]:
         """One round on the devices' sockets; a device not linked yet (the transport was switched to direct) is
-        linked first, and one that cannot be reached is lost."""
+        linked first, and one that cannot be reached is lost. `expected`: each answer's size in bytes."""
         lost: dict[int, str] = {}
         for device in [d for d in payloads if d not in self.links]:
             try:
                 self._link(device)
             except DirectError as exc:
                 lost[device] = str(exc)
-        raw, gone = direct_round(self.links, {d: p for d, p in payloads.items() if d not in lost}, timeout_s)
+        raw, gone = direct_round(self.links, {d: p for d, p in payloads.items() if d not in lost}, timeout_s,
+                                 expected)
         return raw, {**lost, **gone}
 
     def _run_compiled(self, payloads: dict[int, bytes], timeout_s: float) -> dict[int, bytes] | None:

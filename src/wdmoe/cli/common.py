@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from wdmoe.errors import WdmoeError
+from wdmoe.errors import DevicesUnavailable, WdmoeError
 
 # Piped output keeps its table columns and one line per message: Rich would wrap at 80 columns off a terminal.
 _PIPE_WIDTH = None if "COLUMNS" in os.environ else 200
@@ -51,12 +52,28 @@ def offline() -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn input errors into one red line and exit code 2, with no traceback."""
+    """Turn input errors into one red line and exit code 2, and devices that cannot run the model (every device
+    lost, one that died while loading, a cluster out of reach) into one red line and exit code 3; no traceback."""
     try:
         yield
     except (WdmoeError, FileNotFoundError, FileExistsError, ValueError) as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)  # "[scenario]" is text, not markup
         raise typer.Exit(2) from exc
+    except DevicesUnavailable as exc:  # one line however long (the reasons of every device): no wrapping
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(3) from exc
+
+
+@contextmanager
+def stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """While the block runs, what anything prints on stdout goes to stderr (with `--json`, stdout holds the JSON
+    only): Ray's driver prints its cluster's error messages, e.g. a device actor's "worker died", on stdout from a
+    thread of its own."""
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def print_json(obj: Any) -> None:

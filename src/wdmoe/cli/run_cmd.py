@@ -16,6 +16,7 @@ from wdmoe.cli.common import (
     latency_table,
     offline,
     print_json,
+    stdout_to_stderr,
     user_errors,
 )
 
@@ -141,16 +142,19 @@ def run(
             address=ray_address, token_file=token_file, emulate_air=emulate_air, call_timeout_s=call_timeout,
             transport=transport,
         )
-        model = open_model(model_dir, ModelOptions(
-            devices=devices, backend=backend, pool_options=ray_opts, torch_device=opts.torch_device, dtype=opts.dtype,
-            policy=chosen, scenario=radio,
-        ))
-        ids = encode_prompt(model, prompt, prompt_ids)
-        torch.manual_seed(seed)
-        sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p) if do_sample else {}
-        report = generate_report(model, ids, max_new_tokens, **sampling)
-        report.update(policy=policy, backend=backend)
-        model.close()
+        with stdout_to_stderr(json_out):  # Ray's messages (a device that died) must not precede the JSON
+            model = open_model(model_dir, ModelOptions(
+                devices=devices, backend=backend, pool_options=ray_opts, torch_device=opts.torch_device,
+                dtype=opts.dtype, policy=chosen, scenario=radio,
+            ))
+            try:
+                ids = encode_prompt(model, prompt, prompt_ids)
+                torch.manual_seed(seed)
+                sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p) if do_sample else {}
+                report = generate_report(model, ids, max_new_tokens, **sampling)
+                report.update(policy=policy, backend=backend)
+            finally:
+                model.close()  # also after every device was lost: the Ray cluster it started stops
     if json_out:
         print_json(report)
         return

@@ -61,7 +61,6 @@ def load_engine(model_dir: Path | None, devices: int | None, policy: str, theta:
     engine = Engine(model, name=model_dir.name or "wdmoe")
     if controller is not None:
         engine.between_requests.append(functools.partial(_update_plan, engine, controller))
-    model.telemetry.listeners.append(lambda step: _report_failures(engine, step))
     return engine
 
 
@@ -70,14 +69,6 @@ def _update_plan(engine: Engine, controller: Any) -> None:
     if update.switched:
         console.print(f"new plan: {len(controller.plan.devices)} devices, {update.migrated_bytes:,} bytes moved "
                       f"({update.migration_s * 1e3:.2f} ms over the radio)")
-
-
-def _report_failures(engine: Engine, step: Any) -> None:
-    """Device failures the runtime saw in this step reach the server's failure counter."""
-    for record in step.layers:
-        for event in getattr(record, "failover", ()):
-            if event.kind == "failed":
-                engine.record_device_failure(event.device)
 
 
 def read_api_key(path: Path | None) -> str | None:

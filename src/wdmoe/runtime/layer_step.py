@@ -11,12 +11,21 @@ one-token steps. The `LayerRecord` is built in `layer_record` only, and carries 
 routing table derived from the two, the telemetry, the air format (`bits_per_token`, the one number the record and
 the radio model use) and the temporary directory a split made on the fly lives in. Other modules read them; the
 runtime alone changes them.
+
+Devices lost and back: a step that loses every device raises `DevicesLost` (`wdmoe.runtime.liveness`) after the
+runtime recorded the all-dead liveness, and so does every later step until a device is back. While any device is
+dead and the pool can bring devices back (`RejoiningPool`), a background thread asks it every
+`rejoin_interval_s`, so a device that comes back is live again without waiting for a request (the server's
+/health follows). `run` and that thread hold `lock`, so the pool is never asked from two threads at once. Every
+event that changes the liveness (failed, rejoined) reaches the `listeners` (e.g. the server's failure counter),
+including those of a step that failed.
 """
 
 from __future__ import annotations
 
 import functools
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 
@@ -30,7 +39,7 @@ from wdmoe.runtime.air import AirCompression, bits_per_token
 from wdmoe.runtime.decider import Decider
 from wdmoe.runtime.failover import FailoverEvent, reroute
 from wdmoe.runtime.grouping import ONE_TOKEN, REFERENCE, AirPlan, Grouping
-from wdmoe.runtime.liveness import Liveness, RoutingTable, apply_all, routing_table
+from wdmoe.runtime.liveness import DevicesLost, Liveness, RoutingTable, apply_all, routing_table
 from wdmoe.runtime.route import LayerPlan, Route, RouterOutput
 from wdmoe.runtime.telemetry import LayerRecord, Telemetry
 from wdmoe.runtime.transport import Delivery, deliver
@@ -54,6 +63,11 @@ class Runtime:
         self.device_step: Callable[..., torch.Tensor] | None = None
         self.mark_s = time.perf_counter()
         self.scratch: tempfile.TemporaryDirectory[str] | None = None
+        self.listeners: list[Callable[[FailoverEvent], None]] = []  # every event that changed the liveness
+        self.lock = threading.RLock()  # held by a layer step and by the rejoin check (module docstring)
+        self.rejoin_interval_s = 0.5  # how often the background check asks the pool for devices that came back
+        self._watcher: threading.Thread | None = None
+        self._closing = threading.Event()
 
     # -- the layer step ------------------------------------------------------------------------------------
     def run(
@@ -64,23 +78,31 @@ class Runtime:
         topk_weight: torch.Tensor,  # (T, k)
         logits: torch.Tensor | None,  # (T, E)
     ) -> torch.Tensor:  # (T, H)
-        bs_time_s, bits = time.perf_counter() - self.mark_s, self.bits_per_token(hidden)
-        router = RouterOutput.from_torch(topk_index, topk_weight, logits)  # on the host, in one sync
-        step = self.decide(layer, router, bits)  # Route (T, k) + Decision + LatencyBreakdown (the radio model's)
-        grouping = self.grouping_for(hidden.shape[0])  # the decode form for one token, else the reference
-        group = functools.partial(grouping.group, layer, hidden, air=self.air_plan(step.modeled))
-        dispatch = group(step.route.index, step.route.keep, step.routing)  # one DeviceBatch per device
-        delivery, step = deliver(self.pool, dispatch, step, group, self.placement, self.air)  # failover rounds
-        out = grouping.combine(delivery.answers, *router.shape, _combine_weight(step, hidden), hidden)  # (T, H)
-        self.telemetry.add(layer_record(step, delivery, bits, bs_time_s))  # the only place a record is built
-        self._adopt(step.routing)  # the liveness the step ended with (failures it noticed)
-        self.mark_s = time.perf_counter()
-        return out
+        with self.lock:
+            bs_time_s, bits = time.perf_counter() - self.mark_s, self.bits_per_token(hidden)
+            router = RouterOutput.from_torch(topk_index, topk_weight, logits)  # on the host, in one sync
+            step = self.decide(layer, router, bits)  # Route (T, k) + Decision + LatencyBreakdown (the radio model's)
+            grouping = self.grouping_for(hidden.shape[0])  # the decode form for one token, else the reference
+            group = functools.partial(grouping.group, layer, hidden, air=self.air_plan(step.modeled))
+            dispatch = group(step.route.index, step.route.keep, step.routing)  # one DeviceBatch per device
+            planned = len(step.events)  # rejoins, already adopted; the failures come after them
+            try:
+                delivery, step = deliver(self.pool, dispatch, step, group, self.placement, self.air)  # failover
+            except DevicesLost as lost:
+                self._lose_all(lost, lost.events[planned:])
+                raise
+            out = grouping.combine(delivery.answers, *router.shape, _combine_weight(step, hidden), hidden)  # (T, H)
+            self.telemetry.add(layer_record(step, delivery, bits, bs_time_s))  # the only place a record is built
+            self._adopt(step.routing, step.events[planned:])  # the liveness the step ended with (its failures)
+            self.mark_s = time.perf_counter()
+            return out
 
     def decide(self, layer: int, router: RouterOutput, bits: int) -> LayerPlan:
         """The route of the step: around dead devices first (a live replica, a substitute expert, or dropped), then
         the policy's decision over the radio model, when a decider is set."""
         events = self._rejoin() if self.liveness.dead else ()
+        if len(self.liveness.dead) >= self.placement.num_devices:
+            raise DevicesLost(self.liveness, self.placement.num_devices)  # fail at once; nothing to dispatch to
         routing = self.routing
         route = Route(router.index, router.weight, np.ones(router.index.shape, dtype=bool), routers_weight=True)
         moved = (0, 0, 0)
@@ -126,14 +148,20 @@ class Runtime:
 
     def observe(self, events: tuple[FailoverEvent, ...]) -> None:
         """Failure or rejoin events learned outside a layer step."""
-        self._adopt(routing_table(self.placement, apply_all(self.liveness, events)))
+        with self.lock:
+            liveness = apply_all(self.liveness, events)
+            try:
+                self._adopt(routing_table(self.placement, liveness), events)
+            except DevicesLost as lost:
+                self._lose_all(lost, events)
 
     def rebind(self, pool: DevicePool, placement: Placement) -> DevicePool:
         """Run on `pool` with `placement` from now on (every device live); returns the old pool, for closing."""
-        old, self.pool, self.placement = self.pool, pool, placement
-        self.liveness = Liveness()
-        self.routing = routing_table(placement, self.liveness)
-        return old
+        with self.lock:
+            old, self.pool, self.placement = self.pool, pool, placement
+            self.liveness = Liveness()
+            self.routing = routing_table(placement, self.liveness)
+            return old
 
     def hold(self, scratch: tempfile.TemporaryDirectory[str] | None) -> None:
         """Remove `scratch` (a directory the split lives in) when the runtime closes."""
@@ -142,14 +170,44 @@ class Runtime:
         self.scratch = scratch
 
     def close(self) -> None:
-        self.pool.close()
-        if self.scratch is not None:
-            self.scratch.cleanup()
-            self.scratch = None
+        self._closing.set()
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.join(timeout=5.0)
+        with self.lock:
+            self.pool.close()
+            if self.scratch is not None:
+                self.scratch.cleanup()
+                self.scratch = None
 
-    def _adopt(self, routing: RoutingTable) -> None:
+    def _adopt(self, routing: RoutingTable, events: tuple[FailoverEvent, ...] = ()) -> None:
         if routing is not self.routing:
             self.liveness, self.routing = routing.liveness, routing
+        self._changed(events)
+
+    def _lose_all(self, lost: DevicesLost, events: tuple[FailoverEvent, ...]) -> None:
+        """Every device is dead: record it (no routing table exists for it; `decide` refuses steps until one is
+        back) and let the background check wait for devices to come back."""
+        self.liveness = lost.liveness
+        self._changed(events)
+
+    def _changed(self, events: tuple[FailoverEvent, ...]) -> None:
+        for event in events:
+            for listener in self.listeners:
+                listener(event)
+        if self.liveness.dead and isinstance(self.pool, RejoiningPool) and self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_rejoins, name="wdmoe-rejoin", daemon=True)
+            self._watcher.start()
+
+    def _watch_rejoins(self) -> None:
+        """The background check: while devices are dead, ask the pool every `rejoin_interval_s` which came back."""
+        while not self._closing.wait(self.rejoin_interval_s):
+            with self.lock:
+                if not self.liveness.dead:
+                    self._watcher = None
+                    return
+                self._rejoin()
+        self._watcher = None
 
     def _rejoin(self) -> tuple[FailoverEvent, ...]:
         if not isinstance(self.pool, RejoiningPool):

@@ -4,7 +4,8 @@ Contract: `Liveness` is a frozen value (the dead devices and an epoch that count
 event)` returns the next value for a `FailoverEvent` ("failed" or "rejoined") and is the only way it changes.
 `routing_table(placement, liveness)` derives the expert -> device tables of every MoE layer from the two; the
 tables are read-only arrays, rebuilt (never edited) when the liveness changes, and handed to whoever needs them
-for one step (the radio decider, the grouping, failover).
+for one step (the radio decider, the grouping, failover). With every device dead there is no table: it raises
+`DevicesLost`, which carries that liveness (so its owner can record it and wait for devices to come back).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wdmoe.errors import DevicesUnavailable
 from wdmoe.placement import Placement
 from wdmoe.runtime.failover import FailoverEvent
 
@@ -24,6 +26,23 @@ class Liveness:
 
     dead: frozenset[int] = frozenset()
     epoch: int = 0
+
+
+class DevicesLost(DevicesUnavailable):
+    """Every device is dead: no expert is left to run a step. `liveness`: that all-dead liveness; `events`: the
+    events that led there within the failed step (for the failure counters), in order."""
+
+    def __init__(self, liveness: Liveness, num_devices: int, events: tuple[FailoverEvent, ...] = ()) -> None:
+        reasons = "; ".join(f"device {e.device}: {e.reason}" for e in events if e.kind == "failed" and e.reason)
+        super().__init__(
+            f"all {num_devices} devices have failed{f' ({reasons})' if reasons else ''}; no expert is left to run "
+            "the request; retry once they are back (restart them with `wdmoe device start`)"
+        )
+        self.liveness, self.num_devices, self.events = liveness, num_devices, events
+
+    def with_events(self, events: tuple[FailoverEvent, ...]) -> DevicesLost:
+        """The same loss, with `events` (the step's whole history) in place of this one's."""
+        return DevicesLost(self.liveness, self.num_devices, events)
 
 
 def apply(liveness: Liveness, event: FailoverEvent) -> Liveness:
@@ -60,10 +79,7 @@ class RoutingTable:
 def routing_table(placement: Placement, liveness: Liveness) -> RoutingTable:
     """The tables of `placement` with the devices of `liveness.dead` routed around (`RoutingTable`)."""
     if len(liveness.dead) >= placement.num_devices:
-        raise RuntimeError(
-            f"all {placement.num_devices} devices have failed ({sorted(liveness.dead)}); no expert is left to run "
-            "the request; restart the devices (`wdmoe device start`) and retry"
-        )
+        raise DevicesLost(liveness, placement.num_devices)
     primary, live, base = {}, {}, {}
     for layer in placement.moe_layers:
         base[layer] = _frozen(placement.primary_table(layer))

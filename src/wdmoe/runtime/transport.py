@@ -5,7 +5,8 @@ Contract: `deliver(pool, dispatch, step, regroup, placement)` returns what every
 (`Delivery`) and the step with its new route. A `DeviceFailure` becomes one "failed" `FailoverEvent` per device;
 the events go through `wdmoe.runtime.liveness.apply`, the routing table is derived again from (placement, new
 liveness), the affected assignments are re-routed (`wdmoe.runtime.failover.reroute`: a live replica, else the
-next-best live expert, else dropped) and grouped again by `regroup` for the next round.
+next-best live expert, else dropped) and grouped again by `regroup` for the next round. When the failures leave
+no device live, `DevicesLost` is raised with every event of the step (the step cannot be completed).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from wdmoe.placement import Placement
 from wdmoe.runtime.air import AirCompression
 from wdmoe.runtime.failover import FailoverEvent, Reroute, reroute
 from wdmoe.runtime.grouping import Answer, Dispatch
-from wdmoe.runtime.liveness import RoutingTable, apply_all, routing_table
+from wdmoe.runtime.liveness import DevicesLost, RoutingTable, apply_all, routing_table
 from wdmoe.runtime.route import LayerPlan, Route
 
 # (index (T, k), send (T, k) bool, the routing table after the failure) -> the batches of a further round
@@ -87,7 +88,10 @@ def deliver(pool: DevicePool, dispatch: Dispatch, step: LayerPlan, regroup: Regr
 def _fail_over(step: LayerPlan, failure: DeviceFailure, affected: np.ndarray, placement: Placement) -> LayerPlan:
     """The step after `failure`: the failed devices dead, the `affected` (T, k) assignments re-routed."""
     failed = [FailoverEvent("failed", d, why, failure.detect_s) for d, why in sorted(failure.failed.items())]
-    routing = routing_table(placement, apply_all(step.routing.liveness, failed))
+    try:
+        routing = routing_table(placement, apply_all(step.routing.liveness, failed))
+    except DevicesLost as lost:
+        raise lost.with_events(step.events + tuple(failed)) from failure
     route = step.route
     moved = reroute(route.index, route.weight, route.keep, affected, routing.live[step.layer], step.router.logits)
     counts = (step.moved[0] + moved.replica, step.moved[1] + moved.substitute, step.moved[2] + moved.dropped)

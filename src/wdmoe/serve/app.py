@@ -4,7 +4,9 @@ Routes: the OpenAI ones under /v1 (bearer key when `api_key` is set), GET /healt
 the dashboard at / with its SSE stream at /dashboard/events. Every error is a JSON body in OpenAI's shape,
 `{"error": {"message", "type", "param", "code"}}`: 400 for bad values, 401 for a missing or wrong key, 404/405 for
 unknown routes, 413 for a body over `limits.max_body_bytes` (refused before it is read), 429 when the queue is full,
-503 when the dashboard has its most live streams. The caller owns the engine (and closes it).
+503 when the dashboard has its most live streams, and 503 (retryable, `Retry-After`) when the devices cannot run
+the model (`DevicesUnavailable`: every device lost; a stream then ends with an error event and `[DONE]`). The
+caller owns the engine (and closes it).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from wdmoe.errors import DevicesUnavailable
 from wdmoe.serve.body_limit import BodyLimit
 from wdmoe.serve.dashboard import DashboardState, dashboard_router
 from wdmoe.serve.engine import Engine, QueueFull
 from wdmoe.serve.metrics import Metrics
 from wdmoe.serve.prompts import BadRequest
-from wdmoe.serve.responses import error_body
+from wdmoe.serve.responses import RETRY_AFTER_S, devices_error, error_body
 from wdmoe.serve.routes import ServeContext, openai_router
 from wdmoe.serve.schemas import Limits
 
@@ -35,6 +38,7 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
     dashboard = DashboardState(engine)
     engine.sinks.extend([metrics.observe_step, dashboard.update])
     engine.failure_sinks.append(metrics.record_device_failure)
+    engine.model.runtime.listeners.append(metrics.observe_failover)  # every failure and rejoin, failed steps too
     ctx = ServeContext(engine, limits, metrics, dashboard)
 
     app = FastAPI(title="wdmoe", version="0.1.0",
@@ -51,12 +55,14 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
         alive, total = engine.devices_alive()
         status = "ok" if alive == total else "degraded" if alive else "down"
         body = {"status": status, "model": engine.name, "devices": total, "devices_alive": alive,
-                "queue": engine.pending, "max_queue": engine.max_queue}
+                "devices_dead": sorted(engine.model.runtime.dead), "queue": engine.pending,
+                "max_queue": engine.max_queue}
         return JSONResponse(body, status_code=503 if status == "down" else 200)
 
     @app.get("/metrics", response_class=Response)
     async def prometheus() -> Response:
         metrics.queue_depth.set(engine.pending)
+        metrics.devices_alive.set(engine.devices_alive()[0])
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.middleware("http")
@@ -78,15 +84,20 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
         metrics.requests.labels(route=getattr(route, "path", "unmatched"), status=str(response.status_code)).inc()
         return response
 
-    _install_error_handlers(app)
+    _install_error_handlers(app, metrics)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)  # added last: the outermost, before any other
     return app
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(BadRequest)
     async def bad_request(_request: Request, exc: BadRequest) -> JSONResponse:
         return JSONResponse(error_body(str(exc), "invalid_request_error", exc.param), status_code=400)
+
+    @app.exception_handler(DevicesUnavailable)
+    async def devices_unavailable(_request: Request, exc: DevicesUnavailable) -> JSONResponse:
+        metrics.requests_failed.labels(reason="devices_unavailable").inc()
+        return JSONResponse(devices_error(exc), status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(QueueFull)
     async def queue_full(_request: Request, exc: QueueFull) -> JSONResponse:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from wdmoe.runtime.failover import FailoverEvent
 from wdmoe.runtime.telemetry import StepRecord
 
 _LATENCY_BUCKETS_S = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -58,9 +59,17 @@ class Metrics:
                                        registry=reg)
         self.device_failures = Counter("wdmoe_device_failures", "Device failures reported by the backend",
                                        ["device"], registry=reg)
+        self.device_rejoins = Counter("wdmoe_device_rejoins", "Failed devices that came back", ["device"],
+                                      registry=reg)
+        self.devices_alive = Gauge("wdmoe_devices_alive", "Devices the runtime has not declared dead", registry=reg)
+        self.requests_failed = Counter("wdmoe_requests_failed", "Requests that failed after they were accepted "
+                                       "(streams included), by reason", ["reason"], registry=reg)
+        for reason in ("devices_unavailable", "internal_error"):
+            self.requests_failed.labels(reason=reason)
         for device in range(num_devices):
             label = str(device)
-            for per_device in (self.device_tokens, self.device_pairs, self.device_compute, self.device_failures):
+            for per_device in (self.device_tokens, self.device_pairs, self.device_compute, self.device_failures,
+                               self.device_rejoins):
                 per_device.labels(device=label)
         for direction in ("down", "up"):
             self.bytes_on_air.labels(direction=direction)
@@ -106,6 +115,13 @@ class Metrics:
 
     def record_device_failure(self, device: int) -> None:
         self.device_failures.labels(device=str(device)).inc()
+
+    def observe_failover(self, event: FailoverEvent) -> None:
+        """A liveness change of the runtime (any thread): a device failed, or came back."""
+        if event.kind == "failed":
+            self.record_device_failure(event.device)
+        else:
+            self.device_rejoins.labels(device=str(event.device)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

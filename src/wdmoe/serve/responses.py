@@ -24,6 +24,20 @@ def error_body(message: str, kind: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+RETRY_AFTER_S = 5  # what a 503 for lost devices asks the client to wait before retrying, in seconds
+
+
+def devices_error(exc: Exception) -> dict[str, Any]:
+    """The error of a request the devices could not run (every device lost): a 503's body, or a stream's last
+    event before `[DONE]`."""
+    return error_body(str(exc), "server_error", code="devices_unavailable")
+
+
+def internal_error(exc: Exception) -> dict[str, Any]:
+    """A stream's last event before `[DONE]` when the generation raised something unexpected (a bug)."""
+    return error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error", code="internal_error")
+
+
 def sse(obj: Any) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 

@@ -8,6 +8,7 @@ would get alone (wdmoe.runtime.batch states the bound). A client that goes away 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,11 +18,22 @@ import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from wdmoe.errors import DevicesUnavailable
 from wdmoe.serve.dashboard import DashboardState
 from wdmoe.serve.engine import Engine, Generation, Handle, PromptScores, QueueFull, Sampling
 from wdmoe.serve.metrics import Metrics
 from wdmoe.serve.prompts import BadRequest, encode_chat, encode_prompts, sampling_for
-from wdmoe.serve.responses import chat_body, chunk, completion_body, completion_choice, cut_at_stop, new_id, sse
+from wdmoe.serve.responses import (
+    chat_body,
+    chunk,
+    completion_body,
+    completion_choice,
+    cut_at_stop,
+    devices_error,
+    internal_error,
+    new_id,
+    sse,
+)
 from wdmoe.serve.schemas import ChatRequest, CompletionRequest, Limits
 
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens of /v1/completions
@@ -176,7 +188,12 @@ def _stream(ctx: ServeContext, ids: list[int], sampling: Sampling, chat: bool, i
                     sent = text
                 if stopped:
                     handle.cancel()
-            gen = await asyncio.wrap_future(future)
+            try:
+                gen = await asyncio.wrap_future(future)
+            except Exception as exc:  # the 200 and some tokens are out: the error becomes the stream's last event
+                yield _stream_error(ctx, exc)
+                yield "data: [DONE]\n\n"
+                return
             ctx.finished(gen)
             finish = "stop" if stopped else gen.finish_reason
             yield sse(chunk(engine, request_id, chat, None if chat else "", finish))
@@ -190,3 +207,13 @@ def _stream(ctx: ServeContext, ids: list[int], sampling: Sampling, chat: bool, i
             handle.cancel()  # the client went away (or the stream ended): retire the request at the next step
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _stream_error(ctx: ServeContext, exc: Exception) -> str:
+    """The SSE event of a generation that failed mid-stream (OpenAI's error shape, as its API streams errors)."""
+    if isinstance(exc, DevicesUnavailable):
+        ctx.metrics.requests_failed.labels(reason="devices_unavailable").inc()
+        return sse(devices_error(exc))
+    logging.getLogger(__name__).error("a streamed generation failed", exc_info=exc)
+    ctx.metrics.requests_failed.labels(reason="internal_error").inc()
+    return sse(internal_error(exc))

@@ -175,3 +175,15 @@ def test_a_device_node_environment_carries_a_checked_port_range(tmp_path) -> Non
     assert DIRECT_PORTS_ENV not in device_node_env(token, None) or DIRECT_PORTS_ENV in os.environ
     with pytest.raises(ValueError, match="--direct-ports"):
         device_node_env(token, None, "40000-")
+
+
+def test_a_device_node_turns_rays_unauthenticated_metrics_exporter_off_unless_told_otherwise(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wdmoe.backends.ray_cluster import METRICS_ENV, device_node_env, write_token_file
+
+    token = write_token_file(tmp_path / "token")
+    monkeypatch.delenv(METRICS_ENV, raising=False)
+    assert device_node_env(token, None)[METRICS_ENV] == "0"
+    monkeypatch.setenv(METRICS_ENV, "1")  # an operator who wants Ray's metrics (and firewalls the port) keeps them
+    assert device_node_env(token, None)[METRICS_ENV] == "1"

@@ -7,7 +7,7 @@ import pytest
 
 from wdmoe.placement import Placement
 from wdmoe.runtime.failover import FailoverEvent
-from wdmoe.runtime.liveness import Liveness, apply, apply_all, routing_table
+from wdmoe.runtime.liveness import DevicesLost, Liveness, apply, apply_all, routing_table
 
 
 def replicated() -> Placement:
@@ -40,5 +40,7 @@ def test_routing_table_routes_around_the_dead_without_editing_an_older_table() -
 
 
 def test_no_live_device_is_an_error_that_says_what_to_do() -> None:
-    with pytest.raises(RuntimeError, match="all 3 devices have failed"):
-        routing_table(replicated(), Liveness(frozenset({0, 1, 2})))
+    dead = Liveness(frozenset({0, 1, 2}), epoch=3)
+    with pytest.raises(DevicesLost, match=r"all 3 devices have failed.*retry once they are back") as lost:
+        routing_table(replicated(), dead)
+    assert lost.value.liveness == dead  # what the runtime records, so /health says "down" and rejoins are awaited
