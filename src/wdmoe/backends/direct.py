@@ -24,12 +24,15 @@ asked for (`wire.result_size`) and refuses any other length before allocating a 
 
 Hostile peers: a handshake must finish within `HANDSHAKE_TIMEOUT_S` in all (a deadline over every read, so one
 byte every few seconds does not hold it open); at most `MAX_PENDING_HANDSHAKES` connections may be in their
-handshake at once (the next ones are closed at accept, so idle connections cost no thread); an `accept` that
-fails for lack of file descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) backs off and goes on.
+handshake at once: a new one evicts the oldest (its socket is shut down, its thread ends), so a flood of idle
+connections costs a bounded number of threads, and the BS, which answers the greeting at once, still gets through
+unless the flood opens more than that many connections within one handshake's round trip; an `accept` that fails
+for lack of file descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) backs off and goes on.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -47,7 +50,7 @@ NONCE_BYTES = 32
 MAX_FRAME = 1 << 31  # 2 GiB: far above a layer step's batch, below anything a corrupt header could ask for
 MAX_ERROR = 1 << 20  # bytes of a device's error message
 HANDSHAKE_TIMEOUT_S = 10.0  # the whole handshake, every read together
-MAX_PENDING_HANDSHAKES = 16  # connections in their handshake at once; the next ones are closed at accept
+MAX_PENDING_HANDSHAKES = 16  # connections in their handshake at once; a new one evicts the oldest
 ACCEPT_BACKOFF_S = (0.01, 1.0)  # first and longest pause after accept fails for lack of descriptors or memory
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _LENGTH = struct.Struct("<q")
@@ -164,9 +167,11 @@ class DirectServer:
         self.handler, self.key, self.device = handler, key, device
         self.on_thread_start = on_thread_start
         self.handshake_timeout_s = handshake_timeout_s
-        self.refused = 0  # connections that failed the handshake, or were closed at accept (too many pending)
+        self.refused = 0  # connections that failed the handshake (evicted ones included)
         self.accept_errors = 0  # accepts that failed for lack of descriptors or memory (and were retried)
-        self._pending = threading.BoundedSemaphore(max_pending)
+        self.max_pending = max_pending
+        self._pending: collections.deque[socket.socket] = collections.deque()  # in their handshake, oldest first
+        self._pending_lock = threading.Lock()
         self._closed = False
         self.listener = _listen(host, ports, device)
         self.address: tuple[str, int] = self.listener.getsockname()[:2]
@@ -185,16 +190,21 @@ class DirectServer:
                 pause_s = min(2 * pause_s, ACCEPT_BACKOFF_S[1])
                 continue
             pause_s = ACCEPT_BACKOFF_S[0]
-            if not self._pending.acquire(blocking=False):
-                self.refused += 1  # a flood of connections: no thread for the ones beyond the cap
-                conn.close()
-                continue
+            with self._pending_lock:
+                if len(self._pending) >= self.max_pending:  # a flood: the oldest handshake makes room
+                    with contextlib.suppress(OSError):
+                        self._pending.popleft().shutdown(socket.SHUT_RDWR)  # its thread's read returns, it ends
+                self._pending.append(conn)
             try:
                 threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
             except RuntimeError:  # no thread could be started
-                self._pending.release()
+                self._done_pending(conn)
                 self.refused += 1
                 conn.close()
+
+    def _done_pending(self, conn: socket.socket) -> None:
+        with self._pending_lock, contextlib.suppress(ValueError):  # ValueError: evicted already
+            self._pending.remove(conn)
 
     def _handshake(self, conn: socket.socket) -> bool:
         deadline = time.monotonic() + self.handshake_timeout_s
@@ -218,7 +228,7 @@ class DirectServer:
             except (OSError, DirectError):
                 shook = False
             finally:
-                self._pending.release()
+                self._done_pending(conn)
             if not shook:
                 self.refused += 1
                 return

@@ -31,6 +31,9 @@ METRICS_ENV = "RAY_enable_metrics_collection"
 
 
 REACH_TIMEOUT_S = 10.0  # how long a cluster address may take to accept a TCP connection before it is refused
+# Attempts of Ray's driver to reach the GCS of a joined cluster (each waits ~36 s on a port that answers TCP but is
+# not a GCS; Ray's default, 20 attempts, is about 12 minutes). A running head answers the first one.
+GCS_ATTEMPTS_ENV, GCS_ATTEMPTS = "RAY_gcs_server_port_wait_time_s", 3
 
 
 class ClusterUnreachable(DevicesUnavailable):
@@ -139,7 +142,15 @@ def connect(options: RayOptions, num_devices: int) -> None:
         token_file = DEFAULT_TOKEN_FILE if DEFAULT_TOKEN_FILE.is_file() else write_token_file(DEFAULT_TOKEN_FILE)
     enable_auth(token_file)
     if options.address is not None:
-        ray.init(address=options.address, namespace=NAMESPACE, log_to_driver=False)
+        os.environ.setdefault(GCS_ATTEMPTS_ENV, str(GCS_ATTEMPTS))
+        try:
+            ray.init(address=options.address, namespace=NAMESPACE, log_to_driver=False)
+        except ConnectionError as exc:  # something listens there, but no GCS answered within the attempts
+            raise ClusterUnreachable(
+                f"--ray-address {options.address}: a port that answers but no Ray head within {GCS_ATTEMPTS} "
+                f"attempts ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); give the head's GCS "
+                "port (the address `ray start --head` printed)"
+            ) from exc
         return
     os.environ.setdefault(METRICS_ENV, "0")  # read by the Ray processes this starts
     ray.init(

@@ -28,6 +28,7 @@ from wdmoe.backends.ray_cluster import (  # noqa: E402
     write_token_file,
 )
 from wdmoe.placement import Placement  # noqa: E402
+from wdmoe.runtime.liveness import DevicesLost  # noqa: E402
 from wdmoe.runtime.model import DistributedMoE  # noqa: E402
 
 NUM_DEVICES = 3
@@ -159,14 +160,16 @@ def ray_model(split: Path, cluster: DeviceCluster, **opts: Any) -> DistributedMo
 
 
 def wait_all_live(model: DistributedMoE, timeout_s: float = 120.0) -> None:
-    """Run tiny requests until every failed device has rejoined (a rejoin is noticed at a layer step)."""
+    """Run tiny requests until every failed device has rejoined (a rejoin is noticed at a layer step, or by the
+    runtime's background check)."""
     import torch
 
     deadline = time.monotonic() + timeout_s
     while model.runtime.dead:
         if time.monotonic() > deadline:
             raise TimeoutError(f"devices {sorted(model.runtime.dead)} did not rejoin within {timeout_s:.0f} s")
-        model.generate(torch.tensor([[5, 6]]), max_new_tokens=1, do_sample=False)
+        with contextlib.suppress(DevicesLost):  # every device dead: the runtime's background check brings them back
+            model.generate(torch.tensor([[5, 6]]), max_new_tokens=1, do_sample=False)
         time.sleep(0.2)
 
 
