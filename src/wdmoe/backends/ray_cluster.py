@@ -146,10 +146,11 @@ def connect(options: RayOptions, num_devices: int) -> None:
         try:
             ray.init(address=options.address, namespace=NAMESPACE, log_to_driver=False)
         except ConnectionError as exc:  # something listens there, but no GCS answered within the attempts
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ClusterUnreachable(
-                f"--ray-address {options.address}: a port that answers but no Ray head within {GCS_ATTEMPTS} "
-                f"attempts ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); give the head's GCS "
-                "port (the address `ray start --head` printed)"
+                f"--ray-address {options.address}: a port that answers but no Ray head within "
+                f"{os.environ[GCS_ATTEMPTS_ENV]} attempts ({why}); give the head's GCS port (the address "
+                "`ray start --head` printed)"
             ) from exc
         return
     os.environ.setdefault(METRICS_ENV, "0")  # read by the Ray processes this starts
