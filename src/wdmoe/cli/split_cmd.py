@@ -29,7 +29,8 @@ def split(
     """Split MODEL_DIR into the BS part, one safetensors shard per device, and a manifest with sha256 sums."""
     offline()
     with user_errors():
-        from wdmoe.model.split import load_hf_model, read_bits_file, split_model
+        from wdmoe.model.split import read_bits_file
+        from wdmoe.model.stream_split import split_checkpoint
         from wdmoe.placement import Placement
 
         planned: Placement | None = None
@@ -56,7 +57,7 @@ def split(
         widths = read_bits_file(bits_file) if bits_file is not None else bits
         if widths is None:
             widths = plan_bits  # the plan's per-expert widths, unless --bits/--bits-file overrides them
-        manifest = split_model(load_hf_model(model_dir), out, devices, planned, source_dir=model_dir, bits=widths)
+        manifest = split_checkpoint(model_dir, out, devices, planned, bits=widths)
     if json_out:
         print_json(manifest.to_json())
         return

@@ -11,12 +11,20 @@ Layout of a split directory:
 A quantized expert (`wdmoe.model.quantize`) is stored as `{name}.qweight` (int8, or uint8 with two int4 values per
 byte) and `{name}.scale` (float32) instead of `{name}`; the manifest's `quantization` lists its bit width
 (`Quantization`). A file is used only after its sha256 matches the manifest.
+
+Verify once: hashing a 3 GB split takes seconds, at every load. A file whose sha256 has matched is recorded in
+`.verified.json` (beside the manifest; written atomically; the split writes it too, from the hashes computed while
+writing) with its size, mtime_ns and inode; a later load trusts a file whose three are unchanged and re-hashes any
+other (edited, replaced, copied elsewhere). A file rewritten in place with its mtime restored by hand is not
+caught. A read-only split directory records nothing and is hashed at every load, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +35,7 @@ from wdmoe.placement import Placement
 
 MANIFEST = "manifest.json"
 FORMAT = "wdmoe-split/1"
+VERIFIED = ".verified.json"
 
 
 def sha256_file(path: Path) -> str:
@@ -35,6 +44,30 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _stamp(path: Path) -> dict[str, int]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+
+
+def read_verified(root: Path) -> dict[str, dict[str, Any]]:
+    """The verify-once record of a split directory: {relative path: size, mtime_ns, inode, sha256}; {} if none."""
+    try:
+        data = json.loads((root / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_verified(root: Path, digests: Mapping[str, str]) -> None:
+    """Record that the files `digests` names (relative to `root`) have these sha256 now; best effort (a read-only
+    directory records nothing, and two loads racing lose one's record, which only costs a re-hash)."""
+    record = read_verified(root)
+    for relative, digest in digests.items():
+        record[relative] = {**_stamp(root / relative), "sha256": digest}
+    with contextlib.suppress(OSError):
+        write_json_atomic(root / VERIFIED, record)
 
 
 def config_sha256(config_dict: dict[str, Any]) -> str:
@@ -138,12 +171,15 @@ class Manifest:
         path = root / relative
         if not path.is_file():
             raise ShardError(f"shard {relative} is missing from {root}; re-run `wdmoe split` or copy it back")
+        if read_verified(root).get(relative) == {**_stamp(path), "sha256": expected}:
+            return path  # hashed before, unchanged since (size, mtime, inode)
         actual = sha256_file(path)
         if actual != expected:
             raise ShardError(
                 f"checksum mismatch for {relative}: sha256 {actual[:16]}… but the manifest says {expected[:16]}…; "
                 "the file is corrupt or from another split, refusing to load it"
             )
+        record_verified(root, {relative: actual})
         return path
 
     def expert_bits(self, layer: int, expert: int) -> int | None:

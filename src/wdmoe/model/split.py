@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from wdmoe.model.shards import (
     config_sha256,
     device_shard_name,
     expert_key,
+    record_verified,
     sha256_file,
 )
 from wdmoe.placement import Placement
@@ -98,40 +98,33 @@ def split_model(
         group_size: input columns per scale of int4 experts.
     """
     family, blocks, num_experts = moe_layout(model)
-    if placement is None:
-        placement = Placement.round_robin(blocks, num_experts, num_devices)
-    elif placement.num_devices != num_devices:
-        raise PlacementError(f"placement is for {placement.num_devices} devices, but num_devices = {num_devices}")
-    check_placement(placement, list(blocks), num_experts)
+    placement = resolve_placement(placement, list(blocks), num_experts, num_devices)
     widths = expert_bits(bits, placement)
-    out = Path(out)
+    return staged_split(
+        Path(out), lambda root: _write_split(model, root, family, blocks, placement, source_dir, widths, group_size)
+    )
+
+
+def resolve_placement(
+    placement: Placement | None, layers: list[int], num_experts: int, num_devices: int
+) -> Placement:
+    """`placement`, checked against the model's MoE layers and D; default expert e on device e mod D."""
+    if placement is None:
+        return Placement.round_robin(layers, num_experts, num_devices)
+    if placement.num_devices != num_devices:
+        raise PlacementError(f"placement is for {placement.num_devices} devices, but num_devices = {num_devices}")
+    check_placement(placement, layers, num_experts)
+    return placement
+
+
+def staged_split(out: Path, fill: Callable[[Path], Manifest]) -> Manifest:
+    """Run `fill(staging)` on a hidden staging sibling of `out`, then swap it in (`write_dir_atomic`, replacing an
+    older split): an error or a kill never leaves a partial split behind, nor loses the old one."""
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise FileExistsError(f"{out} exists and is not a split directory; choose an empty or new --out")
     written: list[Manifest] = []
-
-    def fill(staging: Path) -> None:
-        written.append(_write_split(model, staging, family, blocks, placement, source_dir, widths, group_size))
-
-    write_dir_atomic(out, fill)  # the old split or the new one survives a kill at any instant
+    write_dir_atomic(out, lambda staging: written.append(fill(staging)))  # old or new split survives a kill
     return written[0]
-
-
-def split_dir_for(
-    path: Path, num_devices: int | None = None, placement: Placement | None = None
-) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
-    """`path` if it is a split directory, else a split of the HF model at `path` over `num_devices` (default 8;
-    `placement`: default expert e on device e mod D) in a new temporary directory, returned second: whoever
-    holds it removes it (`DistributedMoE` takes it as `temporary=` and removes it on close())."""
-    path = Path(path)
-    if (path / MANIFEST).is_file():
-        return path, None
-    tmp = tempfile.TemporaryDirectory(prefix="wdmoe-split-")
-    try:
-        split_model(load_hf_model(path), Path(tmp.name) / "split", num_devices or 8, placement, path)
-    except BaseException:
-        tmp.cleanup()
-        raise
-    return Path(tmp.name) / "split", tmp
 
 
 def expert_bits(bits: ExpertBits, placement: Placement) -> dict[tuple[int, int], int]:
@@ -177,19 +170,13 @@ class _DefaultBits(dict[tuple[int, int], int]):
         return self.default
 
 
-def _expert_tensors(
-    layer: int, expert: int, gate_up: torch.Tensor, down: torch.Tensor, bits: int | None, group_size: int
-) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for name, weight in (("gate_up_proj", gate_up), ("down_proj", down)):
-        key = expert_key(layer, expert, name)
-        if bits in QUANTIZED_BITS:
-            out.update(quantize(weight, bits, group_size).tensors(key))
-        elif bits == 16 and weight.element_size() > 2:
-            out[key] = weight.detach().to(torch.float16)
-        else:
-            out[key] = weight.detach().clone()
-    return out
+def expert_tensor(key: str, weight: torch.Tensor, bits: int | None, group_size: int) -> dict[str, torch.Tensor]:
+    """The shard entries of one expert matrix `weight` stored at width `bits` (None: as the model has it)."""
+    if bits in QUANTIZED_BITS:
+        return quantize(weight, bits, group_size).tensors(key)
+    if bits == 16 and weight.element_size() > 2:
+        return {key: weight.detach().to(torch.float16)}
+    return {key: weight.detach().clone()}
 
 
 def _write_split(
@@ -218,8 +205,10 @@ def _write_split(
     for device in range(placement.num_devices):
         tensors: dict[str, torch.Tensor] = {}
         for layer, expert in placement.experts_on(device):
-            gate_up, down = blocks[layer].experts.gate_up_proj[expert], blocks[layer].experts.down_proj[expert]
-            tensors.update(_expert_tensors(layer, expert, gate_up, down, bits.get((layer, expert)), group_size))
+            experts, width = blocks[layer].experts, bits.get((layer, expert))
+            for name in ("gate_up_proj", "down_proj"):
+                weight = getattr(experts, name)[expert]
+                tensors.update(expert_tensor(expert_key(layer, expert, name), weight, width, group_size))
         if tensors:
             save_file(tensors, str(root / device_shard_name(device)), metadata={"format": "pt"})
     files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
@@ -230,13 +219,14 @@ def _write_split(
         hidden_act=str(getattr(model.config, "hidden_act", "silu")),
         placement=placement,
         files=files,
-        quantization=_quantization(bits, group_size, next(iter(blocks.values())).experts.gate_up_proj.dtype),
+        quantization=quantization_record(bits, group_size, next(iter(blocks.values())).experts.gate_up_proj.dtype),
     )
     manifest.write(root)
+    record_verified(root, files)
     return manifest
 
 
-def _quantization(bits: dict[tuple[int, int], int], group_size: int, dtype: torch.dtype) -> Quantization | None:
+def quantization_record(bits: dict[tuple[int, int], int], group_size: int, dtype: torch.dtype) -> Quantization | None:
     """The manifest's record of the experts not stored as the model has them (None when there is none)."""
     stored = {pair: b for pair, b in bits.items() if b in QUANTIZED_BITS or (b == 16 and dtype.itemsize > 2)}
     return Quantization(stored, group_size, str(dtype).removeprefix("torch.")) if stored else None

@@ -19,7 +19,7 @@ from wdmoe.backends.base import DevicePool
 from wdmoe.backends.local import LocalDevicePool
 from wdmoe.errors import ShardError
 from wdmoe.model.shards import MANIFEST, Manifest
-from wdmoe.model.split import split_dir_for
+from wdmoe.model.stream_split import split_dir_for
 from wdmoe.placement import Placement
 from wdmoe.radio.costs import ModelCosts
 from wdmoe.runtime.batch import SequenceCache, forward_segments

@@ -26,7 +26,7 @@ import torch
 from wdmoe.backends.factory import make_pool
 from wdmoe.model.shards import MANIFEST, Manifest
 from wdmoe.model.shipped import default_model_dir
-from wdmoe.model.split import split_dir_for
+from wdmoe.model.stream_split import split_dir_for
 from wdmoe.runtime.model import DistributedMoE
 
 if TYPE_CHECKING:

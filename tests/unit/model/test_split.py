@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from wdmoe import DistributedMoE
 from wdmoe.errors import PlacementError, ShardError, UnsupportedModelError
-from wdmoe.model.shards import Manifest, sha256_file
+from wdmoe.model.shards import VERIFIED, Manifest, sha256_file
 from wdmoe.model.split import split_model
 from wdmoe.model.tiny import tiny_model
 from wdmoe.placement import Placement
@@ -47,7 +47,7 @@ def test_default_placement_is_expert_mod_devices_and_shards_hold_exactly_their_e
 def test_manifest_lists_the_sha256_of_every_file_and_bs_part_has_no_routed_expert(mixtral_split: Path) -> None:
     manifest = Manifest.read(mixtral_split)
     on_disk = {str(p.relative_to(mixtral_split)) for p in mixtral_split.rglob("*") if p.is_file()}
-    assert set(manifest.files) == on_disk - {"manifest.json"}
+    assert set(manifest.files) == on_disk - {"manifest.json", VERIFIED}
     for relative, digest in manifest.files.items():
         assert sha256_file(mixtral_split / relative) == digest
     bs_keys = load_file(str(mixtral_split / "bs/model.safetensors")).keys()
