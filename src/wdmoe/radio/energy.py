@@ -13,10 +13,11 @@ spectral density over a DL pool of B Hz (dl_psd_pool_hz > 0, the default), f_dl(
 (radio.rate.dl_share_time_s), f_dl' = -f_dl / b, and the share radiates P b / B (radio.rate.
 bs_tx_power_per_share_w), so the BS's energy P b / B * f_dl(b) does not depend on b; with the full power on every
 downlink (dl_psd_pool_hz = 0.0) f_dl is the uplink's form and the BS radiates P. Both t and e are decreasing and
-convex in b while bits move (t and e are constant when none do). The energy-minimizing
-policy (policy.energy_split) evaluates these many times per layer step on Python floats; tests/unit/radio/
-test_energy.py holds t and e against radio.latency.layer_breakdown (t bit for bit) and the slopes against
-finite differences.
+convex in b while bits move (t and e are constant when none do). Bits over a dead link (SNR 0) take inf at every
+share (that direction flat, as radio.rate.scalar_time), and so does their energy: never a ZeroDivisionError.
+The energy-minimizing policy (policy.energy_split) evaluates these many times per layer step on Python floats;
+tests/unit/radio/test_energy.py holds t and e against radio.latency.layer_breakdown (t bit for bit) and the
+slopes against finite differences.
 Energy model: the [R] of radio.latency (papers.md §3.2 says WDMoE is latency-only).
 """
 
@@ -58,9 +59,12 @@ class ShareCost:
 
 
 def _transfer(bits: float, b: float, snr: float) -> tuple[float, float]:
-    """(f(b), f'(b)) of one direction; 0 bits take 0 s, any bits over 0 Hz take inf."""
+    """(f(b), f'(b)) of one direction; 0 bits take 0 s, any bits over 0 Hz take inf, and so do any bits over a dead
+    link (SNR 0), at every share: flat, as radio.rate.scalar_time's infinite inverse slope."""
     if bits == 0.0:
         return 0.0, 0.0
+    if snr <= 0.0:
+        return math.inf, 0.0
     if b <= 0.0:
         return math.inf, -math.inf
     y = snr / b
@@ -70,9 +74,12 @@ def _transfer(bits: float, b: float, snr: float) -> tuple[float, float]:
 
 
 def _psd_transfer(bits: float, b: float, snr: float, pool: float) -> tuple[float, float]:
-    """(f(b), f'(b)) of a downlink at a constant spectral density over `pool` Hz: linear rate in b."""
+    """(f(b), f'(b)) of a downlink at a constant spectral density over `pool` Hz: linear rate in b (a dead link:
+    inf and flat, as `_transfer`)."""
     if bits == 0.0:
         return 0.0, 0.0
+    if snr <= 0.0:
+        return math.inf, 0.0
     if b <= 0.0:
         return math.inf, -math.inf
     f = bits / (b * log1p(snr / pool) * LOG2_E)  # dl_rate_bps's operations
@@ -94,4 +101,6 @@ def share_cost(b: float, device: ShareDevice) -> ShareCost:
                                            bs_power)
     if pool > 0.0:  # p(b) f_dl(b) = P bits / (B log2(1 + snr / B)): the product rule's two terms cancel exactly
         bs_slope = 0.0
+        if math.isinf(dl):  # bits down over no share (0 W x inf s) or a dead link: a transfer that never ends
+            bs = math.inf
     return ShareCost(dl + device.compute_s + ul, bs + comp + tx, dl_slope + ul_slope, bs_slope + tx_slope)

@@ -89,17 +89,11 @@ def _degenerate_states(case: str, tokens: int, downlink: DownlinkPower) -> list[
     return states
 
 
-ENERGY_DEAD_LINK = pytest.mark.xfail(strict=True, raises=ZeroDivisionError,
-                                     reason="radio/energy.py _transfer divides by ln(1 + 0) on a dead link")
-
-
 CASES = ["dead uplink", "dead downlink", "every link dead", "no band"]
 
 
 @pytest.mark.parametrize("downlink", [DownlinkPower.FULL_PER_DEVICE, DownlinkPower.SHARED_PSD])
-@pytest.mark.parametrize(("name", "case"), [
-    pytest.param(n, c, marks=ENERGY_DEAD_LINK) if n == "energy" and c != "no band" else (n, c)
-    for n in POLICY_NAMES for c in CASES])
+@pytest.mark.parametrize(("name", "case"), [(n, c) for n in POLICY_NAMES for c in CASES])
 def test_every_policy_decides_on_degenerate_links_and_the_layer_never_ends(name: str, case: str,
                                                                           downlink: DownlinkPower) -> None:
     """A layer whose kept pairs use a dead link, or no band, takes infinitely long; one that avoids them does not."""

@@ -74,3 +74,22 @@ def test_no_bits_and_no_band() -> None:
     assert share_cost(0.0, idle_link) == share_cost(1e6, idle_link)
     assert share_cost(0.0, idle_link).energy_j == pytest.approx(10.0 * 2e-3)
     assert math.isinf(share_cost(0.0, busy).time_s) and math.isinf(share_cost(0.0, busy).energy_j)
+
+
+@pytest.mark.parametrize("pool", [0.0, 2e7])
+def test_a_dead_link_takes_infinite_time_and_energy_at_every_share(pool: float) -> None:
+    """An SNR of 0 where bits move: inf, its direction flat (as radio.rate.scalar_time), never a ZeroDivisionError; the
+    direction that moves no bits does not care (issue 15 item 4)."""
+    dead_ul = ShareDevice(4096.0, 8192.0, 1e-4, 1e9, 0.0, 0.2, 10.0, BS_W, pool)
+    dead_dl = ShareDevice(4096.0, 8192.0, 1e-4, 0.0, 1e9, 0.2, 10.0, BS_W, pool)
+    nothing_down = ShareDevice(0.0, 8192.0, 1e-4, 0.0, 1e9, 0.2, 10.0, BS_W, pool)
+    live_ul = ShareDevice(0.0, 8192.0, 1e-4, 1e9, 1e9, 0.2, 10.0, BS_W, pool)
+
+    for device in (dead_ul, dead_dl):
+        for b in (0.0, 1e3, 1e6, 1e9):
+            cost = share_cost(b, device)
+            assert math.isinf(cost.time_s) and cost.time_s > 0.0
+            assert math.isinf(cost.energy_j) and cost.energy_j > 0.0
+            if b > 0.0:  # the dead direction adds no slope (flat), so the sum stays a number for the solvers
+                assert math.isfinite(cost.time_slope) and math.isfinite(cost.energy_slope)
+    assert share_cost(1e6, nothing_down) == share_cost(1e6, live_ul)
