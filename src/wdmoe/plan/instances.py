@@ -3,8 +3,9 @@
 Contract: `small_cluster(seed)` returns a `SmallCluster`: a `LatencyModel` on 1-3 MoE layers x 3-6 experts, top-1
 or top-2, 2-4 devices of random presets, loads and fixed link rates (1 Mbit/s .. 1 Gbit/s), mixed bit widths
 (so experts differ in size), and per-device memory equal to a random placement's bytes plus a slack of 2% to
-200% of all the experts' bytes per device (tight memory in half the draws). A placement within memory always
-exists. Everything is drawn from `np.random.default_rng(seed)`.
+200% of all the experts' bytes per device (tight memory in half the draws), or the given `slack` (0.0: memory
+exactly full, a bin-packing puzzle). A placement within memory always exists. Everything is drawn from
+`np.random.default_rng(seed)`.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ class SmallCluster:
     statuses: tuple[ResourceStatus, ...]
 
 
-def small_cluster(seed: int) -> SmallCluster:
-    """A random small cluster (module docstring)."""
+def small_cluster(seed: int, slack: float | None = None) -> SmallCluster:
+    """A random small cluster (module docstring); `slack` (a share of all bytes) fixes the draw's slack."""
     rng = np.random.default_rng(seed)
     layers, experts = int(rng.integers(1, 4)), int(rng.integers(3, 7))
     top_k, devices = int(rng.integers(1, 3)), int(rng.integers(2, 5))
@@ -43,9 +44,10 @@ def small_cluster(seed: int) -> SmallCluster:
     bits = rng.choice([32, 16, 8, 4], size=(layers, experts))
     sizes = requirement.bytes_for(bits)
     owner = rng.integers(devices, size=sizes.size)
-    slack = float(rng.choice(SLACKS))
+    drawn = float(rng.choice(SLACKS))
+    share = drawn if slack is None else slack
     capacity = (np.bincount(owner, weights=sizes.ravel(), minlength=devices)
-                + slack * rng.random(devices) * sizes.sum()).astype(np.int64)
+                + share * rng.random(devices) * sizes.sum()).astype(np.int64)
     names = sorted(PRESETS)
     statuses = tuple(
         ResourceStatus(f"d{d}", PRESETS[str(rng.choice(names))], int(capacity[d]),

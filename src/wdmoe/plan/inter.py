@@ -10,8 +10,10 @@ and `exact.solve_exact` is its reference (docs/planner.md gives the measured gap
    per byte times a log-normal noise (seeded with the radio seed); each pair goes to the device with room that
    minimizes its layer's expected latency given the experts placed so far (ties: more free memory), among the
    devices after which the rest still packs (first-fit-decreasing). Round-robin (expert e on device e mod D) is a
-   further start when it fits, so the result is never worse than it. First-fit-decreasing by bytes is the start
-   of last resort.
+   further start when it fits, so the result is never worse than it. When no pass packs (memory full or nearly),
+   the popularity-per-byte and largest-first passes run again backtracking at dead ends (a complete packing
+   search within MAX_GREEDY_NODES placements), so memory filled exactly still packs; first-fit-decreasing by
+   bytes is the start of last resort (it raises `PlanError` when it fails too).
 2. Local search (`search.local_search`) from each start: moves, swaps, pair moves, chains and 1-for-2 exchanges
    in any layers (memory is shared across layers), best improvement first; optionally `kicks` random
    perturbations of the best (iterated local search). The best of the searched starts is kept.
@@ -70,28 +72,84 @@ def _best(options: list[tuple[float, float, int]]) -> int:
     return -neg_device
 
 
-def _greedy(model: LatencyModel, capacity: np.ndarray, order: np.ndarray) -> np.ndarray | None:
+MAX_GREEDY_NODES = 20_000  # placements a greedy pass may try, backtracking included, before it gives up
+_State = tuple[int, tuple[int, ...]]  # (items placed, sorted free memory per device): what the rest's packing sees
+_Frame = tuple[list[int], set[int], _State]  # per placed depth: devices left to try, free memories tried, state
+
+
+def _ranked(model: LatencyModel, primary: np.ndarray, room: np.ndarray, flat: int, rest: np.ndarray) -> list[int]:
+    """The devices a pass may put item `flat` on, the greedy's choice first: among the devices with room after
+    which the rest still packs by first-fit-decreasing (else all with room), the lowest layer cost (`_best`);
+    then the other safe devices, then the other devices with room, each by cost."""
+    layer, expert = divmod(flat, model.expert_bytes.shape[1])
+    size = model.expert_bytes[layer, expert]
+    fits = np.flatnonzero(room >= size).tolist()
+    safe = [d for d in fits if _packs(rest, np.where(np.arange(room.size) == d, room - size, room))]
+    options = []
+    for d in fits:
+        row = primary[layer].copy()
+        row[expert] = d
+        options.append((model.layer_s(layer, row), float(room[d]), d))
+    if not options:
+        return []
+    first = _best([o for o in options if o[2] in safe] or options)
+    others = sorted((o for o in options if o[2] != first), key=lambda o: (o[2] not in safe, o[0], -o[1], o[2]))
+    return [first, *(d for _, _, d in others)]
+
+
+def _greedy(model: LatencyModel, capacity: np.ndarray, order: np.ndarray, backtrack: bool = False) -> np.ndarray | None:
+    """The greedy pass of step 1 in `order`; None at its first dead end (an item that fits nowhere), or, with
+    `backtrack`, the latest choice moves to its next device: a complete bin-packing search, so memory filled
+    exactly still packs. It remembers failed (item, free memory multiset) states and skips a device whose free
+    memory equals one tried (the rest packs the same way). Until a dead end it makes the plain pass's choices.
+    None when no packing was found within MAX_GREEDY_NODES placements."""
     sizes = model.expert_bytes
-    num_experts = sizes.shape[1]
     primary = np.full(sizes.shape, -1, dtype=np.int64)
     room = capacity.copy()
-    for n, flat in enumerate(order.tolist()):
-        layer, expert = divmod(flat, num_experts)
-        size = sizes[layer, expert]
-        rest = np.sort(sizes.ravel()[order[n + 1:]])[::-1]
-        fits = np.flatnonzero(room >= size).tolist()
-        safe = [d for d in fits if _packs(rest, np.where(np.arange(room.size) == d, room - size, room))]
-        options = []
-        for d in safe or fits:
-            row = primary[layer].copy()
-            row[expert] = d
-            options.append((model.layer_s(layer, row), float(room[d]), d))
-        if not options:
+    flat_sizes = sizes.ravel()
+    order_list = order.tolist()
+    failed: set[_State] = set()
+    frames: list[_Frame] = []
+    for _ in range(MAX_GREEDY_NODES):
+        n = len(frames)
+        if n == len(order_list):
+            return primary
+        key: _State = (n, tuple(sorted(room.tolist())))
+        candidates: list[int] = []
+        if key not in failed:
+            rest = np.sort(flat_sizes[order[n + 1:]])[::-1]
+            candidates = _ranked(model, primary, room, order_list[n], rest)
+        if not candidates and not backtrack:
             return None
-        d = _best(options)
-        primary[layer, expert] = d
-        room[d] -= size
-    return primary
+        frames.append((candidates, set(), key))
+        if not _advance(frames, order_list, primary, room, flat_sizes, failed):
+            return None
+    return primary if len(frames) == len(order_list) else None
+
+
+def _advance(frames: list[_Frame], order: list[int], primary: np.ndarray, room: np.ndarray, sizes: np.ndarray,
+             failed: set[_State]) -> bool:
+    """Place the item of the deepest frame on its next untried device, backtracking through exhausted frames
+    (their states join `failed`); False when every frame is exhausted."""
+    num_experts = primary.shape[1]
+    while frames:
+        candidates, tried, key = frames[-1]
+        n = len(frames) - 1
+        layer, expert = divmod(order[n], num_experts)
+        if primary[layer, expert] >= 0:  # undo this depth's previous choice before trying the next
+            room[primary[layer, expert]] += sizes[order[n]]
+            primary[layer, expert] = -1
+        while candidates and int(room[candidates[0]]) in tried:
+            candidates.pop(0)
+        if candidates:
+            d = candidates.pop(0)
+            tried.add(int(room[d]))
+            primary[layer, expert] = d
+            room[d] -= sizes[order[n]]
+            return True
+        failed.add(key)
+        frames.pop()
+    return False
 
 
 def _first_fit(model: LatencyModel, capacity: np.ndarray) -> np.ndarray:
@@ -134,6 +192,10 @@ def search_primary(
     robin = round_robin_primary(num_layers, num_experts, model.num_devices)
     if _fits(model, robin, capacity):
         starts.append(robin)
+    if not starts:  # memory (nearly) full: the passes again, backtracking (largest items first packs best)
+        by_size = np.argsort(-model.expert_bytes.ravel(), kind="stable")
+        starts = [g for order in (_by_popularity_per_byte(model), by_size)
+                  if (g := _greedy(model, capacity, order, backtrack=True)) is not None]
     if not starts:
         starts.append(_first_fit(model, capacity))
     rng = np.random.default_rng(model.radio.seed)
