@@ -92,7 +92,9 @@ def serve(
     api_key_file: ApiKeyOpt = None,
     max_prompt_tokens: Annotated[int, typer.Option(min=1, help="Longest prompt accepted, in tokens.")] = 2048,
     max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens per prompt.")] = 512,
-    max_queue: Annotated[int, typer.Option(min=1, help="Requests that may wait; beyond it 429.")] = 64,
+    max_queue: Annotated[int, typer.Option(
+        min=0, help="Requests that may wait besides the running one(s); one more is refused with 429 (0: none waits)."
+    )] = 64,
     max_body_bytes: Annotated[
         int, typer.Option(min=1024, help="Largest request body, in bytes; beyond it 413, before it is read.")
     ] = 4 * 2**20,
@@ -139,7 +141,13 @@ def bench(
     requests: Annotated[int, typer.Option(min=1, help="Requests in all.")] = 32,
     max_tokens: Annotated[int, typer.Option(min=1, help="New tokens per request.")] = 32,
     prompt_len: Annotated[int, typer.Option(min=1, help="Longest prompt, in tokens (random ids).")] = 32,
-    seed: Annotated[int, typer.Option(help="Seed of the random prompts.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the random prompts and of the arrival times.")] = 0,
+    request_rate: Annotated[float | None, typer.Option(
+        help="Requests per second, arriving as a Poisson process (default: all at once); --concurrency still caps "
+             "those in flight.")] = None,
+    ignore_eos: Annotated[bool, typer.Option(
+        "--ignore-eos/--no-ignore-eos", metavar="",
+        help="Ask for exactly --max-tokens tokens per request (generation goes on past EOS).")] = False,
     devices: DevicesOpt = None,
     policy: PolicyOpt = "topk",
     theta: ThetaOpt = 0.5,
@@ -147,17 +155,21 @@ def bench(
     api_key_file: ApiKeyOpt = None,
     json_out: JsonOut = False,
 ) -> None:
-    """Benchmark a server: TTFT, TPOT and end-to-end latency (mean, p50, p95), tokens/s, bytes on air and energy
-    per token."""
+    """Benchmark a server: TTFT, TPOT and end-to-end latency (mean, p50, p95, p99, max), tokens/s, bytes on air and
+    energy per token. A stream cut before its finish_reason or [DONE] counts as a failed request."""
     offline()
     with user_errors():
         from wdmoe.serve.bench import run_bench
 
+        if request_rate is not None and not request_rate > 0:
+            raise ValueError(f"--request-rate {request_rate}: give a rate above 0 requests per second (or leave it "
+                             "out: all requests at once)")
         if (url is None) == (model_dir is None):
             raise ValueError("give exactly one of --url URL (a running server) or --model DIR (served in-process)")
         key = read_api_key(api_key_file)
         settings: dict[str, Any] = dict(concurrency=concurrency, num_requests=requests, max_tokens=max_tokens,
-                                        prompt_len=prompt_len, seed=seed, api_key=key)
+                                        prompt_len=prompt_len, seed=seed, api_key=key, request_rate=request_rate,
+                                        ignore_eos=ignore_eos)
         if url is not None:
             report = asyncio.run(run_bench(url, **settings))
         else:
@@ -189,6 +201,8 @@ def _bench_in_process(model_dir: Path | None, devices: int | None, policy: str, 
 def bench_table(report: dict[str, Any]) -> Any:
     from rich.table import Table
 
+    from wdmoe.serve.bench import STATS
+
     table = Table(title=f"serving benchmark: {report['model']} at {report['url']}", show_header=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -199,6 +213,8 @@ def bench_table(report: dict[str, Any]) -> Any:
     rows: list[tuple[str, str]] = [
         ("successful / failed requests", f"{report['successful']} / {report['failed']}"),
         ("concurrency", str(report["concurrency"])),
+        ("request rate (req/s, Poisson)", "all at once" if report.get("request_rate") is None
+         else f"{report['request_rate']:g}"),
         ("benchmark duration (s)", f"{report['duration_s']:.2f}"),
         ("input / output tokens", f"{report['input_tokens']} / {report['output_tokens']}"),
         ("request throughput (req/s)", f"{report['request_throughput_per_s']:.2f}"),
@@ -206,7 +222,7 @@ def bench_table(report: dict[str, Any]) -> Any:
     ]
     for key, name in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "end-to-end latency"),
                       ("modeled_ttft_s", "modeled TTFT"), ("modeled_tpot_s", "modeled TPOT")):
-        for stat in ("mean", "p50", "p95"):
+        for stat in STATS:
             rows.append((f"{stat} {name} (ms)", ms(report[key][stat])))
     per_byte = report["bytes_on_air_per_token"]
     per_joule = report["energy_j_per_token"]

@@ -31,6 +31,7 @@ class Sampling:
     presence_penalty: float = 0.0  # subtracted from a token's logit once it was generated (OpenAI: -2..2)
     frequency_penalty: float = 0.0  # x the number of times it was generated (OpenAI: -2..2)
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), OpenAI: -100..100
+    ignore_eos: bool = False  # go on past an end-of-sequence token up to max_tokens (vLLM's; benchmarks)
 
     @property
     def greedy(self) -> bool:

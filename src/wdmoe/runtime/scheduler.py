@@ -160,7 +160,7 @@ class Scheduler:
             seq.first_token_s = now
         if seq.on_token is not None:
             seq.on_token(token)
-        if token in self.eos_ids or self._stopped(seq):
+        if (token in self.eos_ids and not seq.sampling.ignore_eos) or self._stopped(seq):
             seq.finish_reason = "stop"
         elif len(seq.tokens) >= seq.sampling.max_tokens:
             seq.finish_reason = "length"

@@ -3,7 +3,11 @@
 `run_bench(url, ...)` sends `num_requests` streaming /v1/completions requests, at most `concurrency` at a time,
 each a random token-id prompt (seeded), and measures per request the TTFT (first streamed text), the TPOT
 ((end-to-end - TTFT) / (new tokens - 1)) and the end-to-end latency; the server's `wdmoe` extension adds the radio
-model's bytes on air and energy. `summarize_bench` reduces them to means and p50/p95.
+model's bytes on air and energy. With `request_rate` the requests arrive as a Poisson process of that rate (seeded
+exponential gaps, as vLLM's `--request-rate`), still at most `concurrency` in flight; otherwise all at once.
+`ignore_eos` asks the server for exactly `max_tokens` tokens each. A stream that ends without a `finish_reason` or
+without `data: [DONE]` is a failed request (cut). `summarize_bench` reduces the results to mean, p50, p95, p99 and
+max.
 """
 
 from __future__ import annotations
@@ -75,13 +79,25 @@ def make_prompts(num: int, vocab: int, prompt_len: int, seed: int) -> list[list[
     return [[rng.randrange(1, vocab) for _ in range(rng.randint(low, prompt_len))] for _ in range(num)]
 
 
-async def _one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int], max_tokens: int) -> RequestResult:
+def arrival_times(num: int, request_rate: float | None, seed: int) -> list[float]:
+    """When each request is sent, in seconds from the start: all at 0 without a rate, else a Poisson process of
+    `request_rate` per second (exponential gaps, seeded; the first request at 0)."""
+    if request_rate is None or request_rate == float("inf"):
+        return [0.0] * num
+    gaps = np.random.default_rng(seed).exponential(1.0 / request_rate, size=max(0, num - 1))
+    return [0.0, *np.cumsum(gaps).tolist()][:num]
+
+
+async def bench_one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int], max_tokens: int,
+               ignore_eos: bool = False) -> RequestResult:
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+            "stream_options": {"include_usage": True}, **({"ignore_eos": True} if ignore_eos else {})}
     start = time.perf_counter()
     ttft = None
     usage: dict[str, Any] = {}
     radio: dict[str, Any] = {}
+    finish: str | None = None
+    done = False
     try:
         async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
             if response.status_code != 200:
@@ -89,15 +105,25 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int
                 return RequestResult(False, f"HTTP {response.status_code}: {text}", len(prompt), 0, 0.0, 0.0, None,
                                      None)
             async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
+                if line == "data: [DONE]":
+                    done = True
+                if not line.startswith("data: ") or done:
                     continue
                 event = json.loads(line[6:])
-                if ttft is None and any(c.get("text") for c in event.get("choices", [])):
+                if "error" in event:
+                    return RequestResult(False, f"stream error: {str(event['error'])[:160]}", len(prompt), 0, 0.0,
+                                         0.0, None, None)
+                choices = event.get("choices", [])
+                if ttft is None and any(c.get("text") for c in choices):
                     ttft = time.perf_counter() - start
+                finish = next((c["finish_reason"] for c in choices if c.get("finish_reason")), finish)
                 usage = event.get("usage") or usage
                 radio = event.get("wdmoe") or radio
     except (httpx.HTTPError, json.JSONDecodeError) as exc:
         return RequestResult(False, f"{type(exc).__name__}: {exc}", len(prompt), 0, 0.0, 0.0, None, None)
+    if finish is None or not done:
+        missing = " and ".join(what for what, seen in (("finish_reason", finish), ("[DONE]", done)) if not seen)
+        return RequestResult(False, f"cut stream: no {missing}", len(prompt), 0, 0.0, 0.0, None, None)
     e2e = time.perf_counter() - start
     return RequestResult(True, None, int(usage.get("prompt_tokens", len(prompt))),
                          int(usage.get("completion_tokens", 0)), ttft if ttft is not None else e2e, e2e,
@@ -107,7 +133,8 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, prompt: list[int
 
 async def run_bench(url: str, concurrency: int = 4, num_requests: int = 32, max_tokens: int = 32,
                     prompt_len: int = 32, seed: int = 0, api_key: str | None = None,
-                    timeout_s: float = 600.0) -> dict[str, Any]:
+                    timeout_s: float = 600.0, request_rate: float | None = None,
+                    ignore_eos: bool = False) -> dict[str, Any]:
     """Run the benchmark against the server at `url` and return `summarize_bench`'s report."""
     url = check_url(url)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -119,24 +146,31 @@ async def run_bench(url: str, concurrency: int = 4, num_requests: int = 32, max_
         prompt_len = max(1, min(prompt_len, max_len - max_tokens - 1))
         prompts = make_prompts(num_requests, vocab, prompt_len, seed)
         gate = asyncio.Semaphore(concurrency)
-
-        async def limited(prompt: list[int]) -> RequestResult:
-            async with gate:
-                return await _one(client, url, str(card["id"]), prompt, max_tokens)
-
         start = time.perf_counter()
-        results = await asyncio.gather(*(limited(p) for p in prompts))
+
+        async def limited(prompt: list[int], at_s: float) -> RequestResult:
+            await asyncio.sleep(max(0.0, at_s - (time.perf_counter() - start)))
+            async with gate:
+                return await bench_one(client, url, str(card["id"]), prompt, max_tokens, ignore_eos)
+
+        arrivals = arrival_times(num_requests, request_rate, seed)
+        results = await asyncio.gather(*(limited(p, t) for p, t in zip(prompts, arrivals, strict=True)))
         duration = time.perf_counter() - start
     report = summarize_bench(list(results), duration)
-    report.update(url=url, model=card["id"], concurrency=concurrency, max_tokens=max_tokens, prompt_len=prompt_len)
+    report.update(url=url, model=card["id"], concurrency=concurrency, max_tokens=max_tokens, prompt_len=prompt_len,
+                  request_rate=request_rate, ignore_eos=ignore_eos)
     return report
+
+
+STATS = ("mean", "p50", "p95", "p99", "max")
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:
     if not values:
-        return {"mean": None, "p50": None, "p95": None}
+        return dict.fromkeys(STATS)
     array = np.asarray(values)
-    return {"mean": float(array.mean()), "p50": float(np.percentile(array, 50)), "p95": float(np.percentile(array, 95))}
+    return {"mean": float(array.mean()), "p50": float(np.percentile(array, 50)), "p95": float(np.percentile(array, 95)),
+            "p99": float(np.percentile(array, 99)), "max": float(array.max())}
 
 
 def summarize_bench(results: list[RequestResult], duration_s: float) -> dict[str, Any]:

@@ -9,7 +9,8 @@ request in that step with the runtime's exception, and the engine goes on with t
 
 The worker thread runs one step per job and queues the next step behind whatever else was submitted meanwhile
 (`submit`: prompt scoring, a policy change, the between-requests hooks), so those run between two steps. `QueueFull`
-is raised when `max_queue` requests are already pending (running or waiting). Every finished forward step reaches
+is raised when `max_queue` requests already wait besides the `max_batch` that may run (`--max-queue N`: N
+waiting). Every finished forward step reaches
 the telemetry sinks (metrics, dashboard) from the worker thread; the model's telemetry is cleared after each step,
 so a long-running server holds no history beyond what the sinks aggregate and the running requests hold.
 """
@@ -87,7 +88,7 @@ class Engine:
     def __init__(self, model: Any, name: str = "wdmoe", max_queue: int = 64, max_batch: int = 64) -> None:
         self.model = model
         self.name = name
-        self.max_queue = max_queue
+        self.max_queue = max_queue  # requests that may wait besides the max_batch running ones; beyond it QueueFull
         self.sinks: list[Callable[[StepRecord], None]] = []
         self.failure_sinks: list[Callable[[int], None]] = []
         self.between_requests: list[Callable[[], None]] = []  # run on the worker thread after each call
@@ -127,7 +128,21 @@ class Engine:
 
     @property
     def pending(self) -> int:
+        """Requests handed in and not finished: running + waiting."""
         return self._pending
+
+    @property
+    def slots(self) -> int:
+        """Requests that may run at once (one forward step's batch)."""
+        return self.scheduler.max_batch
+
+    @property
+    def running(self) -> int:
+        return min(len(self.scheduler.running), self._pending)
+
+    @property
+    def waiting(self) -> int:
+        return max(0, self._pending - self.running)
 
     def decode(self, ids: list[int]) -> str:
         if self.tokenizer is None:
@@ -143,8 +158,9 @@ class Engine:
     # -- queueing --------------------------------------------------------------------------------------------
     def _reserve(self) -> None:
         with self._pending_lock:
-            if self._pending >= self.max_queue:
-                raise QueueFull(f"{self._pending} requests are queued, the limit is {self.max_queue}; retry later")
+            if self._pending - self.slots >= self.max_queue:
+                raise QueueFull(f"{self._pending - self.slots} requests wait besides the {self.slots} that may run, "
+                                f"the limit is {self.max_queue} waiting (--max-queue); retry later")
             self._pending += 1
 
     def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Future[R]:

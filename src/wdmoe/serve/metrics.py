@@ -29,6 +29,11 @@ class Metrics:
         self.prompt_tokens = Counter("wdmoe_prompt_tokens", "Prompt tokens processed", registry=reg)
         self.generated_tokens = Counter("wdmoe_generated_tokens", "New tokens generated", registry=reg)
         self.queue_depth = Gauge("wdmoe_queue_depth", "Requests waiting for or using the model", registry=reg)
+        self.running = Gauge("wdmoe_requests_running", "Requests the model is running now", registry=reg)
+        self.waiting = Gauge("wdmoe_requests_waiting", "Requests waiting for the model (at most --max-queue)",
+                             registry=reg)
+        self.cancelled = Counter("wdmoe_requests_cancelled", "Requests whose client disconnected before the answer "
+                                 "was complete; their engine work was cancelled", registry=reg)
         self.ttft = Histogram("wdmoe_ttft_seconds", "Measured time to first token (wall clock)", buckets=buckets,
                               registry=reg)
         self.tpot = Histogram("wdmoe_tpot_seconds", "Measured time per output token after the first", buckets=buckets,

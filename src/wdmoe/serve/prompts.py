@@ -32,10 +32,10 @@ def check_text_length(engine: Engine, text_chars: int, limits: Limits, param: st
                          f"tokens (the limit) can hold ({most} characters); send a shorter prompt", param)
 
 
-def encode_text(engine: Engine, text: str, param: str, limits: Limits) -> list[int]:
+def encode_text(engine: Engine, text: str, param: str, limits: Limits, special_tokens: bool = False) -> list[int]:
     check_text_length(engine, len(text), limits, param)
     if engine.tokenizer is not None:
-        return list(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(engine.tokenizer(text, add_special_tokens=special_tokens)["input_ids"])
     try:
         return [int(part) for part in text.replace(",", " ").split()]
     except ValueError:
@@ -66,8 +66,9 @@ def encode_prompts(engine: Engine, prompt: str | list[Any], limits: Limits) -> l
     return batches
 
 
-def encode_chat(engine: Engine, messages: list[ChatMessage], limits: Limits) -> list[int]:
-    """The conversation rendered by the tokenizer's chat template (or a plain one) and tokenized."""
+def encode_chat(engine: Engine, messages: list[ChatMessage], limits: Limits, check: bool = True) -> list[int]:
+    """The conversation rendered by the tokenizer's chat template (or a plain one) and tokenized; `check`: refuse
+    ids a prompt cannot have (none, or more than the limit)."""
     check_text_length(engine, sum(len(m.text) for m in messages), limits, "messages")
     if engine.tokenizer is None:
         ids = [i for n, m in enumerate(messages) for i in encode_text(engine, m.text, f"messages[{n}].content", limits)]
@@ -78,24 +79,41 @@ def encode_chat(engine: Engine, messages: list[ChatMessage], limits: Limits) -> 
             turns, chat_template=template, add_generation_prompt=True, tokenize=False
         )
         ids = list(engine.tokenizer(text, add_special_tokens=False)["input_ids"])
-    check_ids(engine, ids, limits, "messages")
+    if check:
+        check_ids(engine, ids, limits, "messages")
     return ids
 
 
 def check_ids(engine: Engine, ids: list[int], limits: Limits, param: str) -> None:
     if not ids:
         raise BadRequest(f"{param}: the prompt is empty; give at least one token", param)
-    bad = next((i for i in ids if not 0 <= i < engine.vocab_size), None)
-    if bad is not None:
-        raise BadRequest(f"{param}: token id {bad} is outside the vocabulary 0..{engine.vocab_size - 1}", param)
+    check_vocabulary(engine, ids, param)
     longest = min(limits.max_prompt_tokens, engine.context_length - 1)
     if len(ids) > longest:
         raise BadRequest(f"{param}: the prompt has {len(ids)} tokens; the limit is {longest} tokens", param)
 
 
+def check_vocabulary(engine: Engine, ids: list[int], param: str) -> None:
+    bad = next((i for i in ids if not 0 <= i < engine.vocab_size), None)
+    if bad is not None:
+        raise BadRequest(f"{param}: token id {bad} is outside the vocabulary 0..{engine.vocab_size - 1}", param)
+
+
+def tokenize(engine: Engine, prompt: str | None, messages: list[ChatMessage] | None, special_tokens: bool,
+             limits: Limits) -> list[int]:
+    """POST /tokenize: the ids of `prompt` (as /v1/completions encodes it) or of `messages` (as the chat route
+    renders and encodes them), counted even beyond the prompt limit."""
+    if (prompt is None) == (messages is None):
+        raise BadRequest("give exactly one of prompt (text) or messages (a conversation)", "prompt")
+    if prompt is not None:
+        return encode_text(engine, prompt, "prompt", limits, special_tokens)
+    return encode_chat(engine, messages or [], limits, check=False)
+
+
 def sampling_for(engine: Engine, limits: Limits, prompt_len: int, max_tokens: int | None, temperature: float,
-                 top_p: float, seed: int | None, stop: str | list[str] | None, default_tokens: int | None = None
-                 ) -> Sampling:
+                 top_p: float, seed: int | None, stop: str | list[str] | None, default_tokens: int | None = None,
+                 ignore_eos: bool = False, presence_penalty: float | None = None,
+                 frequency_penalty: float | None = None, logit_bias: dict[str, float] | None = None) -> Sampling:
     """Sampling settings, with `max_tokens` checked against the limit and the room left in the context; an
     omitted `max_tokens` is `default_tokens` (None: as many as allowed), lowered to what the limits allow."""
     room = engine.context_length - prompt_len
@@ -110,4 +128,18 @@ def sampling_for(engine: Engine, limits: Limits, prompt_len: int, max_tokens: in
             "max_tokens",
         )
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    return Sampling(wanted, temperature, top_p, seed, tuple(s for s in stops if s))
+    return Sampling(wanted, temperature, top_p, seed, tuple(s for s in stops if s),
+                    presence_penalty=presence_penalty or 0.0, frequency_penalty=frequency_penalty or 0.0,
+                    logit_bias=bias_pairs(engine, logit_bias), ignore_eos=ignore_eos)
+
+
+def bias_pairs(engine: Engine, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """OpenAI's `logit_bias` ({"token id": bias}) as (token, bias) pairs, each id checked against the vocabulary."""
+    pairs: list[tuple[int, float]] = []
+    for key, value in (bias or {}).items():
+        token = int(key) if key.strip().isdigit() else -1
+        if not 0 <= token < engine.vocab_size:
+            raise BadRequest(f"logit_bias: key {key!r} is not a token id of the vocabulary 0..{engine.vocab_size - 1}",
+                             "logit_bias")
+        pairs.append((token, float(value)))
+    return tuple(pairs)

@@ -48,6 +48,27 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
+def held_back(text: str, stop: tuple[str, ...]) -> int:
+    """How many characters at the end of `text` could still begin a stop string (the longest tail of `text` that
+    is a proper prefix of one): a stream holds them back until the next tokens tell."""
+    longest = 0
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), longest, -1):
+            if text.endswith(s[:k]):
+                longest = k
+                break
+    return longest
+
+
+def sendable(text: str, sent: str, stop: tuple[str, ...]) -> str:
+    """The part of a stream's text (`text`, already cut at any stop string) that may be sent after `sent`: none of
+    what could still begin a stop string, no half-decoded character, nothing if the decoding changed `sent`."""
+    ready = text[: len(text) - held_back(text, stop)]
+    if ready.endswith("\ufffd") or not ready.startswith(sent):
+        return ""
+    return ready[len(sent) :]
+
+
 def radio_report(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """The `wdmoe` extension: totals over the prompts of one request (None where the radio model is off)."""
     modeled = [s for s in summaries if "latency" in s]

@@ -1,22 +1,60 @@
 """The OpenAI request bodies the server accepts (a subset, validated) and the server's limits.
 
-Unknown fields are ignored, as OpenAI-compatible servers do, so clients that send vendor extras still work.
-Value bounds that depend on the model or the limits (vocabulary, context, `max_tokens`) are checked by the routes,
-which answer 400 naming the field.
+Unknown fields are ignored, as OpenAI-compatible servers do, so clients that send vendor extras still work. OpenAI
+parameters the engine does not honour yet are declared (so the schema shows them) and listed in `NOT_HONOURED`: a
+request that sets one to anything but its neutral value is refused with 400 naming it, never silently ignored.
+Types are strict (no `"1"` for 1, no `false` for 0). Value bounds that depend on the model or the limits are
+checked by the routes, which answer 400 naming the field; those the OpenAPI document can state (the vocabulary,
+`max_tokens`, prompts per request) carry a `BOUND` marker that `wdmoe.serve.openapi` turns into the served app's
+numbers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+
+def _whole(value: Any) -> Any:
+    """JSON Schema's integer includes 2.0: a whole float becomes an int before the strict check (which still
+    refuses 2.5, "2" and true)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+WHOLE = BeforeValidator(_whole)  # after the Field constraints in Annotated, so the schema keeps "minimum" etc.
 Temperature = Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
-Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
-TokenId = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, WHOLE]  # any integer: the engine reduces it modulo 2**63
+BOUND = "x-wdmoe-bound"  # names a limit of the served app that the OpenAPI document fills in
+TokenId = Annotated[int, Field(ge=0, json_schema_extra={BOUND: "vocabulary"}), WHOLE]
+NewTokens = Annotated[int, Field(ge=0, json_schema_extra={BOUND: "max_tokens"}), WHOLE]
+Text = Annotated[str, Field(min_length=1)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+Prompt = (Text | Annotated[list[Text], Field(min_length=1, json_schema_extra={BOUND: "max_prompts"})] | TokenIds
+          | Annotated[list[TokenIds], Field(min_length=1, json_schema_extra={BOUND: "max_prompts"})])
 Stop = str | Annotated[list[str], Field(max_length=4)] | None
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
+Bias = Annotated[float, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]
+BiasKey = Annotated[str, Field(pattern=r"^[0-9]{1,9}$")]  # a token id, as OpenAI's logit_bias keys it
+Choices = Annotated[int, Field(ge=1, le=128), WHOLE]
+
+# OpenAI parameters the server does not honour yet, and their neutral values (the ones that change nothing, which
+# clients often send explicitly): any other value is refused with 400 naming the parameter. An entry goes when the
+# parameter is honoured (the engine samples `presence_penalty`, `frequency_penalty` and `logit_bias` per request).
+NOT_HONOURED: dict[str, tuple[Any, ...]] = {
+    "n": (None, 1),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+    "response_format": (None, {"type": "text"}),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "logprobs": (None, False),  # chat only: /v1/completions honours its integer `logprobs`
+    "top_logprobs": (None, 0),
+}
 
 
 @dataclass(frozen=True)
@@ -32,7 +70,16 @@ class Limits:
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
+    honoured_here: ClassVar[tuple[str, ...]] = ()  # NOT_HONOURED names that this body's route does honour
+
+    def not_honoured(self) -> str | None:
+        """The first parameter set to a value the engine does not honour (see NOT_HONOURED), or None."""
+        for name, neutral in NOT_HONOURED.items():
+            fields = type(self).model_fields
+            if name in fields and name not in self.honoured_here and getattr(self, name) not in neutral:
+                return name
+        return None
 
 
 class StreamOptions(_Body):
@@ -43,18 +90,26 @@ class CompletionRequest(_Body):
     """POST /v1/completions. `prompt` is text, a list of texts, token ids, or a list of token-id lists."""
 
     model: str | None = None
-    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
-    max_tokens: Annotated[int, Field(ge=0, description="default: 16, or less when the limit is lower")] | None = None
+    prompt: Prompt
+    max_tokens: NewTokens | None = Field(None, description="default: 16, or less when the limit is lower")
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
-    n: Annotated[int, Field(ge=1, le=1, description="one choice per prompt")] = 1
+    n: Choices | None = Field(None, description="not honoured yet: only 1")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=20), WHOLE] | None = None
     echo: bool = False
     stop: Stop = None
     seed: Seed | None = None
     user: str | None = None
+    ignore_eos: bool = Field(False, description="vLLM's extension: go on past EOS up to max_tokens")
+    best_of: Choices | None = Field(None, description="not honoured yet: only 1")
+    logit_bias: dict[BiasKey, Bias] | None = Field(None, description='{"token id": bias added to its logit}')
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    suffix: str | None = Field(None, description="not honoured yet: only empty")
+
+    honoured_here: ClassVar[tuple[str, ...]] = ("logprobs",)  # /v1/completions' integer `logprobs` is honoured
 
 
 class TextPart(_Body):
@@ -80,18 +135,59 @@ class ChatRequest(_Body):
 
     model: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=0)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=0)] | None = None
+    max_tokens: NewTokens | None = None
+    max_completion_tokens: NewTokens | None = None
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
-    n: Annotated[int, Field(ge=1, le=1, description="one choice per request")] = 1
+    n: Choices | None = Field(None, description="not honoured yet: only 1")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: Literal[False] | None = None
     stop: Stop = None
     seed: Seed | None = None
     user: str | None = None
+    ignore_eos: bool = Field(False, description="vLLM's extension: go on past EOS up to max_tokens")
+    logprobs: bool | None = Field(None, description="not honoured yet: only false")
+    top_logprobs: Annotated[int, Field(ge=0, le=20), WHOLE] | None = Field(None, description="not honoured yet: only 0")
+    logit_bias: dict[BiasKey, Bias] | None = Field(None, description='{"token id": bias added to its logit}')
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    response_format: dict[str, Any] | None = Field(None, description='not honoured yet: only {"type": "text"}')
+    tools: list[dict[str, Any]] | None = Field(None, description="not honoured yet: only []")
+    tool_choice: str | dict[str, Any] | None = Field(None, description='not honoured yet: only "none"')
+    functions: list[dict[str, Any]] | None = Field(None, description="not honoured yet: only []")
+    function_call: str | dict[str, Any] | None = Field(None, description='not honoured yet: only "none"')
 
     @property
     def requested_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class _TokenizeBody(BaseModel):
+    # Unknown fields refused: a body with both `prompt` and `messages` must not pass as either one.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = None
+    add_special_tokens: bool = Field(False, description="default false, as the completion routes add none")
+    return_token_strs: bool = False
+
+
+class TokenizePrompt(_TokenizeBody):
+    """POST /tokenize of a text, as /v1/completions encodes it (vLLM's body)."""
+
+    prompt: Text
+
+
+class TokenizeChat(_TokenizeBody):
+    """POST /tokenize of a conversation, as /v1/chat/completions renders and encodes it (vLLM's body)."""
+
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+
+
+TokenizeRequest = TokenizePrompt | TokenizeChat
+
+
+class DetokenizeRequest(_Body):
+    """POST /detokenize (vLLM's body): token ids back to text."""
+
+    model: str | None = None
+    tokens: list[TokenId]

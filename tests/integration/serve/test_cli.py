@@ -78,6 +78,20 @@ def test_bench_against_a_url_reports_latency_and_radio_figures(engine: Engine) -
     assert report["e2e_s"]["mean"] >= report["ttft_s"]["mean"]
     assert report["bytes_on_air_per_token"] > 0 and report["energy_j_per_token"] > 0
     assert report["modeled_tpot_s"]["mean"] > 0
+    assert report["ttft_s"]["p99"] <= report["ttft_s"]["max"] and report["request_rate"] is None
+
+
+def test_bench_at_a_request_rate_with_ignore_eos(engine: Engine) -> None:
+    with serve_in_thread(create_app(engine, limits=LIMITS)) as url:
+        result = CliRunner().invoke(cli, ["bench", "--url", url, "--requests", "5", "--max-tokens", "3",
+                                          "--request-rate", "50", "--ignore-eos", "--json"])
+        table = CliRunner().invoke(cli, ["bench", "--url", url, "--requests", "1", "--request-rate", "0"])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert (report["successful"], report["output_tokens"]) == (5, 15)
+    assert report["request_rate"] == 50 and report["ignore_eos"] is True
+    assert table.exit_code == 2 and "--request-rate 0.0: give a rate above 0" in table.output
 
 
 def test_bench_table_and_argument_errors(engine: Engine) -> None:
@@ -86,6 +100,7 @@ def test_bench_table_and_argument_errors(engine: Engine) -> None:
     both = CliRunner().invoke(cli, ["bench", "--url", "http://127.0.0.1:1", "--model", "x"])
     missing = CliRunner().invoke(cli, ["serve", "--backend", "ray", "--model", "x"])
 
-    assert table.exit_code == 0 and "p95 TPOT (ms)" in table.output and "2 / 0" in table.output
+    assert table.exit_code == 0 and "p99 TPOT (ms)" in table.output and "2 / 0" in table.output
+    assert "max end-to-end latency (ms)" in table.output
     assert both.exit_code == 2 and "exactly one of --url" in both.output
     assert missing.exit_code == 2 and "x has no config.json" in missing.output  # refused before Ray starts

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -9,7 +11,9 @@ import torch
 from fastapi.testclient import TestClient
 
 from tests.integration.serve.conftest import LIMITS, NUM_DEVICES
-from wdmoe.serve import Engine, Limits, create_app
+from wdmoe.runtime.telemetry import StepRecord
+from wdmoe.serve import Engine, create_app
+from wdmoe.serve.engine import Sampling
 
 
 def test_models_and_health(client: TestClient) -> None:
@@ -119,7 +123,7 @@ def test_api_key_guards_every_v1_route(engine: Engine) -> None:
     ({"prompt": "a" * (LIMITS.max_prompt_tokens + 1)}, "prompt", "limit is 64 tokens"),
     ({"prompt": "a", "max_tokens": LIMITS.max_tokens + 1}, "max_tokens", "limit is 16"),
     ({"prompt": [1, 2, 999]}, "prompt", "outside the vocabulary"),
-    ({"prompt": []}, "prompt", "empty"),
+    ({"prompt": []}, "prompt", "prompt: List should have at least 1 item"),
     ({"prompt": ["a"] * (LIMITS.max_prompts + 1)}, "prompt", "limit is 8"),
     ({"prompt": "a", "stream": True, "echo": True}, "stream", "streaming takes one prompt"),
 ])
@@ -137,7 +141,7 @@ def test_limits_answer_400(client: TestClient, body: dict[str, Any], param: str,
     ("/v1/completions", b'{"max_tokens": 3}'),
     ("/v1/completions", b'{"prompt": "a", "max_tokens": -1}'),
     ("/v1/completions", b'{"prompt": "a", "temperature": NaN}'),
-    ("/v1/completions", b'{"prompt": "a", "n": 2}'),
+    ("/v1/completions", b'{"prompt": "a", "n": 0}'),
     ("/v1/completions", b'{"prompt": [-1]}'),
     ("/v1/chat/completions", b'{"messages": []}'),
     ("/v1/chat/completions", b'{"messages": [{"role": "robot", "content": "x"}]}'),
@@ -155,12 +159,39 @@ def test_unknown_route_and_method_keep_the_error_shape(client: TestClient) -> No
     assert client.get("/v1/completions").status_code == 405
 
 
-def test_full_queue_answers_429(engine: Engine) -> None:
-    with TestClient(create_app(engine, limits=Limits(max_queue=0))) as client:
-        response = client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1})
+def test_max_queue_counts_the_waiting_requests_besides_the_running_ones(engine: Engine) -> None:
+    """One request may run (max_batch 1 here) and --max-queue 1 more wait; the next is refused with 429."""
+    release, held = threading.Event(), threading.Event()
 
-    engine.max_queue = LIMITS.max_queue  # the shared engine serves the other tests
-    assert response.status_code == 429 and "retry later" in response.json()["error"]["message"]
+    def hold(_step: StepRecord) -> None:  # keeps the first request's step on the worker until the checks are done
+        held.set()
+        release.wait(30)
+
+    ids = list(engine.tokenizer("queue", add_special_tokens=False)["input_ids"])
+    max_batch, engine.scheduler.max_batch = engine.scheduler.max_batch, 1
+    engine.sinks.append(hold)
+    try:
+        with TestClient(create_app(engine, limits=replace(LIMITS, max_queue=1))) as client:
+            running = engine.start(ids, Sampling(max_tokens=2))
+            assert held.wait(30)
+            waiting = engine.start(ids, Sampling(max_tokens=1))
+            refused = client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1})
+            metrics, health = client.get("/metrics").text, client.get("/health").json()
+            release.set()
+            assert len(running.future.result(timeout=30).tokens) == 2
+            assert len(waiting.future.result(timeout=30).tokens) == 1
+            admitted = client.post("/v1/completions", json={"prompt": "a", "max_tokens": 1})
+    finally:
+        release.set()
+        engine.sinks.remove(hold)
+        engine.scheduler.max_batch = max_batch
+        engine.max_queue = LIMITS.max_queue  # the shared engine serves the other tests
+
+    assert refused.status_code == 429 and "retry later" in refused.json()["error"]["message"]
+    assert "1 requests wait besides the 1 that may run" in refused.json()["error"]["message"]
+    assert "wdmoe_requests_running 1.0" in metrics and "wdmoe_requests_waiting 1.0" in metrics
+    assert (health["running"], health["waiting"], health["max_queue"]) == (1, 1, 1)
+    assert admitted.status_code == 200
 
 
 def test_metrics_cover_the_radio_and_the_devices(client: TestClient) -> None:
@@ -189,3 +220,22 @@ def test_a_tiny_positive_temperature_is_greedy_not_a_500(client: TestClient, tin
 
     assert cold.status_code == 200, cold.text
     assert cold.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
+
+
+def test_ignore_eos_goes_on_past_eos(client: TestClient, engine: Engine) -> None:
+    """The tiny model has no EOS: make its third greedy token the EOS for this test."""
+    body = {"prompt": "eos", "max_tokens": 8, "temperature": 0}
+    free = client.post("/v1/completions", json=body).json()
+    ids = list(engine.tokenizer("eos", add_special_tokens=False)["input_ids"])
+    third = engine.model.generate(torch.tensor([ids]), max_new_tokens=3, do_sample=False)[0, -1].item()
+    saved, engine.scheduler.eos_ids = engine.scheduler.eos_ids, {int(third)}
+    try:
+        stopped = client.post("/v1/completions", json=body).json()
+        ignored = client.post("/v1/completions", json={**body, "ignore_eos": True}).json()
+    finally:
+        engine.scheduler.eos_ids = saved
+
+    assert stopped["usage"]["completion_tokens"] <= 3 and stopped["choices"][0]["finish_reason"] == "stop"
+    assert ignored["usage"]["completion_tokens"] == 8 and ignored["choices"][0]["finish_reason"] == "length"
+    assert ignored["choices"][0]["text"] == free["choices"][0]["text"]  # EOS is kept and generation goes on
+    assert free["choices"][0]["text"].startswith(stopped["choices"][0]["text"])
