@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from wdmoe.errors import DevicesUnavailable
@@ -108,7 +108,7 @@ def openai_router(ctx: ServeContext) -> APIRouter:
         return {"object": "list", "data": [model_card(engine, limits)]}
 
     @router.get("/models/{model_id:path}", responses={**MODEL_RESPONSES, 404: error("No model of that id is served")})
-    async def model(model_id: str) -> JSONResponse:
+    async def model(model_id: str = Path(examples=[engine.name])) -> JSONResponse:
         if model_id != engine.name:
             raise ModelNotFound(model_id, engine.name)
         return JSONResponse(model_card(engine, limits))
