@@ -1,5 +1,9 @@
 """The device side: an expert worker that holds only its own verified shard and runs its experts' FFNs.
 
+Each layer's experts run in the model's own experts class (`wdmoe.model.device_experts`), except the SwiGLU
+classes of `SWIGLU_CLASSES` and format-1 splits, whose `gate_up_proj` / `down_proj` run in
+`wdmoe.model.expert.expert_ffn` (the same math, tested equal; it has the Triton kernels and CUDA graphs below).
+
 A quantized expert (int8 / int4, `wdmoe.model.quantize`) stays quantized in the worker's memory and is dequantized
 to the compute dtype each time it runs; a float16-stored one is cast to the compute dtype at load. A batch whose
 hidden states are in another dtype than the weights (a pool that loads its shards as stored, a BS cast to another
@@ -32,6 +36,7 @@ from safetensors.torch import load_file
 from transformers.activations import ACT2FN
 
 from wdmoe.backends.base import DeviceBatch, DeviceResult
+from wdmoe.model.device_experts import LocalExperts, load_layer, meta_experts, runs_as_swiglu
 from wdmoe.model.expert import expert_ffn
 from wdmoe.model.quantize import QUANTIZED_BITS, QuantizedTensor
 from wdmoe.model.shards import Manifest
@@ -69,24 +74,41 @@ class ExpertWorker:
         self.act = ACT2FN[manifest.hidden_act]
         self.weights: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.quantized: dict[tuple[int, int], tuple[QuantizedTensor, QuantizedTensor]] = {}
+        self.layers: dict[int, LocalExperts] = {}  # layers whose experts run in the model's own class
         quantization = manifest.quantization
         self.compute_dtype = dtype or (getattr(torch, quantization.dtype) if quantization else None)
         shard = manifest.device_shard(root, device)
         if shard is None:
             return
         tensors = load_file(str(shard), device=torch_device)
+        modules = meta_experts(manifest.config) if manifest.config is not None else {}
+        by_layer: dict[int, list[int]] = {}
         for layer, expert in manifest.placement.experts_on(device):
-            prefix = f"layers.{layer}.experts.{expert}."
-            bits = manifest.expert_bits(layer, expert)
-            if bits in QUANTIZED_BITS:
-                self.quantized[(layer, expert)] = (
-                    QuantizedTensor.from_tensors(tensors, prefix + "gate_up_proj", bits),
-                    QuantizedTensor.from_tensors(tensors, prefix + "down_proj", bits),
-                )
+            by_layer.setdefault(layer, []).append(expert)
+        for layer, experts in by_layer.items():
+            module = modules.get(layer)
+            if module is not None and not runs_as_swiglu(module):  # the model's own class (device_experts)
+                bits = {e: manifest.expert_bits(layer, e) for e in experts}
+                self.layers[layer] = load_layer(module, layer, experts, tensors, bits, dtype or self.compute_dtype)
                 continue
-            gate_up, down = tensors[prefix + "gate_up_proj"], tensors[prefix + "down_proj"]
-            cast = dtype or (self.compute_dtype if bits == 16 else None)
-            self.weights[(layer, expert)] = (gate_up.to(cast), down.to(cast)) if cast else (gate_up, down)
+            for expert in experts:
+                self._load_swiglu(tensors, manifest, layer, expert, dtype)
+
+    def _load_swiglu(
+        self, tensors: dict[str, torch.Tensor], manifest: Manifest, layer: int, expert: int, dtype: torch.dtype | None
+    ) -> None:
+        """One expert of a SwiGLU class (`wdmoe.model.device_experts.SWIGLU_CLASSES`) or of a format-1 split."""
+        prefix = f"layers.{layer}.experts.{expert}."
+        bits = manifest.expert_bits(layer, expert)
+        if bits in QUANTIZED_BITS:
+            self.quantized[(layer, expert)] = (
+                QuantizedTensor.from_tensors(tensors, prefix + "gate_up_proj", bits),
+                QuantizedTensor.from_tensors(tensors, prefix + "down_proj", bits),
+            )
+            return
+        gate_up, down = tensors[prefix + "gate_up_proj"], tensors[prefix + "down_proj"]
+        cast = dtype or (self.compute_dtype if bits == 16 else None)
+        self.weights[(layer, expert)] = (gate_up.to(cast), down.to(cast)) if cast else (gate_up, down)
 
     @staticmethod
     def graphs_wanted(torch_device: str, cuda_graphs: bool | None) -> bool:
@@ -98,13 +120,14 @@ class ExpertWorker:
 
     @property
     def num_experts_held(self) -> int:
-        return len(self.weights) + len(self.quantized)
+        return len(self.weights) + len(self.quantized) + sum(len(held.ids) for held in self.layers.values())
 
     @property
     def weight_bytes(self) -> int:
         """Bytes of expert weights this device holds in memory (quantized ones at their stored size)."""
         plain = sum(t.numel() * t.element_size() for pair in self.weights.values() for t in pair)
-        return plain + sum(q.nbytes for pair in self.quantized.values() for q in pair)
+        quantized = sum(q.nbytes for pair in self.quantized.values() for q in pair)
+        return plain + quantized + sum(held.nbytes for held in self.layers.values())
 
     @property
     def graphed(self) -> tuple[tuple[int, int], ...]:
@@ -123,6 +146,10 @@ class ExpertWorker:
     def run(self, batch: DeviceBatch) -> DeviceResult:
         start = time.perf_counter()
         token_index, expert = batch.token_index, batch.expert  # (m,) each, on the CPU
+        held = self.layers.get(batch.layer)
+        if held is not None:
+            output = held.run(_gather(batch.hidden, token_index), expert)
+            return DeviceResult(batch.device, output, time.perf_counter() - start)
         if self.cuda_graphs and expert.numel() == 1 and batch.hidden.shape[0] == 1 and batch.hidden.is_cuda:
             replayed = self._replay(batch.layer, int(expert.item()), batch.hidden)
             if replayed is not None:

@@ -2,11 +2,13 @@
 
 Layout of a split directory:
 
-    manifest.json            format, family, config sha256, placement, sha256 of every file below
+    manifest.json            format, family, config sha256 (and, from format 2, the config), placement, sha256 of
+                             every file below
     bs/config.json           the model config (transformers)
     bs/model.safetensors     every weight but the routed experts
     bs/<tokenizer files>     copied when the source has them
-    devices/device-K.safetensors   the experts device K holds: layers.{l}.experts.{e}.{gate_up_proj,down_proj}
+    devices/device-K.safetensors   the experts device K holds: layers.{l}.experts.{e}.{name}, one entry per
+                             per-expert tensor of the model's experts module (gate_up_proj, down_proj, biases, ...)
 
 A quantized expert (`wdmoe.model.quantize`) is stored as `{name}.qweight` (int8, or uint8 with two int4 values per
 byte) and `{name}.scale` (float32) instead of `{name}`; the manifest's `quantization` lists its bit width
@@ -34,7 +36,8 @@ from wdmoe.errors import ShardError
 from wdmoe.placement import Placement
 
 MANIFEST = "manifest.json"
-FORMAT = "wdmoe-split/1"
+FORMAT = "wdmoe-split/2"  # 2: the manifest may carry the model config (devices build the experts class from it)
+READABLE_FORMATS = ("wdmoe-split/1", FORMAT)  # 1: no config; devices run gate_up_proj / down_proj as SwiGLU
 VERIFIED = ".verified.json"
 
 
@@ -124,6 +127,7 @@ class Manifest:
     placement: Placement
     files: dict[str, str]  # relative path -> sha256
     quantization: Quantization | None = None  # None: every expert as the model has it
+    config: dict[str, Any] | None = None  # the model config (to_dict()); None in format 1 splits
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -137,6 +141,8 @@ class Manifest:
         }
         if self.quantization is not None:
             data["quantization"] = self.quantization.to_json()
+        if self.config is not None:
+            data["config"] = self.config
         return data
 
     def write(self, root: Path) -> None:
@@ -149,8 +155,8 @@ class Manifest:
             raise ShardError(f"{root} is not a split directory: {MANIFEST} is missing (run `wdmoe split` first)")
         try:
             data = json.loads(path.read_text())
-            if data.get("format") != FORMAT:
-                raise ShardError(f"{path}: format {data.get('format')!r} is not {FORMAT!r}")
+            if data.get("format") not in READABLE_FORMATS:
+                raise ShardError(f"{path}: format {data.get('format')!r} is not one of {READABLE_FORMATS}")
             return cls(
                 family=data["family"],
                 model_type=data["model_type"],
@@ -159,6 +165,7 @@ class Manifest:
                 placement=Placement.from_json(data["placement"]),
                 files=dict(data["files"]),
                 quantization=Quantization.from_json(data["quantization"]) if "quantization" in data else None,
+                config=data.get("config"),
             )
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ShardError(f"{path} is malformed: {exc!r}") from exc

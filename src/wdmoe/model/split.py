@@ -12,6 +12,7 @@ import json
 import shutil
 import tomllib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from safetensors.torch import save_file
 
 from wdmoe.atomic import write_dir_atomic
 from wdmoe.errors import PlacementError, UnsupportedModelError
-from wdmoe.model.families import Family, family_for
+from wdmoe.model.discover import ExpertsSite, experts_sites, param_split
+from wdmoe.model.families import Family, family_for, supported_families
 from wdmoe.model.quantize import DEFAULT_GROUP_SIZE, QUANTIZED_BITS, quantize
 from wdmoe.model.shards import (
     MANIFEST,
@@ -44,7 +46,7 @@ TOKENIZER_FILES = (
 
 
 def load_hf_model(model_dir: Path) -> Any:
-    """Load a local HF model after checking, from its config alone, that its family is supported."""
+    """Load a local HF model after checking, from its config alone, that its model type is not refused."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if not (model_dir / "config.json").is_file():
@@ -53,19 +55,37 @@ def load_hf_model(model_dir: Path) -> Any:
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", local_files_only=True).eval()
 
 
-def moe_layout(hf_model: Any) -> tuple[Family, dict[int, Any], int]:
-    """(family, MoE blocks by layer, routed experts per layer); refuses a model with no MoE layer."""
+@dataclass(frozen=True)
+class MoeLayout:
+    """The routed experts of a model: its family (router semantics), its experts sites by layer, E."""
+
+    family: Family
+    sites: dict[int, ExpertsSite]
+    num_experts: int
+
+
+def experts_layout(hf_model: Any) -> MoeLayout:
+    """The model's experts sites (`wdmoe.model.discover`); refuses a model with none, or with layers that differ
+    in expert count."""
     family = family_for(hf_model.config)
-    blocks = family.moe_blocks(hf_model)
-    if not blocks:
+    sites = {site.layer: site for site in experts_sites(hf_model)}
+    if not sites:
         raise UnsupportedModelError(
-            f"this {family.name} model is dense: none of its {len(family.decoder_layers(hf_model))} layers has "
-            "routed experts, so there is nothing to put on devices"
+            f"this {hf_model.config.model_type} model is dense: no layer has an experts module of transformers' "
+            f"standard interface (@use_experts_implementation), so there is nothing to put on devices (registered "
+            f"router semantics: {supported_families()})"
         )
-    num_experts = {int(block.experts.gate_up_proj.shape[0]) for block in blocks.values()}
+    num_experts = {site.num_experts for site in sites.values()}
     if len(num_experts) != 1:
         raise UnsupportedModelError(f"MoE layers differ in expert count {sorted(num_experts)}; not supported")
-    return family, blocks, num_experts.pop()
+    return MoeLayout(family, sites, num_experts.pop())
+
+
+def moe_layout(hf_model: Any) -> tuple[Family, dict[int, Any], int]:
+    """(family, the module holding each MoE layer's `.experts`, by layer, routed experts per layer)."""
+    layout = experts_layout(hf_model)
+    blocks = {layer: hf_model.get_submodule(site.block_path) for layer, site in layout.sites.items()}
+    return layout.family, blocks, layout.num_experts
 
 
 def check_placement(placement: Placement, layers: list[int], num_experts: int) -> None:
@@ -97,11 +117,11 @@ def split_model(
             all of them (an int) or per (layer, expert) (a mapping; experts not listed stay as the model has them).
         group_size: input columns per scale of int4 experts.
     """
-    family, blocks, num_experts = moe_layout(model)
-    placement = resolve_placement(placement, list(blocks), num_experts, num_devices)
+    layout = experts_layout(model)
+    placement = resolve_placement(placement, list(layout.sites), layout.num_experts, num_devices)
     widths = expert_bits(bits, placement)
     return staged_split(
-        Path(out), lambda root: _write_split(model, root, family, blocks, placement, source_dir, widths, group_size)
+        Path(out), lambda root: _write_split(model, root, layout, placement, source_dir, widths, group_size)
     )
 
 
@@ -171,10 +191,17 @@ class _DefaultBits(dict[tuple[int, int], int]):
 
 
 def expert_tensor(key: str, weight: torch.Tensor, bits: int | None, group_size: int) -> dict[str, torch.Tensor]:
-    """The shard entries of one expert matrix `weight` stored at width `bits` (None: as the model has it)."""
-    if bits in QUANTIZED_BITS:
+    """The shard entries of one expert's tensor `weight` (one expert's slice) stored at width `bits`: quantized
+    (8 / 4) if it is a matrix (vectors such as biases stay as the model has them; more dimensions are refused),
+    float16 (16), or as the model has it (None / 32)."""
+    if bits in QUANTIZED_BITS and weight.dim() == 2:
         return quantize(weight, bits, group_size).tensors(key)
-    if bits == 16 and weight.element_size() > 2:
+    if bits in QUANTIZED_BITS and weight.dim() > 2:
+        raise UnsupportedModelError(
+            f"expert tensor {key} has {weight.dim()} dimensions per expert: wdmoe quantizes matrices only; store "
+            "these experts at 16 or 32 bits"
+        )
+    if bits == 16 and weight.is_floating_point() and weight.element_size() > 2:
         return {key: weight.detach().to(torch.float16)}
     return {key: weight.detach().clone()}
 
@@ -182,8 +209,7 @@ def expert_tensor(key: str, weight: torch.Tensor, bits: int | None, group_size: 
 def _write_split(
     model: Any,
     root: Path,
-    family: Family,
-    blocks: dict[int, Any],
+    layout: MoeLayout,
     placement: Placement,
     source_dir: Path | None,
     bits: dict[tuple[int, int], int],
@@ -192,34 +218,35 @@ def _write_split(
     (root / "bs").mkdir()
     (root / "devices").mkdir()
     model.config.save_pretrained(root / "bs")
-    expert_prefixes = tuple(f"model.layers.{layer}.mlp.experts." for layer in blocks)
-    bs_state = {
-        k: v.detach().contiguous().clone()
-        for k, v in model.state_dict().items()
-        if not k.startswith(expert_prefixes)
-    }
+    split = param_split(model)
+    state = model.state_dict()
+    bs_state = {k: state[k].detach().contiguous().clone() for k in split.bs}
     save_file(bs_state, str(root / "bs" / "model.safetensors"), metadata={"format": "pt"})
     for name in TOKENIZER_FILES:
         if source_dir is not None and (source_dir / name).is_file():
             shutil.copy2(source_dir / name, root / "bs" / name)
+    by_layer: dict[int, dict[str, torch.Tensor]] = {}
+    for name, where in split.experts.items():
+        by_layer.setdefault(where.layer, {})[where.name] = state[name]
     for device in range(placement.num_devices):
         tensors: dict[str, torch.Tensor] = {}
         for layer, expert in placement.experts_on(device):
-            experts, width = blocks[layer].experts, bits.get((layer, expert))
-            for name in ("gate_up_proj", "down_proj"):
-                weight = getattr(experts, name)[expert]
-                tensors.update(expert_tensor(expert_key(layer, expert, name), weight, width, group_size))
+            width = bits.get((layer, expert))
+            for name, weight in by_layer[layer].items():
+                tensors.update(expert_tensor(expert_key(layer, expert, name), weight[expert], width, group_size))
         if tensors:
             save_file(tensors, str(root / device_shard_name(device)), metadata={"format": "pt"})
     files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    first = next(iter(layout.sites.values()))
     manifest = Manifest(
-        family=family.name,
+        family=layout.family.name,
         model_type=model.config.model_type,
         config_sha256=config_sha256(model.config.to_dict()),
         hidden_act=str(getattr(model.config, "hidden_act", "silu")),
         placement=placement,
         files=files,
-        quantization=quantization_record(bits, group_size, next(iter(blocks.values())).experts.gate_up_proj.dtype),
+        quantization=quantization_record(bits, group_size, by_layer[first.layer][first.tensors[0]].dtype),
+        config=model.config.to_dict(),
     )
     manifest.write(root)
     record_verified(root, files)

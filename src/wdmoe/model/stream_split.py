@@ -40,6 +40,7 @@ from transformers.core_model_loading import (
 )
 
 from wdmoe.errors import UnsupportedModelError
+from wdmoe.model.discover import param_split
 from wdmoe.model.families import Family, family_for
 from wdmoe.model.quantize import DEFAULT_GROUP_SIZE
 from wdmoe.model.safetensors_stream import Checkpoint, TensorShape, write_safetensors
@@ -65,8 +66,6 @@ from wdmoe.model.split import (
 )
 from wdmoe.placement import Placement
 
-EXPERT_TENSORS = ("gate_up_proj", "down_proj")  # what a device shard holds per expert (today's device math)
-
 
 class NotStreamable(UnsupportedModelError):
     """A checkpoint layout the streaming split cannot read tensor by tensor (it falls back to loading the model)."""
@@ -86,15 +85,11 @@ class TensorPlacement:
 
 
 def tensor_placement(model: Any, family: Family) -> TensorPlacement:
-    """The one place that says where each tensor goes (the family walk: `model.layers.{l}.mlp.experts.*`); what
-    `split_model` does with a loaded model, applied to the meta-device model."""
-    blocks = family.moe_blocks(model)
-    prefixes = tuple(f"model.layers.{layer}.mlp.experts." for layer in blocks)
-    names = list(model.state_dict())
-    experts = {
-        f"model.layers.{layer}.mlp.experts.{short}": (layer, short) for layer in blocks for short in EXPERT_TENSORS
-    }
-    return TensorPlacement(tuple(n for n in names if not n.startswith(prefixes)), experts)
+    """Where each tensor goes: `wdmoe.model.discover.param_split` (every per-expert tensor of every experts module
+    to the devices), what `split_model` does with a loaded model, applied to the meta-device model."""
+    split = param_split(model)
+    experts = {name: (where.layer, where.name) for name, where in split.experts.items()}
+    return TensorPlacement(split.bs, experts)
 
 
 @dataclass(frozen=True)
@@ -315,7 +310,7 @@ def _write(
         relative = str(path.relative_to(root))
         if relative not in files:
             files[relative] = sha256_file(path)
-    first_gate_up = by_layer[(min(layer for layer, _ in by_layer), "gate_up_proj")]
+    first_tensor = by_layer[min(by_layer)]
     manifest = Manifest(
         family=plan.family.name,
         model_type=config.model_type,
@@ -323,7 +318,8 @@ def _write(
         hidden_act=str(getattr(config, "hidden_act", "silu")),
         placement=placement,
         files=files,
-        quantization=quantization_record(bits, group_size, plan.shapes[first_gate_up].dtype),
+        quantization=quantization_record(bits, group_size, plan.shapes[first_tensor].dtype),
+        config=config.to_dict(),
     )
     manifest.write(root)
     record_verified(root, files)
@@ -347,8 +343,11 @@ class _DeviceShard:
         self.plan, self.by_layer, self.bits, self.group_size = plan, by_layer, bits, group_size
         self.origin: dict[str, tuple[int, int, str]] = {}
         self.specs: dict[str, TensorShape] = {}
+        names: dict[int, list[str]] = {}
+        for layer, short in by_layer:
+            names.setdefault(layer, []).append(short)
         for layer, expert in held:
-            for short in EXPERT_TENSORS:
+            for short in names[layer]:
                 shape = plan.shapes[by_layer[(layer, short)]]
                 empty = torch.empty(shape.shape[1:], dtype=shape.dtype, device="meta")
                 for key, t in self._make(layer, expert, short, empty).items():

@@ -1,4 +1,4 @@
-"""Build the BS part of a split model: the HF model class with its routed experts replaced by `RemoteExperts`.
+"""Build the BS part of a split model: the HF model class with every experts module replaced by `RemoteExperts`.
 
 The model is first built on the meta device, so the BS never allocates the routed experts' weights; only the
 BS weights of `bs/model.safetensors` (checksum-verified) are materialized, on `torch_device`, in `dtype`.
@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from wdmoe.errors import ShardError, WdmoeError
+from wdmoe.model.discover import config_dtype, experts_sites, fp32_names
 from wdmoe.model.families import family_for
 from wdmoe.model.shards import Manifest, config_sha256
 from wdmoe.model.split import check_placement
@@ -70,18 +71,25 @@ def check_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
     return dtype
 
 
-def cast_floating(tensors: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    """`tensors` with every floating-point tensor in `dtype` (unchanged if None); integer tensors stay as they are."""
+def cast_floating(
+    tensors: dict[str, torch.Tensor], dtype: torch.dtype | None, keep_fp32: frozenset[str] = frozenset()
+) -> dict[str, torch.Tensor]:
+    """`tensors` with every floating-point tensor in `dtype` (unchanged if None), but those named in `keep_fp32`
+    (what transformers keeps in float32 at `dtype`) in float32; integer tensors stay as they are."""
     if dtype is None:
         return tensors
-    return {name: t.to(dtype) if t.is_floating_point() else t for name, t in tensors.items()}
+    return {
+        name: t.to(torch.float32 if name in keep_fp32 else dtype) if t.is_floating_point() else t
+        for name, t in tensors.items()
+    }
 
 
 def build_bs_model(
     root: Path, manifest: Manifest, runtime: Runtime, torch_device: str = "cpu", dtype: torch.dtype | None = None
 ) -> Any:
-    """The BS model of split directory `root`, with every MoE block's experts served by `runtime`; its weights
-    are cast to `dtype` (None: the dtype stored in the split)."""
+    """The BS model of split directory `root`, with every experts module served by `runtime`; its weights are
+    cast to `dtype` (None: the model's own dtype, its config's), except the modules transformers keeps in float32
+    at that dtype (`wdmoe.model.discover.fp32_names`)."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     config_path = manifest.verified_path(root, "bs/config.json")
@@ -90,19 +98,22 @@ def build_bs_model(
     if config_sha256(config.to_dict()) != manifest.config_sha256:
         raise ShardError(f"{config_path} does not match the manifest's config sha256; the split is inconsistent")
     family = family_for(config)
-    state = cast_floating(load_file(str(weights_path), device=torch_device), check_dtype(dtype))
-    dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    state = load_file(str(weights_path), device=torch_device)
+    dtype = check_dtype(dtype) or _stored_dtype(config, state)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    blocks = family.moe_blocks(model)
-    check_placement(manifest.placement, list(blocks), manifest.placement.num_experts)
-    for layer, block in blocks.items():
-        remote = RemoteExperts(layer, manifest.placement.num_experts, runtime)
-        block.experts = remote
-        block.gate.register_forward_hook(_logits_hook(remote))
+    sites = experts_sites(model)
+    check_placement(manifest.placement, [s.layer for s in sites], manifest.placement.num_experts)
+    state = cast_floating(state, dtype, fp32_names(model, list(state), dtype))
+    for site in sites:
+        remote = RemoteExperts(site.layer, manifest.placement.num_experts, runtime)
+        parent, _, attribute = site.path.rpartition(".")
+        setattr(model.get_submodule(parent), attribute, remote)
+        if site.router_path is not None:
+            model.get_submodule(site.router_path).register_forward_hook(_logits_hook(remote, site.num_experts))
     model.to_empty(device=torch_device)
     _init_non_persistent_buffers(model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if unexpected or missing:
         raise ShardError(
             f"bs/model.safetensors does not fit the {family.name} model: missing {sorted(missing)[:5]}, "
@@ -114,6 +125,18 @@ def build_bs_model(
     return model.eval()
 
 
+def _stored_dtype(config: Any, state: dict[str, torch.Tensor]) -> torch.dtype:
+    """The BS part's dtype when none is asked: the model's own (its config's); a format-1 split whose config
+    names none: the dtype most of its floating-point tensors have (not merely the first, which may be fp32)."""
+    if getattr(config, "dtype", None) is not None or getattr(config, "torch_dtype", None) is not None:
+        return config_dtype(config)
+    counts: dict[torch.dtype, int] = {}
+    for t in state.values():
+        if t.is_floating_point():
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+    return max(counts, key=lambda d: counts[d]) if counts else torch.float32
+
+
 def _init_non_persistent_buffers(model: Any) -> None:
     """Recompute buffers that checkpoints do not store (rotary inverse frequencies) with the model's own init."""
     for module in model.modules():
@@ -121,9 +144,15 @@ def _init_non_persistent_buffers(model: Any) -> None:
             model._init_weights(module)
 
 
-def _logits_hook(remote: RemoteExperts) -> Any:
+def _logits_hook(remote: RemoteExperts, num_experts: int) -> Any:
+    """Records the router's logits (T, E) for the step's telemetry and policies: its output, or the first item
+    of it, when that is a (T, E) tensor; routers that return something else leave the logits unrecorded."""
+
     def hook(_module: Any, _inputs: Any, output: Any) -> None:
-        if remote.runtime.record_logits:
-            remote.logits = output[0]
+        if not remote.runtime.record_logits:
+            return
+        logits = output[0] if isinstance(output, tuple | list) else output
+        if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[-1] == num_experts:
+            remote.logits = logits
 
     return hook

@@ -1,6 +1,6 @@
-"""Model family adapters: one `Family` per supported Hugging Face MoE architecture, registered in registry.py."""
+"""Model family adapters: the router semantics of registered Hugging Face MoE families (registry.py)."""
 
 from wdmoe.model.families.base import Family
-from wdmoe.model.families.registry import FAMILIES, family_for, supported_families
+from wdmoe.model.families.registry import FAMILIES, REFUSED, family_for, supported_families
 
-__all__ = ["FAMILIES", "Family", "family_for", "supported_families"]
+__all__ = ["FAMILIES", "REFUSED", "Family", "family_for", "supported_families"]
