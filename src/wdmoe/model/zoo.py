@@ -26,30 +26,34 @@ SMALL: dict[str, Any] = dict(
     initializer_range=0.1, pad_token_id=0, bos_token_id=0, eos_token_id=1,
 )
 # model types whose config needs more than SMALL to be tiny and valid
+HYBRID = ["linear_attention", "full_attention"]  # a hybrid's 2 tiny layers: one of each (generate needs attention)
 EXTRA: dict[str, dict[str, Any]] = {
     "zaya": dict(num_experts_per_tok=1),
+    "jamba": dict(attn_layer_period=2, attn_layer_offset=0),
+    "qwen3_next": dict(layer_types=HYBRID),
+    "qwen3_5_moe_text": dict(layer_types=HYBRID),
+    "qwen4_exp_text": dict(layer_types=HYBRID),
+    "bailing_hybrid": dict(layer_group_size=2),
+    "beam": dict(mlp_layer_types=["dense", "sparse"]),
+    "granitemoehybrid": dict(
+        mamba_n_heads=8, mamba_d_state=16, mamba_chunk_size=16, layer_types=["mamba", "attention"]
+    ),
 }
 # model types whose tiny model is not built (yet), and why; the test skips them with this reason
 NOT_BUILT: dict[str, str] = {
-    "beam": "2 tiny layers are both dense: the config puts its MoE layers elsewhere",
     "flint": "2 tiny layers are both dense: the config puts its MoE layers elsewhere",
     "dots1": "the default config leaves a size None that the model multiplies",
     "dots3_note": "a multimodal config whose text part SMALL does not reach",
     "dots3_note_text": "per-layer attention fields (per_layer_config) that SMALL does not set",
     "gemma4": "a multimodal config whose text part SMALL does not reach",
     "gemma4_text": "per-layer attention fields (per_layer_config) that SMALL does not set",
-    "granitemoehybrid": "its Mamba fields must divide the hidden size; SMALL does not set them",
     "inkling2_loop_text": "fields SMALL does not shrink (vocabulary of 6.4M parameters)",
     "inkling2_text": "fields SMALL does not shrink (vocabulary of 6.4M parameters)",
     "kimi_linear": "linear-attention fields SMALL does not shrink",
     "lfm2_moe": "a layer-type list the default config leaves None",
     "qwen3_5_moe": "a multimodal config whose text part SMALL does not reach",
+    "qwen4_exp_text": "a size its default config leaves None (integer division of None)",
     "qwen4_exp": "a multimodal config whose text part SMALL does not reach",
-    "bailing_hybrid": "2 tiny layers are both linear attention: generate() needs one attention layer",
-    "jamba": "2 tiny layers are both Mamba: generate() needs one attention layer",
-    "qwen3_5_moe_text": "2 tiny layers are both linear attention: generate() needs one attention layer",
-    "qwen3_next": "2 tiny layers are both linear attention: generate() needs one attention layer",
-    "qwen4_exp_text": "2 tiny layers are both linear attention: generate() needs one attention layer",
 }
 MAX_PARAMS = 3_000_000  # a "tiny" model above this keeps a field SMALL does not shrink: refused, not built
 
