@@ -15,8 +15,8 @@ from transformers import AutoModelForCausalLM
 
 from wdmoe import DistributedMoE
 from wdmoe.model.discover import experts_sites
-from wdmoe.model.shards import MANIFEST, Manifest
 from wdmoe.model.quantize import quantize
+from wdmoe.model.shards import MANIFEST, Manifest
 from wdmoe.model.split import split_model
 from wdmoe.model.zoo import NOT_BUILT, moe_model_types, tiny_any_model
 
