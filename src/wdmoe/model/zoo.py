@@ -41,7 +41,7 @@ EXTRA: dict[str, dict[str, Any]] = {
 }
 # model types whose tiny model is not built (yet), and why; the test skips them with this reason
 NOT_BUILT: dict[str, str] = {
-    "flint": "2 tiny layers are both dense: the config puts its MoE layers elsewhere",
+    "flint": "the tiny config's 2 layers have no experts module (where its config puts them: not investigated)",
     "dots1": "the default config leaves a size None that the model multiplies",
     "dots3_note": "a multimodal config whose text part SMALL does not reach",
     "dots3_note_text": "per-layer attention fields (per_layer_config) that SMALL does not set",
