@@ -41,7 +41,7 @@ from transformers.core_model_loading import (
 
 from wdmoe.errors import UnsupportedModelError
 from wdmoe.model.discover import param_split
-from wdmoe.model.families import Family, family_for
+from wdmoe.model.families import Family, family_for, supported_families
 from wdmoe.model.quantize import DEFAULT_GROUP_SIZE
 from wdmoe.model.safetensors_stream import Checkpoint, TensorShape, write_safetensors
 from wdmoe.model.shards import (
@@ -171,7 +171,11 @@ def plan_checkpoint(model_dir: Path) -> CheckpointPlan:
     dtypes = _load_dtypes(model, meta, dtype)
     placement = tensor_placement(model, family)
     if not placement.experts:
-        raise UnsupportedModelError(f"this {family.name} model is dense: none of its layers has routed experts")
+        raise UnsupportedModelError(
+            f"this {config.model_type} model is dense: no layer has an experts module of transformers' standard "
+            f"interface (@use_experts_implementation), so there is nothing to put on devices (registered router "
+            f"semantics: {supported_families()})"
+        )
     sources = _sources(model, meta, checkpoint, dtypes)
     for name, (_, _) in placement.experts.items():
         _check_per_expert(sources[name], int(meta[name].shape[0]))
