@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
 from wdmoe.cli.main import app
+from wdmoe.experiments.headline_file import load_headline
 from wdmoe.model.shards import Manifest
 
 runner = CliRunner()
@@ -69,4 +71,14 @@ def test_demo_json_is_token_identical_to_unsplit_and_compares_policies() -> None
     for row in report["policies"].values():
         assert row["ttft_s"] > 0 and row["tpot_s"] > 0 and 0 < row["accuracy"] < 1
     assert report["policies"]["topk"]["experts_per_token_mean"] == 2.0
-    assert report["policies"]["wlr"]["bytes_on_air"] < report["policies"]["topk"]["bytes_on_air"]
+    assert report["policies"]["wlr"]["bytes_on_air"] <= report["policies"]["topk"]["bytes_on_air"]
+    # the rows are docs/results.md's points (the shipped headline file), each with its cut and loss beside it
+    shipped = load_headline()
+    for key, point in zip(("topk", "joint", "wlr"), shipped.points, strict=True):
+        row = report["policies"][key]
+        assert (row["role"], row["policy"]) == (point.role, point.policy)
+        assert row["results"] == {"accuracy_loss": point.accuracy_loss, "tpot_reduction": point.tpot_reduction}
+        assert row["tpot_reduction"] == pytest.approx(1 - row["tpot_s"] / report["policies"]["topk"]["tpot_s"])
+        topk_acc = report["policies"]["topk"]["accuracy"]
+        assert row["accuracy_loss"] == pytest.approx((topk_acc - row["accuracy"]) / topk_acc)
+    assert report["theta"] == shipped.point("wlr").param

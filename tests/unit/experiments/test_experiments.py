@@ -136,7 +136,10 @@ def test_pareto_marks_the_front_and_names_a_headline(tmp_path: Path, tiny_lm) ->
     assert [r["policy"] for r in rows] == ["topk", "wlr theta=1", "random p=0.5"]
     assert float(rows[0]["accuracy_loss"]) == 0.0 and float(rows[0]["tpot_reduction"]) == 0.0
     assert any(r["on_front"] == "True" for r in rows)
-    assert len(result.notes) == 2
+    assert len(result.notes) == 3
+    assert result.notes[2] == ("headline.json not written: no joint point is faster than TopK within 1% on "
+                               "accuracy_loss and perplexity_increase")  # no joint policy among the specs
+    assert not (tmp_path / "headline.json").exists()
     _assert_png(result.png)
 
 
