@@ -104,7 +104,10 @@ def build_bs_model(
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     sites = experts_sites(model)
     check_placement(manifest.placement, [s.layer for s in sites], manifest.placement.num_experts)
-    state = cast_floating(state, dtype, fp32_names(model, list(state), dtype))
+    # fp32 at load: transformers' dtype plan, and the tensors a module creates in fp32 whatever the model's dtype
+    # (HunYuan's router `gate.wg`): the meta model built in `dtype` holds those in fp32, as from_pretrained does
+    built_fp32 = {n for n, t in model.state_dict().items() if t.dtype == torch.float32 and n in state}
+    state = cast_floating(state, dtype, fp32_names(model, list(state), dtype) | built_fp32)
     for site in sites:
         remote = RemoteExperts(site.layer, manifest.placement.num_experts, runtime)
         parent, _, attribute = site.path.rpartition(".")
