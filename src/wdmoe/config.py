@@ -9,13 +9,13 @@ message names the field, the value, its unit and what is allowed
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from wdmoe.errors import WdmoeError
+from wdmoe.input_files import load_toml
 from wdmoe.radio.channel import check_range, default_heights_m, distance_3d_m
 from wdmoe.radio.compute import PRESETS
 from wdmoe.radio.link import DownlinkPower
@@ -31,7 +31,7 @@ from wdmoe.radio.params import (
     RadioParams,
 )
 from wdmoe.radio.rate import PoolMode
-from wdmoe.validation import ActivationBits, BandwidthHz, Seed, Strict, describe_errors
+from wdmoe.validation import MAX_DEVICES, ActivationBits, BandwidthHz, Seed, Strict, describe_errors
 
 BandwidthPool = Literal["shared", "separate"]
 DownlinkPowerName = Literal["shared_psd", "full_per_device"]  # wdmoe.radio.link.DownlinkPower's values
@@ -109,7 +109,7 @@ class FadingConfig(_Strict):
 class Scenario(_Strict):
     """One cell: a BS and `num_devices` devices, their links and compute; frozen once validated."""
 
-    num_devices: Annotated[int, Field(ge=1)] = 8
+    num_devices: Annotated[int, Field(ge=1, le=MAX_DEVICES)] = 8
     distance_min_m: Annotated[float, Field(gt=0.0)] = 50.0  # m, ground distance; [R]
     distance_max_m: Annotated[float, Field(gt=0.0)] = 300.0  # m; [R] (papers.md §2.2 placeholder is 500 m)
     channel: ChannelConfig = ChannelConfig()
@@ -199,9 +199,4 @@ def parse_scenario(data: dict[str, Any], source: str | None = None) -> Scenario:
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read a TOML scenario file; raises ScenarioError for bad TOML, bad values or unknown keys."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
-    return parse_scenario(data, source=str(path))
+    return parse_scenario(load_toml(path, "scenario", ScenarioError), source=str(path))

@@ -4,11 +4,13 @@ Contract: a file's pydantic models derive from `Strict` (unknown keys refused, f
 field types below for quantities that mean the same in every file; `describe_errors(exc, what, root)` turns a
 `ValidationError` into one message per bad field that names the field, the value, its unit and the rule:
 `scenario field 'bandwidth_hz' = -5 Hz: must be > 0`, `cluster field 'devices[2].free_memory_bytes' = -1 bytes:
-must be >= 0`, `scenario has unknown key 'foo' (= 1); allowed keys here: ...`.
+must be >= 0`, `scenario has unknown key 'foo' (= 1); allowed keys here: ...`. Numbers must be finite (a TOML `inf` or
+`nan` is refused by name). Files are read with `wdmoe.input_files` (which needs no pydantic).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -16,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 BandwidthHz = Annotated[float, Field(gt=0.0)]  # Hz
 ActivationBits = Annotated[int, Field(ge=1, le=64)]  # bits per hidden value on the air
 Seed = Annotated[int, Field(ge=0)]
+# Devices in one scenario or cluster: far above any cell or edge cluster, and low enough that a typo (a million
+# devices) is refused at once instead of running for minutes and gigabytes.
+MAX_DEVICES = 4096
 
 # name suffix -> unit, longest match first where one suffix ends another
 UNITS = (
@@ -38,7 +43,7 @@ _RULES = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "le
 class Strict(BaseModel):
     """A table of a config file: unknown keys are refused by name; frozen once validated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def unit_of(name: str) -> str:
@@ -48,7 +53,9 @@ def unit_of(name: str) -> str:
 
 def show(value: Any) -> str:
     """A value as a message shows it: numbers in %g, anything else by repr."""
-    if isinstance(value, float | int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # 1000000, not 1e+06
+    if isinstance(value, float):
         return f"{value:g}"
     return repr(value)
 
@@ -90,7 +97,8 @@ def describe(error: Any, what: str, root: type[BaseModel]) -> str:
     if error["type"] in _RULES:
         bound = next(iter((error.get("ctx") or {}).values()))
         message = f"must be {_RULES[error['type']]} {show(bound)}"
-    message = message.replace("Input should be", "must be")
+    message = message.replace("Input should be", "must be").replace("String should match pattern", "must match")
+    message = re.sub(r" or instance of \w+", "", message)  # pydantic's class names mean nothing in a file
     names = [p for p in loc if isinstance(p, str)]
     unit = unit_of(names[-1]) if names else ""
     return f"{what} field '{field}' = {show(value)}{' ' + unit if unit else ''}: {message}"
@@ -99,3 +107,4 @@ def describe(error: Any, what: str, root: type[BaseModel]) -> str:
 def describe_errors(exc: ValidationError, what: str, root: type[BaseModel]) -> str:
     """Every error of `exc`, described and joined by "; "."""
     return "; ".join(describe(error, what, root) for error in exc.errors())
+

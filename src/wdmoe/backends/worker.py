@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from transformers.activations import ACT2FN
 
 from wdmoe.backends.base import DeviceBatch, DeviceResult
+from wdmoe.errors import ShardError
 from wdmoe.model.device_experts import LocalExperts, load_layer, meta_experts, runs_as_swiglu
 from wdmoe.model.expert import expert_ffn
 from wdmoe.model.quantize import QUANTIZED_BITS, QuantizedTensor
-from wdmoe.model.shards import Manifest
+from wdmoe.model.shards import MANIFEST, Manifest, read_safetensors
 
 CUDA_GRAPHS_ENV = "WDMOE_CUDA_GRAPHS"  # "0": no CUDA graphs on workers built while it is set
 
@@ -71,6 +71,9 @@ class ExpertWorker:
         self.cuda_graphs = self.graphs_wanted(torch_device, cuda_graphs)  # may be switched later (benches A/B)
         self._graphs: dict[tuple[int, int], _OneRowGraph] = {}
         self._graph_pool: Any = None  # one memory pool shared by this worker's graphs (torch.cuda.graph_pool_handle)
+        if manifest.hidden_act not in ACT2FN:
+            raise ShardError(f"{root / MANIFEST}: manifest field 'hidden_act' = {manifest.hidden_act!r}: not an "
+                             f"activation transformers knows (e.g. silu, gelu); the model's config.json has it")
         self.act = ACT2FN[manifest.hidden_act]
         self.weights: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.quantized: dict[tuple[int, int], tuple[QuantizedTensor, QuantizedTensor]] = {}
@@ -80,10 +83,16 @@ class ExpertWorker:
         shard = manifest.device_shard(root, device)
         if shard is None:
             return
-        tensors = load_file(str(shard), device=torch_device)
+        tensors = read_safetensors(shard, torch_device)
         modules = meta_experts(manifest.config) if manifest.config is not None else {}
         by_layer: dict[int, list[int]] = {}
         for layer, expert in manifest.placement.experts_on(device):
+            if not any(name.startswith(f"layers.{layer}.experts.{expert}.") for name in tensors):
+                raise ShardError(
+                    f"{shard} holds no tensor of expert {expert} of layer {layer}, which {root / MANIFEST} (field "
+                    f"'placement.layers') puts on device {device}: the shard and the manifest are from different "
+                    "splits (swapped shards?); re-run `wdmoe split`"
+                )
             by_layer.setdefault(layer, []).append(expert)
         for layer, experts in by_layer.items():
             module = modules.get(layer)

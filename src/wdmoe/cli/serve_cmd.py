@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from wdmoe.cli.common import JsonOut, console, offline, print_json, user_errors
+from wdmoe.input_files import read_text_file
 
 if TYPE_CHECKING:
     from wdmoe.serve.engine import Engine
@@ -74,7 +75,7 @@ def _update_plan(engine: Engine, controller: Any) -> None:
 def read_api_key(path: Path | None) -> str | None:
     if path is None:
         return None
-    key = path.read_text(encoding="utf-8").strip()
+    key = read_text_file(path, "--api-key-file").strip()
     if not key:
         raise ValueError(f"--api-key-file {path}: the file is empty; put the key on its first line")
     return key

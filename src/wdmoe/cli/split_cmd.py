@@ -29,7 +29,7 @@ def split(
     """Split MODEL_DIR into the BS part, one safetensors shard per device, and a manifest with sha256 sums."""
     offline()
     with user_errors():
-        from wdmoe.model.split import read_bits_file
+        from wdmoe.model.split import ExpertBits, read_bits_file
         from wdmoe.model.stream_split import split_checkpoint
         from wdmoe.placement import Placement
 
@@ -54,7 +54,7 @@ def split(
             raise ValueError(f"--devices = {devices}: need at least 1 device")
         if bits is not None and bits_file is not None:
             raise ValueError("give --bits or --bits-file, not both")
-        widths = read_bits_file(bits_file) if bits_file is not None else bits
+        widths: ExpertBits = read_bits_file(bits_file) if bits_file is not None else bits
         if widths is None:
             widths = plan_bits  # the plan's per-expert widths, unless --bits/--bits-file overrides them
         manifest = split_checkpoint(model_dir, out, devices, planned, bits=widths)

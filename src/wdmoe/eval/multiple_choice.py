@@ -40,6 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from wdmoe.errors import WdmoeError
+from wdmoe.input_files import read_text_file
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ SCORER_VERSION = "lm-eval-pairs/1"
 def load_task(path: Path) -> list[Item]:
     """Items of a JSONL task file; a bad line is refused with its line number and what is expected."""
     items = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text_file(path, "task").splitlines(), start=1):
         if not line.strip():
             continue
         try:

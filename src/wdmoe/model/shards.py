@@ -12,7 +12,9 @@ Layout of a split directory:
 
 A quantized expert (`wdmoe.model.quantize`) is stored as `{name}.qweight` (int8, or uint8 with two int4 values per
 byte) and `{name}.scale` (float32) instead of `{name}`; the manifest's `quantization` lists its bit width
-(`Quantization`). A file is used only after its sha256 matches the manifest.
+(`Quantization`). A file is used only after its sha256 matches the manifest. `Manifest.read` checks the file against
+the `wdmoe.model.schemas.ManifestFile` schema (and the placement's layers against bs/config.json) and raises
+`ShardError` naming the file, the field and the value.
 
 Verify once: hashing a 3 GB split takes seconds, at every load. A file whose sha256 has matched is recorded in
 `.verified.json` (beside the manifest; written atomically; the split writes it too, from the hashes computed while
@@ -32,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from wdmoe.atomic import write_json_atomic
-from wdmoe.errors import ShardError
+from wdmoe.errors import PlacementError, ShardError
+from wdmoe.input_files import load_json
 from wdmoe.placement import Placement
 
 MANIFEST = "manifest.json"
@@ -86,6 +89,20 @@ def expert_key(layer: int, expert: int, name: str) -> str:
 
 def device_shard_name(device: int) -> str:
     return f"devices/device-{device}.safetensors"
+
+
+def read_safetensors(path: Path, device: str = "cpu") -> dict[str, Any]:
+    """The tensors of a (verified) safetensors file on `device`; one that does not parse raises ShardError naming it."""
+    from safetensors import SafetensorError  # torch: lazy, this module is read by light code (the planner)
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError) as exc:
+        raise ShardError(
+            f"{path} is not a readable safetensors file ({exc}); its sha256 matches the manifest, so the manifest was "
+            "written for a broken file: re-run `wdmoe split`"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -151,13 +168,19 @@ class Manifest:
     @classmethod
     def read(cls, root: Path) -> Manifest:
         path = root / MANIFEST
-        if not path.is_file():
+        if not path.exists():
             raise ShardError(f"{root} is not a split directory: {MANIFEST} is missing (run `wdmoe split` first)")
+        data = load_json(path, "manifest", ShardError)
+        if not isinstance(data, dict):
+            raise ShardError(f"{path}: a manifest is a JSON object (format, family, placement, files, ...); this one "
+                             f"is a {type(data).__name__}")
+        if data.get("format") not in READABLE_FORMATS:
+            raise ShardError(f"{path}: format {data.get('format')!r} is not one of {READABLE_FORMATS}")
+        from wdmoe.model.schemas import check_manifest  # pydantic: lazy, the runtime core imports without it
+
+        check_manifest(data, str(path))
         try:
-            data = json.loads(path.read_text())
-            if data.get("format") not in READABLE_FORMATS:
-                raise ShardError(f"{path}: format {data.get('format')!r} is not one of {READABLE_FORMATS}")
-            return cls(
+            manifest = cls(
                 family=data["family"],
                 model_type=data["model_type"],
                 config_sha256=data["config_sha256"],
@@ -167,8 +190,24 @@ class Manifest:
                 quantization=Quantization.from_json(data["quantization"]) if "quantization" in data else None,
                 config=data.get("config"),
             )
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise ShardError(f"{path} is malformed: {exc!r}") from exc
+        except PlacementError as exc:
+            raise PlacementError(f"{path}: manifest field 'placement': {exc}") from None
+        manifest.check_layers(root)
+        return manifest
+
+    def check_layers(self, root: Path) -> None:
+        """Refuse a placement whose layers are not decoder layers of the model in bs/config.json (if readable)."""
+        config = root / "bs" / "config.json"
+        try:
+            num_layers = int(json.loads(config.read_text(encoding="utf-8"))["num_hidden_layers"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # checked, with its own message, when the BS part is loaded (verified_path, from_pretrained)
+        outside = [layer for layer in self.placement.moe_layers if layer >= num_layers]
+        if outside:
+            raise ShardError(
+                f"{root / MANIFEST}: manifest field 'placement.layers' has layer {outside[0]}; the model "
+                f"({config}) has {num_layers} decoder layers (0..{num_layers - 1})"
+            )
 
     def verified_path(self, root: Path, relative: str) -> Path:
         """The path of a manifest file after checking that it exists and that its sha256 matches."""

@@ -8,9 +8,7 @@ the manifest records each expert's width.
 
 from __future__ import annotations
 
-import json
 import shutil
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from safetensors.torch import save_file
 
 from wdmoe.atomic import write_dir_atomic
 from wdmoe.errors import PlacementError, UnsupportedModelError
+from wdmoe.input_files import load_json, load_toml
 from wdmoe.model.discover import ExpertsSite, experts_sites, param_split
 from wdmoe.model.families import Family, family_for, supported_families
 from wdmoe.model.quantize import DEFAULT_GROUP_SIZE, QUANTIZED_BITS, quantize
@@ -45,13 +44,40 @@ TOKENIZER_FILES = (
 )
 
 
-def load_hf_model(model_dir: Path) -> Any:
-    """Load a local HF model after checking, from its config alone, that its model type is not refused."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+)
 
-    if not (model_dir / "config.json").is_file():
+
+def read_hf_config(model_dir: Path) -> Any:
+    """The config of a local HF model, checked: readable, of a supported family, with an activation transformers
+    knows (a bad directory is named, never a traceback)."""
+    from transformers import AutoConfig
+    from transformers.activations import ACT2FN
+
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
         raise UnsupportedModelError(f"{model_dir} has no config.json: not a Hugging Face model directory")
-    family_for(AutoConfig.from_pretrained(model_dir, local_files_only=True))
+    try:
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    except OSError as exc:  # transformers' "not a valid JSON file" and unreadable files
+        raise UnsupportedModelError(f"{config_file}: not a readable Hugging Face config ({exc})") from None
+    family_for(config)
+    act = getattr(config, "hidden_act", "silu")
+    if not isinstance(act, str) or act not in ACT2FN:
+        raise UnsupportedModelError(
+            f"{config_file}: field 'hidden_act' = {act!r}: not an activation transformers knows (e.g. silu, gelu)"
+        )
+    return config
+
+
+def load_hf_model(model_dir: Path) -> Any:
+    """Load a local HF model after checking its config (`read_hf_config`) and that it has weights."""
+    from transformers import AutoModelForCausalLM
+
+    read_hf_config(model_dir)
+    if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
+        raise UnsupportedModelError(f"{model_dir} has a config.json but no weights: none of {', '.join(WEIGHT_FILES)}")
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", local_files_only=True).eval()
 
 
@@ -151,43 +177,54 @@ def expert_bits(bits: ExpertBits, placement: Placement) -> dict[tuple[int, int],
     """{(layer, expert): width} of every expert of `placement` given `bits` (split_model's argument), checked."""
     pairs = [(layer, e) for layer in placement.moe_layers for e in range(placement.num_experts)]
     table = {} if bits is None else dict.fromkeys(pairs, bits) if isinstance(bits, int) else dict(bits)
+    source = f"{bits.source}: " if isinstance(bits, BitsTable) else ""
     unknown = sorted(set(table) - set(pairs))
     if unknown:
-        raise PlacementError(f"bit widths are given for {unknown[:3]}, which are not experts of this model")
-    default = getattr(bits, "default", None)  # read_bits_file's `default`
+        layer, expert = unknown[0]
+        raise PlacementError(
+            f"{source}bit widths are given for {unknown[:3]}, which are not experts of this model: its MoE layers are "
+            f"{list(placement.moe_layers)} (decoder indices) with experts 0..{placement.num_experts - 1}"
+            + (f"; bits file field 'experts.\"{layer}:{expert}\"'" if source else "")
+        )
+    default = bits.default if isinstance(bits, BitsTable) else None
     if default is not None:
         table = {pair: table.get(pair, default) for pair in pairs}
     bad = sorted({b for b in table.values() if b not in STORED_BITS})
     if bad:
-        raise ValueError(f"expert bit width {bad[0]} is not supported; choose from {list(STORED_BITS)}")
+        raise ValueError(f"{source}expert bit width {bad[0]} is not supported; choose from {list(STORED_BITS)}")
     return table
 
 
-def read_bits_file(path: Path) -> dict[tuple[int, int], int]:
-    """Per-expert widths from a TOML or JSON file: `{"default": 8, "experts": {"0:3": 4, ...}}`, both optional
-    (`default`: every expert not listed; without it they stay as the model has them). Layers are decoder indices."""
-    text = Path(path).read_text()
-    data = json.loads(text) if Path(path).suffix == ".json" else tomllib.loads(text)
-    table: dict[tuple[int, int], int] = {}
-    for key, width in data.get("experts", {}).items():
-        layer, _, expert = str(key).partition(":")
-        if not (layer.isdigit() and expert.isdigit()):
-            raise ValueError(f"{path}: expert key {key!r} is not 'layer:expert', e.g. \"0:3\"")
-        table[(int(layer), int(expert))] = int(width)
-    if "default" in data:
-        return _DefaultBits(int(data["default"]), table)
-    return table
+class BitsTable(dict[tuple[int, int], int]):
+    """Per-expert widths read from a file: its `default` (or None) and its `source` (the file, for messages)."""
 
-
-class _DefaultBits(dict[tuple[int, int], int]):
-    """A width table with a default for the experts it does not list (what `read_bits_file` returns then)."""
-
-    def __init__(self, default: int, table: dict[tuple[int, int], int]) -> None:
+    def __init__(self, table: dict[tuple[int, int], int], default: int | None, source: str) -> None:
         super().__init__(table)
         self.default = default
+        self.source = source
 
     def __missing__(self, key: tuple[int, int]) -> int:
+        if self.default is None:
+            raise KeyError(key)
         return self.default
+
+
+def read_bits_file(path: Path) -> BitsTable:
+    """Per-expert widths from a TOML or JSON file: `default = 8` and an `[experts]` table (`"0:3" = 4`), both
+    optional (`default`: every expert not listed; without it they stay as the model has them). Layers are decoder
+    indices. Unknown keys, widths other than 4/8/16/32 and keys not of the form "layer:expert" are refused by name."""
+    what = "bits"
+    data = load_json(path, what) if Path(path).suffix == ".json" else load_toml(path, what)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a bits file holds a table (default, experts); this one holds a "
+                         f"{type(data).__name__}")
+    from wdmoe.model.schemas import check_bits_file  # pydantic: lazy, the runtime core imports without it
+
+    spec = check_bits_file(data, str(path))
+    table: dict[tuple[int, int], int] = {
+        (int(k.split(":")[0]), int(k.split(":")[1])): int(width) for k, width in spec.experts.items()
+    }
+    return BitsTable(table, spec.default, str(path))
 
 
 def expert_tensor(key: str, weight: torch.Tensor, bits: int | None, group_size: int) -> dict[str, torch.Tensor]:

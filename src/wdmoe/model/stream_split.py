@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import (
     Concatenate,
@@ -60,6 +60,7 @@ from wdmoe.model.split import (
     expert_tensor,
     load_hf_model,
     quantization_record,
+    read_hf_config,
     resolve_placement,
     split_model,
     staged_split,
@@ -155,9 +156,7 @@ def plan_checkpoint(model_dir: Path) -> CheckpointPlan:
     Raises UnsupportedModelError for a model wdmoe does not split at all, NotStreamable for a layout this module
     cannot read tensor by tensor."""
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise UnsupportedModelError(f"{model_dir} has no config.json: not a Hugging Face model directory")
-    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    config = read_hf_config(model_dir)  # readable, supported family, known activation
     family = family_for(config)
     if getattr(config, "quantization_config", None) is not None:
         raise NotStreamable("the checkpoint is pre-quantized (config.quantization_config)")
@@ -379,7 +378,7 @@ def split_dir_for(
     `placement`: default expert e on device e mod D) in a new temporary directory, returned second: whoever
     holds it removes it (`DistributedMoE` takes it as `temporary=` and removes it on close())."""
     path = Path(path)
-    if (path / MANIFEST).is_file():
+    if (path / MANIFEST).exists():  # a split (Manifest.read names what is wrong with its manifest)
         return path, None
     tmp = tempfile.TemporaryDirectory(prefix="wdmoe-split-")
     try:

@@ -22,7 +22,6 @@ Contract: `load_cluster(path)` reads a TOML file into a `Cluster` (one `Resource
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,11 +29,12 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError
 
 from wdmoe.config import ScenarioError, parse_scenario
+from wdmoe.input_files import load_toml
 from wdmoe.plan.errors import ClusterError
 from wdmoe.plan.links import RadioSettings
 from wdmoe.plan.status import ResourceStatus
 from wdmoe.radio.compute import PRESETS, DeviceProfile
-from wdmoe.validation import ActivationBits, BandwidthHz, Seed, Strict, describe_errors
+from wdmoe.validation import MAX_DEVICES, ActivationBits, BandwidthHz, Seed, Strict, describe_errors
 
 _PROFILE_FIELDS = ("flops_per_s", "mem_bytes_per_s", "overhead_s", "tx_power_w", "compute_power_w")
 
@@ -55,7 +55,7 @@ class DeviceEntry(Strict):
     overhead_s: Annotated[float, Field(ge=0.0)] | None = None  # s per expert call
     tx_power_w: Annotated[float, Field(ge=0.0)] | None = None  # W
     compute_power_w: Annotated[float, Field(ge=0.0)] | None = None  # W
-    count: Annotated[int, Field(ge=1)] = 1
+    count: Annotated[int, Field(ge=1, le=MAX_DEVICES)] = 1
 
 
 class ClusterFile(Strict):
@@ -68,7 +68,7 @@ class ClusterFile(Strict):
     channel_samples: Annotated[int, Field(ge=1, le=1024)] = 8
     seed: Seed = 0
     scenario: dict[str, Any] | None = None
-    devices: Annotated[list[DeviceEntry], Field(min_length=1)]
+    devices: Annotated[list[DeviceEntry], Field(min_length=1, max_length=MAX_DEVICES)]
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,10 @@ def parse_cluster(data: dict[str, Any], source: str = "cluster", now_s: float = 
         spec = ClusterFile.model_validate(data)
     except ValidationError as exc:
         raise ClusterError(f"{source}: " + describe_errors(exc, "cluster", ClusterFile)) from None
+    total = sum(entry.count for entry in spec.devices)
+    if total > MAX_DEVICES:
+        raise ClusterError(f"{source}: cluster field 'devices' describes {total} devices (count included); the limit "
+                           f"is {MAX_DEVICES}")
     scenario = None
     if spec.scenario is not None:
         try:
@@ -145,11 +149,4 @@ def parse_cluster(data: dict[str, Any], source: str = "cluster", now_s: float = 
 
 def load_cluster(path: str | Path, now_s: float = 0.0) -> Cluster:
     """Read a TOML cluster file; raises ClusterError for bad TOML, bad values or unknown keys."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ClusterError(f"cluster file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ClusterError(f"{path}: not valid TOML: {exc}") from None
-    return parse_cluster(data, source=str(path), now_s=now_s)
+    return parse_cluster(load_toml(path, "cluster", ClusterError), source=str(path), now_s=now_s)

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from wdmoe.errors import ShardError, WdmoeError
 from wdmoe.model.discover import config_dtype, experts_sites, fp32_names
 from wdmoe.model.families import family_for
-from wdmoe.model.shards import Manifest, config_sha256
+from wdmoe.model.shards import Manifest, config_sha256, read_safetensors
 from wdmoe.model.split import check_placement
 from wdmoe.runtime.layer_step import Runtime
 from wdmoe.runtime.moe_layer import RemoteExperts
@@ -98,7 +97,7 @@ def build_bs_model(
     if config_sha256(config.to_dict()) != manifest.config_sha256:
         raise ShardError(f"{config_path} does not match the manifest's config sha256; the split is inconsistent")
     family = family_for(config)
-    state = load_file(str(weights_path), device=torch_device)
+    state = read_safetensors(weights_path, torch_device)
     dtype = check_dtype(dtype) or _stored_dtype(config, state)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)

@@ -132,6 +132,8 @@ class Trace:
     def load(cls, path: str | Path) -> Trace:
         """Read a file written by `save`; raises TraceError naming the problem."""
         path = Path(path)
+        if path.is_file() and not zipfile.is_zipfile(path):  # np.load would suggest unpickling it
+            raise TraceError(f"{path}: not a wdmoe trace file (not an .npz archive)")
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
