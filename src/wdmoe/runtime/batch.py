@@ -147,15 +147,14 @@ def forward_segments(hf_model: Any, tokens: list[list[int]], caches: list[Sequen
         segments.append(Segment(start, start + len(seq), cache))
         start += len(seq)
     last = torch.tensor([s.stop - 1 for s in segments], device=device)
-    config = hf_model.config
-    before = config._attn_implementation
+    before = hf_model.config._attn_implementation
     token = _STEP.set(tuple(segments))
-    config._attn_implementation = NAME
+    hf_model.set_attn_implementation(NAME)  # transformers' own switch (checks NAME is registered)
     try:
         out = hf_model(input_ids=torch.tensor([flat], device=device), position_ids=torch.tensor([positions],
                        device=device), use_cache=False, logits_to_keep=last)
     finally:
-        config._attn_implementation = before
+        hf_model.set_attn_implementation(before)
         _STEP.reset(token)
     for seq, cache in zip(tokens, caches, strict=True):
         cache.length += len(seq)
