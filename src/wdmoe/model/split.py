@@ -254,6 +254,8 @@ def _write_split(
 ) -> Manifest:
     (root / "bs").mkdir()
     (root / "devices").mkdir()
+    if isinstance(getattr(model, "dtype", None), torch.dtype):  # as save_pretrained does: a model cast after loading
+        model.config.dtype = str(model.dtype).removeprefix("torch.")  # (`.to(bf16)`) is saved as what it now is
     model.config.save_pretrained(root / "bs")
     split = param_split(model)
     state = model.state_dict()

@@ -251,13 +251,18 @@ def test_sample_links_composes_pathloss_and_snr() -> None:
 
 def test_shadowing_spreads_the_loss_around_the_path_loss() -> None:
     channel = ChannelConfig(model="uma", los="nlos", shadowing=True)
-    scenario = Scenario(num_devices=20_000, channel=channel, fading=FadingConfig(model="none"))
-    links = sample_links(np.random.default_rng(2), scenario.radio)
-    d2d = np.sqrt(links.distance_m**2 - 23.5**2)
-    shadow = links.pathloss_db - pathloss_38901_db("uma", d2d, 3.5, False)
+    # 5 draws of 4,000 devices (a scenario holds at most 4,096): 20,000 samples of the shadowing.
+    scenario = Scenario(num_devices=4_000, channel=channel, fading=FadingConfig(model="none"))
+    rng = np.random.default_rng(2)
+    shadows = []
+    for _ in range(5):
+        links = sample_links(rng, scenario.radio)
+        d2d = np.sqrt(links.distance_m**2 - 23.5**2)
+        shadows.append(links.pathloss_db - pathloss_38901_db("uma", d2d, 3.5, False))
+        np.testing.assert_array_equal(links.gain_dl, 1.0)
+    shadow = np.concatenate(shadows)
     # UMa NLoS sigma_SF = 6 dB; standard error of the sample std ~ 6 / sqrt(40000) = 0.03 dB.
     assert abs(shadow.std() - 6.0) < 5.0 * 6.0 / math.sqrt(2 * 20_000)
-    np.testing.assert_array_equal(links.gain_dl, 1.0)
 
 
 def test_reciprocal_fading_gives_equal_gains() -> None:
