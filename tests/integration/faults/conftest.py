@@ -9,22 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.integration.faults.pools import KillablePool
-from tests.integration.serve.conftest import NUM_DEVICES, char_tokenizer
+from tests.integration.serve.conftest import NUM_DEVICES
 from wdmoe.backends.local import LocalDevicePool
 from wdmoe.model.shards import Manifest
 from wdmoe.placement import Placement
 from wdmoe.runtime.model import DistributedMoE
 from wdmoe.runtime.telemetry import StepRecord
-
-
-@pytest.fixture(scope="session")
-def text_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from wdmoe.model.tiny import tiny_model
-
-    out = tmp_path_factory.mktemp("faults-model") / "hf"
-    tiny_model("mixtral", seed=3).save_pretrained(out)
-    char_tokenizer().save_pretrained(out)
-    return out
 
 
 def _split(hf_dir: Path, out: Path, placement: Placement | None) -> Path:
@@ -35,17 +25,17 @@ def _split(hf_dir: Path, out: Path, placement: Placement | None) -> Path:
 
 
 @pytest.fixture(scope="session")
-def round_robin_split(tmp_path_factory: pytest.TempPathFactory, text_hf_dir: Path) -> Path:
+def round_robin_split(tmp_path_factory: pytest.TempPathFactory, text_model_dir: Path) -> Path:
     """Expert e on device e mod 3 only: a dead device's experts have no replica."""
-    return _split(text_hf_dir, tmp_path_factory.mktemp("rr") / "split", None)
+    return _split(text_model_dir, tmp_path_factory.mktemp("rr") / "split", None)
 
 
 @pytest.fixture(scope="session")
-def replicated_text_split(tmp_path_factory: pytest.TempPathFactory, text_hf_dir: Path) -> Path:
+def replicated_text_split(tmp_path_factory: pytest.TempPathFactory, text_model_dir: Path) -> Path:
     """Expert e on devices e mod 3 and e+1 mod 3: one dead device loses no expert, two lose the last replicas."""
     row = tuple((e % NUM_DEVICES, (e + 1) % NUM_DEVICES) for e in range(8))
     placement = Placement(NUM_DEVICES, 8, {0: row, 1: row})
-    return _split(text_hf_dir, tmp_path_factory.mktemp("replicated") / "split", placement)
+    return _split(text_model_dir, tmp_path_factory.mktemp("replicated") / "split", placement)
 
 
 def killable_model(split: Path) -> tuple[DistributedMoE, KillablePool]:
