@@ -31,6 +31,7 @@ ThetaOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="WLR threshold; 
 ScenarioOpt = Annotated[Path | None, typer.Option(help="Radio scenario TOML (default: built-in, one per device).")]
 BackendOpt = Annotated[Backend, typer.Option(help="Device pool: local (in-process) or ray.")]
 ApiKeyOpt = Annotated[Path | None, typer.Option(help="File holding the API key that /v1 routes require.")]
+DEFAULT_MAX_BATCH = 64  # the engine's default (wdmoe.serve.engine.Engine)
 PlanClusterOpt = Annotated[
     Path | None,
     typer.Option(help="Cluster TOML: place the experts by the planner and re-plan between requests (local only)."),
@@ -38,8 +39,10 @@ PlanClusterOpt = Annotated[
 
 
 def load_engine(model_dir: Path | None, devices: int | None, policy: str, theta: float, scenario: Path | None,
-                backend: Backend, plan_cluster: Path | None = None, **ray_opts: Any) -> Engine:
-    """The model behind a server: split (or load) it, set the policy over the radio scenario, wrap it."""
+                backend: Backend, plan_cluster: Path | None = None, max_batch: int = DEFAULT_MAX_BATCH,
+                **ray_opts: Any) -> Engine:
+    """The model behind a server: split (or load) it, set the policy over the radio scenario, wrap it
+    (`max_batch`: requests one forward step runs at most)."""
     from wdmoe.config import load_scenario
     from wdmoe.model.shipped import default_model_dir
     from wdmoe.plan.serving import planned_model
@@ -59,7 +62,7 @@ def load_engine(model_dir: Path | None, devices: int | None, policy: str, theta:
         raise ValueError("--plan-cluster re-splits the model between requests: it needs --backend local")
     else:  # the planner's placement, and a new plan applied between requests (wdmoe.plan.serving)
         model, controller = planned_model(model_dir, plan_cluster, options)
-    engine = Engine(model, name=model_dir.name or "wdmoe")
+    engine = Engine(model, name=model_dir.name or "wdmoe", max_batch=max_batch)
     if controller is not None:
         engine.between_requests.append(functools.partial(_update_plan, engine, controller))
     return engine
@@ -96,6 +99,9 @@ def serve(
     max_queue: Annotated[int, typer.Option(
         min=0, help="Requests that may wait besides the running one(s); one more is refused with 429 (0: none waits)."
     )] = 64,
+    max_batch: Annotated[int, typer.Option(
+        min=1, help="Requests that run at once, batched in every forward step; the others wait (--max-queue)."
+    )] = DEFAULT_MAX_BATCH,
     max_body_bytes: Annotated[
         int, typer.Option(min=1024, help="Largest request body, in bytes; beyond it 413, before it is read.")
     ] = 4 * 2**20,
@@ -115,7 +121,7 @@ def serve(
         key = read_api_key(api_key_file)
         sock = listen(host, port)  # before the model loads: a busy port fails at once, and nothing was announced
         try:
-            engine = load_engine(model_dir, devices, policy, theta, scenario, backend, plan_cluster,
+            engine = load_engine(model_dir, devices, policy, theta, scenario, backend, plan_cluster, max_batch,
                                  address=ray_address, token_file=token_file, transport=transport)
         except BaseException:
             sock.close()

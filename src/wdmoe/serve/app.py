@@ -66,7 +66,7 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
         body = {"status": status, "model": engine.name, "devices": total, "devices_alive": alive,
                 "devices_dead": sorted(engine.model.runtime.dead), "queue": engine.pending,
                 "running": engine.running, "waiting": engine.waiting,
-                "max_queue": engine.max_queue}
+                "max_batch": engine.slots, "max_queue": engine.max_queue}
         return JSONResponse(body, status_code=503 if status == "down" else 200)
 
     @app.get("/metrics", response_class=Response)

@@ -40,7 +40,7 @@ def test_serve_process_requires_its_key_and_stops_on_sigterm(text_model_dir: Pat
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-c", SERVE, "--model", str(text_model_dir), "--devices", "2", "--policy", "wlr",
-         "--port", str(port), "--api-key-file", str(key_file), "--max-tokens", "8"],
+         "--port", str(port), "--api-key-file", str(key_file), "--max-tokens", "8", "--max-batch", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -60,7 +60,7 @@ def test_serve_process_requires_its_key_and_stops_on_sigterm(text_model_dir: Pat
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
 
-    assert health.json()["devices"] == 2
+    assert health.json()["devices"] == 2 and health.json()["max_batch"] == 3
     assert no_key.status_code == 401
     assert with_key.status_code == 400 and "limit is 8" in with_key.json()["error"]["message"]
     assert process.returncode == 0, output
@@ -99,8 +99,10 @@ def test_bench_table_and_argument_errors(engine: Engine) -> None:
         table = CliRunner().invoke(cli, ["bench", "--url", url, "--requests", "2", "--max-tokens", "2"])
     both = CliRunner().invoke(cli, ["bench", "--url", "http://127.0.0.1:1", "--model", "x"])
     missing = CliRunner().invoke(cli, ["serve", "--backend", "ray", "--model", "x"])
+    no_batch = CliRunner().invoke(cli, ["serve", "--max-batch", "0"])
 
     assert table.exit_code == 0 and "p99 TPOT (ms)" in table.output and "2 / 0" in table.output
     assert "max end-to-end latency (ms)" in table.output
     assert both.exit_code == 2 and "exactly one of --url" in both.output
     assert missing.exit_code == 2 and "x has no config.json" in missing.output  # refused before Ray starts
+    assert no_batch.exit_code == 2 and "Invalid value for '--max-batch'" in no_batch.output
