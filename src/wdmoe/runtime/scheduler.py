@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from wdmoe.runtime.admission import Slots
 from wdmoe.runtime.batch import SequenceCache
 from wdmoe.runtime.sampling import Sampling, TokenPicker
 from wdmoe.runtime.telemetry import StepShare, request_summary
@@ -67,6 +68,10 @@ class Sequence:
     channel_seed: int = field(default_factory=lambda: secrets.randbits(63))  # the request's seed when it has one
 
     @property
+    def max_tokens(self) -> int:
+        return self.sampling.max_tokens
+
+    @property
     def next_input(self) -> list[int]:
         return self.prompt if self.cache.length == 0 else self.tokens[-1:]
 
@@ -76,15 +81,20 @@ class Scheduler:
 
     def __init__(self, model: DistributedMoE, max_batch: int = 64, eos_ids: set[int] | None = None,
                  decode: Callable[[list[int]], str] | None = None) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch = {max_batch}: at least one sequence must run")
+        self.slots: Slots[Sequence] = Slots(max_batch)  # admission and retirement (`wdmoe.runtime.admission`)
         self.model = model
         self.max_batch = max_batch
         self.eos_ids = eos_ids or set()
         self.decode = decode
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
         self._lock = threading.Lock()
+
+    @property
+    def waiting(self) -> deque[Sequence]:
+        return self.slots.waiting
+
+    @property
+    def running(self) -> list[Sequence]:
+        return self.slots.running
 
     def new(self, prompt: list[int], sampling: Sampling, top_n: int = 0,
             on_token: TokenCallback | None = None) -> Sequence:
@@ -98,7 +108,7 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         with self._lock:
-            self.waiting.append(seq)
+            self.slots.add(seq)
 
     def cancel(self, seq: Sequence) -> None:
         seq.cancelled = True
@@ -133,22 +143,15 @@ class Scheduler:
 
     def fail_running(self) -> list[Sequence]:
         """The running sequences, taken out of the batch after a failed step (their caches may hold half a step)."""
-        failed, self.running = self.running, []
-        return failed
+        return self.slots.take_running()
 
     def _admit(self) -> list[Sequence]:
         """Waiting sequences into the batch, as room allows; cancelled ones (and max_tokens = 0) retire at once."""
-        retired: list[Sequence] = []
         with self._lock:
-            self.running = [s for s in self.running if not s.cancelled or _retire(s, "cancelled", retired)]
-            while self.waiting and len(self.running) < self.max_batch:
-                seq = self.waiting.popleft()
-                if seq.cancelled:
-                    _retire(seq, "cancelled", retired)
-                elif seq.sampling.max_tokens <= 0:
-                    _retire(seq, "length", retired)
-                else:
-                    self.running.append(seq)
+            retired = self.slots.admit()
+        now = time.perf_counter()
+        for seq in retired:
+            seq.done_s = now
         return retired
 
     def _take_token(self, seq: Sequence, logits: torch.Tensor, logp: torch.Tensor, now: float) -> None:
@@ -171,24 +174,15 @@ class Scheduler:
         return bool(stop) and self.decode is not None and any(s in self.decode(seq.tokens) for s in stop)
 
     def _take_done(self) -> list[Sequence]:
-        done = [s for s in self.running if s.finish_reason is not None]
-        if done:
-            self.running = [s for s in self.running if s.finish_reason is None]
-            now = time.perf_counter()
-            for seq in done:
-                seq.done_s = now
+        done = self.slots.take_done()
+        now = time.perf_counter()
+        for seq in done:
+            seq.done_s = now
         return done
 
     def summary(self, seq: Sequence) -> dict[str, Any]:
         """The request's telemetry summary (`wdmoe.runtime.telemetry.request_summary`)."""
         return request_summary(seq.parts, self.model.num_devices)
-
-
-def _retire(seq: Sequence, reason: str, into: list[Sequence]) -> bool:
-    seq.finish_reason = reason
-    seq.done_s = time.perf_counter()
-    into.append(seq)
-    return False
 
 
 def top_logprobs(logp: torch.Tensor, n: int) -> dict[int, float]:
