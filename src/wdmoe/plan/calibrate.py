@@ -1,9 +1,12 @@
 """Perception's calibration run (uses torch; import it lazily): a model's `ModelRequirement`, measured.
 
 Contract: `requirement_of(hf_model)` counts the parameters (routed experts vs everything else) and reads the
-shapes; `calibrate(model_dir)` also runs the model on held-out text (the shipped model's `heldout.txt`, tokenized
-with the model's own tokenizer; seeded random ids when the directory has no tokenizer, e.g. a tiny random model)
-and hooks every MoE router, whose outputs are (logits, top-k weights, top-k indices) in every supported family:
+shapes from the model's experts modules, whatever the family's layout (`wdmoe.model.moe_shape`: every per-expert
+tensor, biases included; FLOPs from the real tensors; MoE layers, E, top-k, H); `calibrate(model_dir)` also runs
+the model on held-out text (the shipped model's `heldout.txt`, tokenized with the model's own tokenizer; seeded
+random ids when the directory has no tokenizer, e.g. a tiny random model) and records the inputs of every experts
+module, which transformers' standard interface fixes as `experts(hidden (T, H), top_k_index (T, k),
+top_k_weights (T, k))` in every family (the router's own output format varies):
 
     popularity[l, e] = (tokens whose top-k at layer l includes e) / tokens          (rows sum to top_k)
     importance[l, e] = mean top-k combine weight of e over the tokens routed to it  (0 if none)
@@ -19,8 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from wdmoe.model.discover import experts_sites
+from wdmoe.model.moe_shape import moe_shape
 from wdmoe.model.shipped import HELDOUT_TEXT
-from wdmoe.model.split import load_hf_model, moe_layout
+from wdmoe.model.split import load_hf_model
 from wdmoe.plan.requirement import ModelRequirement
 
 DOC_END = "<|endofdoc|>"
@@ -28,21 +33,18 @@ DOC_END = "<|endofdoc|>"
 
 def requirement_of(hf_model: Any, model_id: str = "model") -> ModelRequirement:
     """The requirement from the model's parameters alone: popularity uniform, no calibration."""
-    _, blocks, num_experts = moe_layout(hf_model)
-    first = next(iter(blocks.values())).experts
-    expert_params = int(first.gate_up_proj[0].numel() + first.down_proj[0].numel())
+    shape = moe_shape(hf_model)
     total = sum(int(p.numel()) for p in hf_model.parameters())
-    dtype_bits = int(first.gate_up_proj.element_size() * 8)
-    config = hf_model.config
     return ModelRequirement.build(
         model_id,
-        tuple(sorted(blocks)),
-        num_experts,
-        int(config.num_experts_per_tok),
-        int(config.hidden_size),
-        dtype_bits,
-        expert_params,
-        total - expert_params * num_experts * len(blocks),
+        shape.moe_layers,
+        shape.num_experts,
+        shape.top_k,
+        shape.hidden_size,
+        shape.expert_dtype_bits,
+        shape.expert_params,
+        total - shape.expert_params * shape.num_experts * len(shape.moe_layers),
+        expert_flops_per_token=shape.expert_flops_per_token,
     )
 
 
@@ -68,21 +70,27 @@ def calibrate(
     """The measured requirement of the model in `model_dir`, and what it was measured on (module docstring)."""
     model = load_hf_model(model_dir)
     base = requirement_of(model, str(model_dir))
-    _, blocks, num_experts = moe_layout(model)
-    layers = sorted(blocks)
-    counts = np.zeros((len(layers), num_experts))
-    weights = np.zeros((len(layers), num_experts))
+    num_experts = base.num_experts
+    sites = {site.layer: site for site in experts_sites(model)}
+    counts = np.zeros((base.num_layers, num_experts))
+    weights = np.zeros((base.num_layers, num_experts))
 
     def hook(pos: int) -> Any:
-        def record(_module: Any, _inputs: Any, output: Any) -> None:
-            index = output[2].reshape(-1).cpu().numpy()  # (T * k,)
-            weight = output[1].reshape(-1).float().cpu().numpy()
-            counts[pos] += np.bincount(index, minlength=num_experts)
-            weights[pos] += np.bincount(index, weights=weight, minlength=num_experts)
+        def record(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            index_t = args[1] if len(args) > 1 else kwargs["top_k_index"]  # (T, k)
+            weight_t = args[2] if len(args) > 2 else kwargs["top_k_weights"]  # (T, k)
+            index = index_t.reshape(-1).cpu().numpy()
+            weight = weight_t.reshape(-1).float().cpu().numpy()
+            routed = (index >= 0) & (index < num_experts)  # a family may mark unused slots out of range
+            counts[pos] += np.bincount(index[routed], minlength=num_experts)
+            weights[pos] += np.bincount(index[routed], weights=weight[routed], minlength=num_experts)
 
         return record
 
-    handles = [blocks[layer].gate.register_forward_hook(hook(pos)) for pos, layer in enumerate(layers)]
+    handles = [
+        model.get_submodule(sites[layer].path).register_forward_pre_hook(hook(pos), with_kwargs=True)
+        for pos, layer in enumerate(base.moe_layers)
+    ]
     ids, source = _token_ids(model_dir, int(model.config.vocab_size), max_tokens, text)
     try:
         with torch.no_grad():
@@ -106,5 +114,6 @@ def calibrate(
         popularity,
         importance,
         tokens,
+        base.expert_flops_per_token,
     )
     return requirement, source

@@ -41,7 +41,7 @@ class ModelRequirement:
         hidden_size: H, values per token on the air.
         dtype_bits: bits of one weight as the model is stored (32 for fp32, 16 for bf16).
         expert_params: weights of one routed expert. non_expert_params: every other weight (the BS's).
-        expert_flops_per_token: FLOPs of one expert on one token (2 per weight).
+        expert_flops_per_token: FLOPs of one expert on one token (2 per matrix weight, 1 per bias element).
         popularity, importance: (L, E), module docstring. calibration_tokens: tokens they were measured on
             (0: no calibration, popularity uniform).
         expert_bytes: {bits: (L, E) bytes of each expert at that width}, for every width in BIT_WIDTHS.
@@ -75,9 +75,11 @@ class ModelRequirement:
         popularity: np.ndarray | None = None,
         importance: np.ndarray | None = None,
         calibration_tokens: int = 0,
+        expert_flops_per_token: float | None = None,
     ) -> ModelRequirement:
         """A requirement with bytes at every width computed from the parameter count; uniform popularity
-        (top_k / E) and importance (1 / top_k) when none is measured."""
+        (top_k / E) and importance (1 / top_k) when none is measured; one expert's FLOPs per token as given (from
+        its real tensors, `wdmoe.model.moe_shape`), else 2 per parameter."""
         shape = (len(moe_layers), num_experts)
         pop = np.full(shape, top_k / num_experts) if popularity is None else np.asarray(popularity, dtype=float)
         imp = np.full(shape, 1.0 / top_k) if importance is None else np.asarray(importance, dtype=float)
@@ -91,7 +93,7 @@ class ModelRequirement:
             dtype_bits,
             expert_params,
             non_expert_params,
-            dense_flops_per_token(expert_params),
+            dense_flops_per_token(expert_params) if expert_flops_per_token is None else float(expert_flops_per_token),
             pop,
             imp,
             sizes,

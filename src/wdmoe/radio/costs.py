@@ -18,8 +18,9 @@ class ModelCosts:
 
     Attributes:
         hidden_size: H, values per token on the air.
-        expert_flops_per_token: FLOPs of one gated expert FFN on one token, 2 * 3 * H * I.
-        expert_weight_bytes: bytes of one expert's three matrices at the devices' dtype.
+        expert_flops_per_token: FLOPs of one expert on one token: 2 per weight of its matrices, 1 per element of
+            its biases (2 * 3 * H * I for a gated FFN without biases).
+        expert_weight_bytes: bytes of one expert's tensors (matrices, biases, ...) at the devices' dtype.
         bs_params_per_layer: {MoE layer: BS parameters of the decoder layers since the previous MoE layer}
             (attention, norms, router, shared experts, leading dense MLPs).
         bytes_per_param: bytes of one BS weight.
@@ -30,6 +31,13 @@ class ModelCosts:
     expert_weight_bytes: float
     bs_params_per_layer: dict[int, float]
     bytes_per_param: float
+
+    @classmethod
+    def of_experts(cls, hidden_size: int, expert_params: int, expert_flops_per_token: float, bytes_per_param: float,
+                   bs_params_per_layer: dict[int, float]) -> ModelCosts:
+        """The costs of a model whose experts have `expert_params` elements each (any layout, biases included)."""
+        return cls(hidden_size, float(expert_flops_per_token), float(expert_params) * bytes_per_param,
+                   bs_params_per_layer, bytes_per_param)
 
     @classmethod
     def gated(cls, hidden_size: int, intermediate_size: int, bytes_per_param: float,

@@ -18,6 +18,7 @@ import torch
 from wdmoe.backends.base import DevicePool
 from wdmoe.backends.local import LocalDevicePool
 from wdmoe.errors import ShardError
+from wdmoe.model.moe_shape import MoeShape, moe_shape_of_config
 from wdmoe.model.shards import MANIFEST, Manifest
 from wdmoe.model.stream_split import split_dir_for
 from wdmoe.placement import Placement
@@ -66,6 +67,7 @@ class DistributedMoE:
         self.graphed_decode = True  # greedy batch-1 decode on CUDA as CUDA-graph replays where it applies
         self.compile_decode = False  # torch.compile the graphed step (fewer kernels; a minute at the first request)
         self._graphed: dict[bool, GraphedDecoder] = {}  # by compile_decode
+        self._shape: MoeShape | None = None  # what model_costs() derives from the config
 
     @classmethod
     def from_pretrained(
@@ -146,18 +148,15 @@ class DistributedMoE:
         self.runtime.air = None if air == AirCompression() else air
 
     def model_costs(self) -> ModelCosts:
-        from wdmoe.model.families import family_for
-
-        config = self.config
-        hidden, inter = int(config.hidden_size), family_for(config).expert_intermediate_size(config)
+        """What the radio model needs of this model: H, one expert's FLOPs per token and bytes (every per-expert
+        tensor, biases included, at the BS's dtype) and the BS parameters of each MoE layer's step, derived from
+        the experts modules of the model's config (`wdmoe.model.moe_shape`), whatever the family's layout."""
+        if self._shape is None:
+            self._shape = moe_shape_of_config(self.config)  # a meta-device build: once
+        shape = self._shape
         bytes_per_param = float(next(self.hf_model.parameters()).element_size())
-        per_layer: dict[int, float] = {}
-        pending = 0.0
-        for index, layer in enumerate(self.hf_model.model.layers):
-            pending += float(sum(p.numel() for p in layer.parameters()))
-            if index in self.placement.moe_layers:
-                per_layer[index], pending = pending, 0.0
-        return ModelCosts.gated(hidden, inter, bytes_per_param, per_layer)
+        return ModelCosts.of_experts(shape.hidden_size, shape.expert_params, shape.expert_flops_per_token,
+                                     bytes_per_param, shape.bs_params_per_layer())
 
     # -- the transformers surface -------------------------------------------------------------------------
     @property
