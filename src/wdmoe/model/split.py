@@ -107,13 +107,6 @@ def experts_layout(hf_model: Any) -> MoeLayout:
     return MoeLayout(family, sites, num_experts.pop())
 
 
-def moe_layout(hf_model: Any) -> tuple[Family, dict[int, Any], int]:
-    """(family, the module holding each MoE layer's `.experts`, by layer, routed experts per layer)."""
-    layout = experts_layout(hf_model)
-    blocks = {layer: hf_model.get_submodule(site.block_path) for layer, site in layout.sites.items()}
-    return layout.family, blocks, layout.num_experts
-
-
 def check_placement(placement: Placement, layers: list[int], num_experts: int) -> None:
     if sorted(placement.devices) != sorted(layers) or placement.num_experts != num_experts:
         raise PlacementError(

@@ -56,7 +56,3 @@ class Family:
             parts.append("times routed_scaling_factor")
         known = {s.value: s for s in Scoring}
         return cls(model_type, (model_type,), known.get(scoring, Scoring.UNREGISTERED), ", ".join(parts))
-
-    def expert_intermediate_size(self, config: Any) -> int:
-        """I of one routed expert: `moe_intermediate_size` where the config has one, else `intermediate_size`."""
-        return int(getattr(config, "moe_intermediate_size", None) or config.intermediate_size)
