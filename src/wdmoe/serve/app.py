@@ -79,7 +79,7 @@ def create_app(engine: Engine, api_key: str | None = None, limits: Limits | None
 
     _install_error_handlers(app, metrics)
     bounds = {"vocabulary": ("maximum", engine.vocab_size - 1), "max_tokens": ("maximum", limits.max_tokens),
-              "max_prompts": ("maxItems", limits.max_prompts)}
+              "max_prompts": ("maxItems", limits.max_prompts), "max_choices": ("maximum", limits.max_prompts)}
     app.openapi = lambda: openapi_schema(app, bounds)  # type: ignore[method-assign]
     # Plain ASGI middlewares (not @app.middleware, whose wrapping hides a client's disconnect from the routes and
     # lets an unhandled exception pass uncounted). The last added is the outermost: count every answer, then the

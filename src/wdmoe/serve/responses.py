@@ -142,35 +142,41 @@ def _named(engine: Engine, top: dict[int, float]) -> dict[str, float]:
     return named
 
 
-def completion_body(engine: Engine, choices: list[dict[str, Any]], gens: list[Generation]) -> dict[str, Any]:
+def completion_body(engine: Engine, choices: list[dict[str, Any]], gens: list[Generation],
+                    prompt_tokens: int) -> dict[str, Any]:
+    """A /v1/completions body; `usage` counts each prompt once (`prompt_tokens`) and every choice's new tokens."""
     return {
         "id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": engine.name,
         "choices": choices,
-        "usage": usage(sum(len(g.prompt_ids) for g in gens), sum(len(g.tokens) for g in gens)),
+        "usage": usage(prompt_tokens, sum(len(g.tokens) for g in gens)),
         "wdmoe": radio_report([g.summary for g in gens]),
     }
 
 
-def chat_body(engine: Engine, gen: Generation, stop: tuple[str, ...]) -> dict[str, Any]:
-    text, stopped = cut_at_stop(engine.decode(gen.tokens), stop)
+def chat_body(engine: Engine, gens: list[Generation], stop: tuple[str, ...]) -> dict[str, Any]:
+    """A chat body with one choice per generation (`n`, all of the same prompt: counted once in `usage`)."""
+    choices = []
+    for index, gen in enumerate(gens):
+        text, stopped = cut_at_stop(engine.decode(gen.tokens), stop)
+        choices.append({"index": index, "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop" if stopped else gen.finish_reason})
     return {
         "id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": engine.name,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "stop" if stopped else gen.finish_reason}],
-        "usage": usage(len(gen.prompt_ids), len(gen.tokens)),
-        "wdmoe": radio_report([gen.summary]),
+        "choices": choices,
+        "usage": usage(len(gens[0].prompt_ids), sum(len(g.tokens) for g in gens)),
+        "wdmoe": radio_report([g.summary for g in gens]),
     }
 
 
 def chunk(engine: Engine, request_id: str, chat: bool, text: str | None, finish: str | None,
-          role: bool = False) -> dict[str, Any]:
-    """One SSE chunk: a chat delta or a completion text piece."""
+          role: bool = False, index: int = 0) -> dict[str, Any]:
+    """One SSE chunk of choice `index`: a chat delta or a completion text piece."""
     if chat:
         delta: dict[str, Any] = {"role": "assistant"} if role else {}
         if text is not None:
             delta["content"] = text
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish}
     else:
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
     return {"id": request_id, "object": "chat.completion.chunk" if chat else "text_completion",
             "created": int(time.time()), "model": engine.name, "choices": [choice]}

@@ -39,12 +39,14 @@ Penalty = Annotated[float, Field(ge=-2.0, le=2.0, allow_inf_nan=False)]
 Bias = Annotated[float, Field(ge=-100.0, le=100.0, allow_inf_nan=False)]
 BiasKey = Annotated[str, Field(pattern=r"^[0-9]{1,9}$")]  # a token id, as OpenAI's logit_bias keys it
 Choices = Annotated[int, Field(ge=1, le=128), WHOLE]
+# `n`: choices per prompt, each its own sampled sequence; prompts x n is bounded by the served max_prompts
+ChoiceCount = Annotated[int, Field(ge=1, le=128, json_schema_extra={BOUND: "max_choices"}), WHOLE]
 
 # OpenAI parameters the server does not honour yet, and their neutral values (the ones that change nothing, which
 # clients often send explicitly): any other value is refused with 400 naming the parameter. An entry goes when the
-# parameter is honoured (the engine samples `presence_penalty`, `frequency_penalty` and `logit_bias` per request).
+# parameter is honoured (the engine samples `presence_penalty`, `frequency_penalty`, `logit_bias` and the `n`
+# choices per request).
 NOT_HONOURED: dict[str, tuple[Any, ...]] = {
-    "n": (None, 1),
     "best_of": (None, 1),
     "suffix": (None, ""),
     "response_format": (None, {"type": "text"}),
@@ -63,7 +65,7 @@ class Limits:
 
     max_prompt_tokens: int = 2048  # tokens in one prompt (also capped by the model's context)
     max_tokens: int = 512  # new tokens per prompt
-    max_prompts: int = 32  # prompts in one /v1/completions request
+    max_prompts: int = 32  # prompts in one /v1/completions request, and sequences (prompts x n) in any request
     max_queue: int = 64  # requests waiting for the model; beyond it 429
     max_body_bytes: int = 4 * 2**20  # a request body beyond it is refused (413) before it is read
     max_dashboard_streams: int = 16  # concurrent /dashboard/events clients; beyond it 503
@@ -94,7 +96,8 @@ class CompletionRequest(_Body):
     max_tokens: NewTokens | None = Field(None, description="default: 16, or less when the limit is lower")
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
-    n: Choices | None = Field(None, description="not honoured yet: only 1")
+    n: ChoiceCount | None = Field(None, description="choices per prompt, each sampled on its own (seeded: "
+                                                    "choice i from seed and i); prompts x n at most the limit")
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: Annotated[int, Field(ge=0, le=20), WHOLE] | None = None
@@ -139,7 +142,8 @@ class ChatRequest(_Body):
     max_completion_tokens: NewTokens | None = None
     temperature: Temperature = 1.0
     top_p: TopP = 1.0
-    n: Choices | None = Field(None, description="not honoured yet: only 1")
+    n: ChoiceCount | None = Field(None, description="choices, each sampled on its own (seeded: choice i from seed "
+                                                    "and i); at most the limit of prompts per request")
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: Stop = None

@@ -17,7 +17,7 @@ from wdmoe.serve.schemas import NOT_HONOURED
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
 COMPLETION = {"prompt": "hi", "max_tokens": 2, "temperature": 0}
 REFUSED_VALUES: dict[str, Any] = {
-    "n": 2, "best_of": 3, "suffix": "end", "response_format": {"type": "json_object"}, "tools": [{"type": "function"}],
+    "best_of": 3, "suffix": "end", "response_format": {"type": "json_object"}, "tools": [{"type": "function"}],
     "tool_choice": "auto", "functions": [{"name": "f"}], "function_call": "auto", "logprobs": True, "top_logprobs": 2,
 }
 COMPLETION_ONLY = {"best_of", "suffix"}
