@@ -15,7 +15,9 @@ split (policy.bandwidth), so the search is over a:
 - a small block (at most `exact_masks` feasible masks): exact, `policy.joint_block` (enumeration by load, bounded).
 - a larger block: the alternating heuristic below, then a local search over the optional pairs kept per device
   (`policy.joint_counts`), and the decision carries a certified optimality gap (`policy.joint_gap`: an upper
-  bound on M from a relaxation and duality), reported in the telemetry (`LayerRecord.optimality_gap`).
+  bound on M from a relaxation and duality; where that gap exceeds 0.1%, `policy.joint_interval`: the same
+  relaxation bounded by intervals of the layer time, a knapsack each), reported in the telemetry
+  (`LayerRecord.optimality_gap`).
 
 The heuristic: 1. a = the router's top-k, b its min-max split. 2. Each token offers its droppable pair with the
 lowest score w_jk / (mu_d * t_d / pairs_d) (mu_d: device d's KKT weight, t_d / pairs_d its mean time per pair);
@@ -37,7 +39,8 @@ from wdmoe.policy.base import Decision, LayerState
 from wdmoe.policy.joint_block import solve_block
 from wdmoe.policy.joint_counts import improve_counts
 from wdmoe.policy.joint_decode import OneTokenChoice, OneTokenSlots, solve_one_token
-from wdmoe.policy.joint_gap import certified_gap
+from wdmoe.policy.joint_gap import certified_gap, gap_of
+from wdmoe.policy.joint_interval import interval_bound
 from wdmoe.policy.joint_pairs import beyond_two_devices, decide_two_devices
 from wdmoe.policy.joint_search import objective
 from wdmoe.policy.joint_top2 import decide_top2
@@ -47,6 +50,7 @@ from wdmoe.radio.compute import roofline_one_token_s
 from wdmoe.radio.exactmath import LN2
 from wdmoe.radio.rate import time_and_inverse_slope
 
+_GAP_TARGET = 1e-3  # a large block's certified gap above this is tightened by policy.joint_interval
 
 @dataclass(frozen=True)
 class JointSolution:
@@ -183,7 +187,18 @@ class JointSelectionBandwidth:
                 break
             point = trial
             history.append(point.metric)
-        decision = Decision(point.keep, renormalize(weight, point.keep), point.bandwidth_hz, bound.gap)
+        upper = bound.upper
+        if bound.gap > _GAP_TARGET:  # the decomposition is loose here: bound by intervals of the layer time
+            tight = interval_bound(self, state, point.metric, _GAP_TARGET)
+            if tight is not None:
+                if tight.suggestion is not None:
+                    trial = self._point(state, tight.suggestion, float(weight[tight.suggestion].sum()))
+                    if trial.metric > point.metric:
+                        point = trial
+                        history.append(point.metric)
+                upper = min(upper, tight.upper)
+        decision = Decision(point.keep, renormalize(weight, point.keep), point.bandwidth_hz,
+                            gap_of(max(upper, point.metric), point.metric))
         return JointSolution(decision, tuple(history), state.bs_time_s + float(point.times_s.max(initial=0.0)))
 
     def _metric(self, kept_weight: float, layer_s: float) -> float:

@@ -44,9 +44,28 @@ class GapBound:
 
     gap: float
     suggestion: np.ndarray | None
+    upper: float = math.inf  # the bound UB >= M* itself (the gap is (UB - M) / |UB|)
 
 
-def _device_tables(state: LayerState, mandatory: np.ndarray) -> tuple[np.ndarray, ...]:
+def gap_of(upper: float, metric: float) -> float:
+    """The relative gap (UB - M) / |UB| of a metric M under a certified bound UB on the optimum; inf without one."""
+    if not (math.isfinite(upper) and math.isfinite(metric)):
+        return math.inf
+    return max(upper - metric, 0.0) / max(abs(upper), 1e-300)
+
+
+def counts_mask(rule: JointRule, state: LayerState, mandatory: np.ndarray, rank: np.ndarray,
+                x: np.ndarray) -> np.ndarray | None:
+    """The keep mask (T, k) of the mandatory pairs and each device's x_d heaviest optional pairs (`rank` from
+    `device_tables`); None when it breaks a token's guard."""
+    weight = state.topk_weight.astype(float)
+    mask = mandatory | (rank < x[state.expert_device[state.topk_index]])
+    kept = np.where(mask, weight, 0.0).sum(axis=1)
+    feasible = mask.any(axis=1) & (kept >= rule.rho * weight.sum(axis=1))
+    return mask if feasible.all() else None
+
+
+def device_tables(state: LayerState, mandatory: np.ndarray) -> tuple[np.ndarray, ...]:
     """(D, X + 1) tables over x, the optional pairs kept per device: P_d(x) (-inf beyond the device's optional
     pairs), and the load floor: tokens downlinked, pairs uplinked, compute seconds; and W_mand."""
     weight = state.topk_weight.astype(float)
@@ -128,7 +147,7 @@ def certified_gap(rule: JointRule, state: LayerState, metric: float, bandwidth_h
     """g with M* <= M + g |UB| (module docstring); inf when no bound is found; and the relaxation's choice."""
     weight = state.topk_weight.astype(float)
     mandatory = mandatory_pairs(rule, weight)
-    gain, tokens, pairs, compute, w_mand_array, rank = _device_tables(state, mandatory)
+    gain, tokens, pairs, compute, w_mand_array, rank = device_tables(state, mandatory)
     w_mand = float(w_mand_array)
     costs = device_costs(state, keep)
     need = state.bits_per_token * LN2
@@ -152,15 +171,11 @@ def certified_gap(rule: JointRule, state: LayerState, metric: float, bandwidth_h
 
     def suggestion(lam: float) -> np.ndarray | None:
         x = np.where(np.isfinite(gain), gain - lam * psi, -np.inf).argmax(axis=1)  # (D,)
-        device = state.expert_device[state.topk_index]
-        mask = mandatory | (rank < x[device])
-        kept = np.where(mask, weight, 0.0).sum(axis=1)
-        feasible = mask.any(axis=1) & (kept >= rule.rho * weight.sum(axis=1))
-        return mask if feasible.all() else None
+        return counts_mask(rule, state, mandatory, rank, x)
 
     if rule.form == "lagrangian":
         upper = bound(rule.lam)
-        return GapBound(max(upper - metric, 0.0) / max(abs(upper), 1e-300), suggestion(rule.lam))
+        return GapBound(max(upper - metric, 0.0) / max(abs(upper), 1e-300), suggestion(rule.lam), upper)
     if not metric > 0.0 or not math.isfinite(metric):
         return GapBound(math.inf, None)
     lo, hi = metric, metric
@@ -176,4 +191,4 @@ def certified_gap(rule: JointRule, state: LayerState, metric: float, bandwidth_h
             hi = mid
         else:
             lo = mid
-    return GapBound(max(hi - metric, 0.0) / hi, suggestion(metric))
+    return GapBound(max(hi - metric, 0.0) / hi, suggestion(metric), hi)
