@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from wdmoe.atomic import write_text_atomic
-from wdmoe.cli.common import JsonOut, console, offline, print_json, progress_bar, user_errors
+from wdmoe.cli.common import JsonOut, check_choice, console, offline, print_json, progress_bar, user_errors
+from wdmoe.cli.sim_tables import cell_tables
+from wdmoe.errors import WdmoeError
+
+if TYPE_CHECKING:
+    from wdmoe.sim.cell import Arrival
 
 
 def simulate(
@@ -28,20 +33,36 @@ def simulate(
         "WLR threshold; prune: the pruned gate share; wlr-cum: the gate mass kept in WLR order; straggler and "
         "energy: the gate mass every token keeps."))] = 0.5,
     realizations: Annotated[
-        int, typer.Option(min=1, help="Channel realizations per scenario (seeds seed .. seed + n - 1).")
-    ] = 10,
+        int | None, typer.Option(min=1, help=(
+            "Channel realizations per scenario (seeds seed .. seed + n - 1); default 10, with --users 1."))
+    ] = None,
     exact: Annotated[
         bool, typer.Option(metavar="", help="Replay call by call as the runtime does (slower, same numbers).")
     ] = False,
     json_out: JsonOut = False,
     csv: Annotated[Path | None, typer.Option(help="Also write one CSV row per (scenario, policy) here.")] = None,
+    users: Annotated[int | None, typer.Option(min=1, help=(
+        "Simulate a cell: N users whose requests arrive over time and share the base station through continuous "
+        "batching, as `wdmoe serve` runs them; per-user TTFT (queueing included) and TPOT percentiles."))] = None,
+    arrival: Annotated[str, typer.Option(help=(
+        "With --users: poisson (each user sends at --arrival-rate) or closed (each user sends its next request "
+        "when the previous one finishes)."))] = "poisson",
+    arrival_rate: Annotated[float | None, typer.Option(min=0.0, help=(
+        "With --users and --arrival poisson: requests per second per user (seeded exponential gaps)."))] = None,
+    requests_per_user: Annotated[int, typer.Option(min=1, help=(
+        "With --users: requests each user sends; user u's j-th replays trace request (u * M + j) mod R."))] = 4,
+    max_batch: Annotated[int, typer.Option(min=1, help=(
+        "With --users: requests running at once, the others wait (wdmoe serve --max-batch)."))] = 64,
 ) -> None:
     """Replay a router trace through the radio model and the policies; report latency percentiles, TTFT/TPOT,
-    bytes on air, energy and experts per token."""
+    bytes on air, energy and experts per token. With --users: a cell of many users (docs/serve.md)."""
     with user_errors():
+        cell = _arrival(users, arrival, arrival_rate)
         from wdmoe.config import Scenario, load_scenario
         from wdmoe.policy.factory import POLICY_NAMES
-        from wdmoe.sim.grid import simulate_grid
+        from wdmoe.sim.cell import cell_tokens
+        from wdmoe.sim.cell_report import cell_rows
+        from wdmoe.sim.grid import simulate_cells, simulate_grid
         from wdmoe.sim.report import rows_csv
         from wdmoe.sim.trace import Trace
 
@@ -61,19 +82,54 @@ def simulate(
         scenarios = {path.stem: sc for path, sc in given} or {"default": Scenario.default(loaded.num_devices)}
         if len(scenarios) < len(given):
             raise ValueError("two --scenario files share a name: the report labels each run by the file's stem")
-        total = len(scenarios) * len(policies) * realizations
-        with progress_bar(total >= 4) as bar:
-            task = bar.add_task("replays", total=total)
-            summaries = simulate_grid(loaded, scenarios, policies, theta, realizations, batched=not exact,
-                                      on_replay=lambda: bar.advance(task))
-        if csv is not None:
-            write_text_atomic(csv, rows_csv(summaries))
+        if users is not None and cell is not None:
+            runs = realizations or 1
+            total = len(scenarios) * len(policies) * runs * cell_tokens(loaded, users, requests_per_user)
+            with progress_bar(total >= 2000) as bar:
+                task = bar.add_task("tokens", total=total)
+                cells = simulate_cells(loaded, scenarios, policies, cell, users, requests_per_user, theta, runs,
+                                       max_batch, on_step=lambda n: bar.advance(task, n))
+            if csv is not None:
+                write_text_atomic(csv, rows_csv(cell_rows(cells), flat=True))
+        else:
+            total = len(scenarios) * len(policies) * (realizations or 10)
+            with progress_bar(total >= 4) as bar:
+                task = bar.add_task("replays", total=total)
+                summaries = simulate_grid(loaded, scenarios, policies, theta, realizations or 10, batched=not exact,
+                                          on_replay=lambda: bar.advance(task))
+            if csv is not None:
+                write_text_atomic(csv, rows_csv(summaries))
+    if users is not None:
+        cell_report = {"trace": str(trace), "model": loaded.model, "runs": cells}
+        if json_out:
+            print_json(cell_report)
+            return
+        for table in cell_tables(cells):
+            console.print(table)
+        return
     report = {"trace": str(trace), "model": loaded.model, "decisions_per_replay": loaded.num_decisions,
               "runs": summaries}
     if json_out:
         print_json(report)
         return
     console.print(_table(summaries))
+
+
+def _arrival(users: int | None, arrival: str, rate: float | None) -> Arrival | None:
+    """The arrival process of --users (None without it); refuses cell options given without --users."""
+    from wdmoe.sim.cell import Closed, Poisson
+
+    check_choice("--arrival", arrival, ("poisson", "closed"))
+    if users is None:
+        if rate is not None or arrival != "poisson":
+            raise WdmoeError("--arrival and --arrival-rate describe a cell: give --users N too")
+        return None
+    if arrival == "closed":
+        return Closed()
+    if rate is None or rate <= 0:
+        raise WdmoeError(f"--arrival poisson needs --arrival-rate R > 0 requests per second per user (got {rate}); "
+                         "or use --arrival closed")
+    return Poisson(rate)
 
 
 def _ms(value: float | None) -> str:

@@ -215,3 +215,39 @@ def closed_loop(rng: np.random.Generator, trace: Trace, users: int,
         return make(done.user, j, done.done_s)
 
     return [make(u, 0, 0.0) for u in range(users)], follow_up
+
+
+@dataclass(frozen=True)
+class Poisson:
+    """Each user sends requests as a Poisson process of `rate_per_s` requests per second (`poisson_arrivals`)."""
+
+    rate_per_s: float
+
+    def describe(self) -> dict[str, object]:
+        return {"process": "poisson", "rate_per_s_per_user": self.rate_per_s}
+
+    def requests(self, rng: np.random.Generator, trace: Trace, users: int,
+                 per_user: int) -> tuple[list[CellRequest], FollowUp | None]:
+        return poisson_arrivals(rng, trace, users, self.rate_per_s, per_user), None
+
+
+@dataclass(frozen=True)
+class Closed:
+    """Each user sends its next request when the previous one finishes (`closed_loop`)."""
+
+    def describe(self) -> dict[str, object]:
+        return {"process": "closed"}
+
+    def requests(self, rng: np.random.Generator, trace: Trace, users: int,
+                 per_user: int) -> tuple[list[CellRequest], FollowUp | None]:
+        return closed_loop(rng, trace, users, per_user)
+
+
+Arrival = Poisson | Closed
+
+
+def cell_tokens(trace: Trace, users: int, per_user: int) -> int:
+    """Tokens a cell of `users` x `per_user` requests generates (one per step of each replayed trace request)."""
+    per_request = np.bincount(trace.step_request, minlength=trace.num_requests)
+    return int(sum(per_request[(u * per_user + j) % trace.num_requests] for u in range(users)
+                   for j in range(per_user)))

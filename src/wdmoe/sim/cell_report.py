@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from wdmoe.sim.cell import CellRun, RequestResult
-from wdmoe.sim.report import percentiles
+from wdmoe.sim.report import flatten, percentiles
 
 
 def _times(results: Sequence[RequestResult]) -> dict[str, Any]:
@@ -55,3 +55,15 @@ def summarize_cell(runs: Sequence[CellRun], scenario: str, policy: str, arrival:
         "overall": _times(results),
         "per_user": [{"user": u} | _times([r for r in results if r.user == u]) for u in users],
     }
+
+
+def cell_rows(cells: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """CSV rows: per (scenario, policy), the cell (user "all", with its throughput) then one row per user, the
+    percentiles as `ttft_p50_s`-style columns (`wdmoe.sim.report.flatten`)."""
+    rows = []
+    for c in cells:
+        head = {"scenario": c["scenario"], "policy": c["policy"]}
+        run = {k: c[k] for k in ("tokens_per_s", "requests_per_s", "batch_size_mean", "makespan_s")}
+        rows.append(head | {"user": "all"} | flatten(c["overall"]) | run)
+        rows.extend(head | flatten(u) | dict.fromkeys(run) for u in c["per_user"])
+    return rows

@@ -92,9 +92,9 @@ def flatten(summary: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def rows_csv(summaries: Sequence[dict[str, Any]]) -> str:
-    """The summaries as CSV text with a header row."""
-    rows = [flatten(s) for s in summaries]
+def rows_csv(summaries: Sequence[dict[str, Any]], flat: bool = False) -> str:
+    """The summaries as CSV text with a header row (`flat`: rows already flat, e.g. `cell_report.cell_rows`)."""
+    rows = list(summaries) if flat else [flatten(s) for s in summaries]
     out = io.StringIO()
     if rows:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))

@@ -91,3 +91,47 @@ def test_simulate_checks_every_scenario_before_the_first_replay(tmp_path: Path) 
     assert f"{bad} has num_devices = 16" in message and "recorded over 4 devices" in message
     assert str(good) not in message  # only the misfit is named
     assert not csv.exists()  # nothing ran: the misfit was found before the first replay
+
+
+def test_simulate_a_cell_of_users_json_and_table(tmp_path: Path) -> None:
+    out = tmp_path / "t.npz"
+    runner.invoke(app, ["trace", "synthesize", "--out", str(out), "--layers", "2", "--experts", "4", "--requests",
+                        "3", "--prompt-len", "5", "--new-tokens", "4", "--devices", "4"])
+    args = ["simulate", "--trace", str(out), "--users", "3", "--requests-per-user", "2", "--policy", "topk",
+            "--policy", "wlr"]
+
+    result = runner.invoke(app, [*args, "--arrival-rate", "0.5", "--json", "--csv", str(tmp_path / "c.csv")])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [r["policy"] for r in report["runs"]] == ["topk", "wlr"]
+    run = report["runs"][0]
+    assert run["arrival"] == {"process": "poisson", "rate_per_s_per_user": 0.5, "users": 3, "requests_per_user": 2,
+                              "max_batch": 64}
+    assert run["overall"]["requests"] == 6 and run["tokens"] == 6 * 4 and run["realizations"] == 1
+    assert [u["user"] for u in run["per_user"]] == [0, 1, 2] and all(u["requests"] == 2 for u in run["per_user"])
+    for key in ("ttft_s", "tpot_s", "queue_s", "e2e_s"):
+        assert set(run["overall"][key]) == {"p50", "p95", "p99", "mean"}
+    assert run["overall"]["ttft_s"]["p50"] > 0 and run["tokens_per_s"] > 0
+    with (tmp_path / "c.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["policy"], r["user"]) for r in rows[:4]] == [("topk", "all"), ("topk", "0"), ("topk", "1"),
+                                                             ("topk", "2")]
+    assert float(rows[0]["ttft_p99_s"]) == run["overall"]["ttft_s"]["p99"]
+    assert float(rows[1]["tpot_p50_s"]) == run["per_user"][0]["tpot_s"]["p50"] and len(rows) == 8
+
+    closed = runner.invoke(app, [*args, "--arrival", "closed", "--max-batch", "2"])
+    assert closed.exit_code == 0, closed.output
+    assert "closed loop" in closed.output and "per user: default, wlr" in closed.output
+
+
+def test_simulate_refuses_a_cell_without_its_arrival_rate_or_users(tmp_path: Path) -> None:
+    out = tmp_path / "t.npz"
+    runner.invoke(app, ["trace", "synthesize", "--out", str(out), "--layers", "2", "--devices", "4"])
+
+    result = runner.invoke(app, ["simulate", "--trace", str(out), "--users", "2"])
+    assert result.exit_code == 2 and "--arrival-rate" in result.output
+    result = runner.invoke(app, ["simulate", "--trace", str(out), "--arrival-rate", "2"])
+    assert result.exit_code == 2 and "--users" in result.output
+    result = runner.invoke(app, ["simulate", "--trace", str(out), "--users", "2", "--arrival", "bursty"])
+    assert result.exit_code == 2 and "'bursty' is unknown" in result.output
