@@ -10,8 +10,9 @@ transformers' conversion mapping (`get_model_conversion_mapping`, `rename_source
 checkpoint tensor (renamed, cast) or made by a `WeightConverter` (e.g. Mixtral's per-expert w1/w3 -> fused
 `gate_up_proj` (E, 2I, H)). For routed experts the converter runs per expert, on that expert's checkpoint tensors
 only: valid when its operations act on each expert separately (stack along dim 0, then concatenate or transpose
-along later dims), which is checked; any other layout raises `NotStreamable`, and `split_checkpoint` then falls
-back to loading the whole model, with a warning.
+along later dims; or, for a checkpoint that stores the experts fused (E, ...), operations along dims >= 1 only,
+run on one expert's rows as a (1, ...) tensor), which is checked; any other layout raises `NotStreamable`, and
+`split_checkpoint` then falls back to loading the whole model, with a warning.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from transformers import AutoModelForCausalLM
 from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import (
     Concatenate,
+    Interleave,
     MergeModulelist,
     Transpose,
     WeightConverter,
@@ -129,17 +131,27 @@ class CheckpointPlan:
         source = self.sources[name]
         if source.converter is None:
             return self.checkpoint.read_row(source.keys[0], expert).to(source.dtype)
+        if not _stacks_experts(source.converter):  # fused (E, ...) checkpoint tensors, converted along dims >= 1
+            rows = [_row_reader(self.checkpoint, key, expert, source.dtype) for key in source.keys]
+            return self._convert(source, source.keys, source.patterns, rows)[0]  # (1, ...) -> one expert
         per_pattern = {p: [k for k, q in zip(source.keys, source.patterns, strict=True) if q == p]
                        for p in dict.fromkeys(source.patterns)}
         keys = tuple(keys[expert] for keys in per_pattern.values())
         return self._convert(source, keys, tuple(per_pattern))[0]  # the converter's (1, ...) stack of one expert
 
-    def _convert(self, source: Source, keys: tuple[str, ...], patterns: tuple[str, ...]) -> torch.Tensor:
+    def _convert(
+        self,
+        source: Source,
+        keys: tuple[str, ...],
+        patterns: tuple[str, ...],
+        readers: list[Callable[[], torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
         converter = copy.deepcopy(source.converter)  # each target gets its own instance, as transformers does
         assert converter is not None
-        for key, pattern in zip(keys, patterns, strict=True):
+        if readers is None:
+            readers = [_reader(self.checkpoint, key, source.dtype) for key in keys]
+        for key, pattern, reader in zip(keys, patterns, readers, strict=True):
             # a callable is what transformers' own synchronous loading hands a converter (materialize_tensors)
-            reader = _reader(self.checkpoint, key, source.dtype)
             converter.add_tensor(source.target, key, pattern, reader)  # type: ignore[arg-type]
         out = converter.convert(source.target, model=self.model, config=self.model.config)
         tensor = out[source.target]
@@ -148,6 +160,10 @@ class CheckpointPlan:
 
 def _reader(checkpoint: Checkpoint, key: str, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
     return lambda: checkpoint.read(key).to(dtype)
+
+
+def _row_reader(checkpoint: Checkpoint, key: str, row: int, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+    return lambda: checkpoint.read_row(key, row).to(dtype).unsqueeze(0)  # (1, ...): a one-expert fused tensor
 
 
 def plan_checkpoint(model_dir: Path) -> CheckpointPlan:
@@ -177,7 +193,7 @@ def plan_checkpoint(model_dir: Path) -> CheckpointPlan:
         )
     sources = _sources(model, meta, checkpoint, dtypes)
     for name, (_, _) in placement.experts.items():
-        _check_per_expert(sources[name], int(meta[name].shape[0]))
+        _check_per_expert(sources[name], int(meta[name].shape[0]), checkpoint)
     shapes = {name: TensorShape(dtypes[name], tuple(t.shape)) for name, t in meta.items()}
     return CheckpointPlan(model_dir, model, family, checkpoint, sources, shapes, placement)
 
@@ -246,24 +262,43 @@ def _sources(
     return sources
 
 
-def _check_per_expert(source: Source, num_experts: int) -> None:
-    """Refuse a converter that does not act on each expert separately, or a checkpoint without E tensors each."""
+def _stacks_experts(converter: WeightConverter) -> bool:
+    """Whether the converter stacks per-expert checkpoint tensors (its first operation), rather than converting
+    fused (E, ...) checkpoint tensors."""
+    first = converter.operations[0]
+    return isinstance(first, MergeModulelist) and first.dim == 0
+
+
+def _acts_per_expert(op: Any) -> bool:
+    """An operation on (E, ...) tensors that acts on each expert separately: it only touches dims >= 1."""
+    return (
+        (isinstance(op, Concatenate) and op.dim >= 1)
+        or (isinstance(op, Transpose) and min(op.dim0, op.dim1) >= 1 and not op.check_dims)
+        or (isinstance(op, Interleave) and op.dim >= 1)  # e.g. inkling2's fused w13 -> interleaved gate_up
+        # transformers' own (temporary, hence matched by name) dequantization of Inkling2Loop's fp4/fp8 experts:
+        # each expert from its own rows, block scales and (E,) factors; one float tensor passes through
+        or type(op).__name__ == "Inkling2LoopDequantizeExperts"
+    )
+
+
+def _check_per_expert(source: Source, num_experts: int, checkpoint: Checkpoint) -> None:
+    """Refuse a converter that does not act on each expert separately, or a checkpoint whose tensors are neither
+    E per-expert tensors per pattern (stacked by the converter) nor one fused (E, ...) tensor per pattern."""
     converter = source.converter
     if converter is None:
         return
     ops = converter.operations
-    first_ok = isinstance(ops[0], MergeModulelist) and ops[0].dim == 0
-    rest_ok = all(
-        (isinstance(op, Concatenate) and op.dim >= 1)
-        or (isinstance(op, Transpose) and min(op.dim0, op.dim1) >= 1 and not op.check_dims)
-        for op in ops[1:]
-    )
-    if not (first_ok and rest_ok):
+    stacked = _stacks_experts(converter)
+    if not all(_acts_per_expert(op) for op in (ops[1:] if stacked else ops)):
         raise NotStreamable(f"{source.target} is made by {[type(op).__name__ for op in ops]}, which does not act "
                             "on each expert separately")
     counts = {p: source.patterns.count(p) for p in source.patterns}
-    if set(counts.values()) != {num_experts}:
+    if stacked and set(counts.values()) != {num_experts}:
         raise NotStreamable(f"{source.target}: the checkpoint holds {counts} tensors per pattern, not {num_experts}")
+    rows = {key: checkpoint.tensors[key].shape[:1] for key in source.keys}
+    if not stacked and (set(counts.values()) != {1} or set(rows.values()) != {(num_experts,)}):
+        raise NotStreamable(f"{source.target}: the checkpoint holds {counts} tensors per pattern of first dims "
+                            f"{rows}, not one fused tensor of {num_experts} experts each")
 
 
 def split_checkpoint(

@@ -1,5 +1,6 @@
 """The streaming split writes what the in-memory split writes (same files, byte for byte, same manifest), for
-every family, stored width, checkpoint layout (per-expert, already fused, sharded, tied) and dtype."""
+every family, stored width, checkpoint layout (per-expert, already fused, fused and converted, sharded, tied) and
+dtype."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from wdmoe.model.shards import Manifest
 from wdmoe.model.split import load_hf_model, split_model
 from wdmoe.model.stream_split import plan_checkpoint, split_checkpoint
 from wdmoe.model.tiny import tiny_model
+from wdmoe.model.zoo import tiny_any_model
 
 FAMILIES = ("mixtral", "qwen2_moe", "olmoe", "qwen3_moe", "deepseek_v3")
 
@@ -73,6 +75,29 @@ def test_a_checkpoint_already_in_the_fused_layout_streams_expert_rows(tiny_model
     plan = plan_checkpoint(tmp_path / "hf")
     assert plan.sources["model.layers.1.mlp.experts.gate_up_proj"].converter is None
     assert_same_split(*both_splits(tmp_path / "hf", tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("model_type", "operations"),
+    [
+        ("inkling2_text", ["Interleave"]),
+        pytest.param(
+            "inkling2_loop_text", ["Inkling2LoopDequantizeExperts", "Interleave"], marks=pytest.mark.slow
+        ),
+    ],
+)
+def test_fused_experts_converted_along_later_dims_stream_expert_rows(
+    tmp_path: Path, model_type: str, operations: list[str]
+) -> None:
+    """Inkling2 checkpoints hold each layer's experts fused (w13_weight (E, 2I, H)) and transformers interleaves
+    gate and up rows on load (Interleave(dim=1), after its fp4/fp8 dequantization for inkling2_loop): each
+    expert's rows go through the converter alone, and the split is the one made from the loaded model."""
+    tiny_any_model(model_type, seed=1).save_pretrained(tmp_path / "hf")
+    source = plan_checkpoint(tmp_path / "hf").sources["model.layers.0.mlp.experts.gate_up_proj"]
+    assert source.keys == ("model.llm.layers.0.mlp.experts.w13_weight",)
+    assert source.converter is not None
+    assert [type(op).__name__ for op in source.converter.operations] == operations
+    assert_same_split(*both_splits(tmp_path / "hf", tmp_path, 4))
 
 
 def test_a_layout_it_cannot_stream_falls_back_with_a_warning(tiny_models, tmp_path: Path) -> None:
