@@ -6,6 +6,9 @@
                    lets each pick its token (`TokenPicker`), retires the finished ones
     cancel(seq) -> retired at the next step
 
+Admission and retirement are `wdmoe.runtime.admission.Slots` (torch-free): the multi-user simulator
+(`wdmoe.sim.cell`) batches by the same rule.
+
 A sequence finishes on an end-of-sequence token ("stop", the token kept, as transformers' generate keeps it), a
 stop string in its decoded new text ("stop"), `max_tokens` ("length") or a cancel ("cancelled"). The scheduler is
 single-threaded: the serving engine (wdmoe.serve.engine) calls it from its worker thread only; `add` and `cancel`
@@ -83,10 +86,19 @@ class Scheduler:
                  decode: Callable[[list[int]], str] | None = None) -> None:
         self.slots: Slots[Sequence] = Slots(max_batch)  # admission and retirement (`wdmoe.runtime.admission`)
         self.model = model
-        self.max_batch = max_batch
         self.eos_ids = eos_ids or set()
         self.decode = decode
         self._lock = threading.Lock()
+
+    @property
+    def max_batch(self) -> int:
+        return self.slots.max_batch
+
+    @max_batch.setter
+    def max_batch(self, value: int) -> None:  # takes effect at the next admission
+        if value < 1:
+            raise ValueError(f"max_batch = {value}: at least one sequence must run")
+        self.slots.max_batch = value
 
     @property
     def waiting(self) -> deque[Sequence]:
