@@ -37,7 +37,9 @@ def simulate(
             "Channel realizations per scenario (seeds seed .. seed + n - 1); default 10, with --users 1."))
     ] = None,
     exact: Annotated[
-        bool, typer.Option(metavar="", help="Replay call by call as the runtime does (slower, same numbers).")
+        bool, typer.Option(metavar="", help=(
+            "Replay call by call as the runtime does (slower, same numbers). A cell (--users) is always decided "
+            "step by step, as the live server does, so it takes no --exact."))
     ] = False,
     json_out: JsonOut = False,
     csv: Annotated[Path | None, typer.Option(help="Also write one CSV row per (scenario, policy) here.")] = None,
@@ -58,6 +60,9 @@ def simulate(
     bytes on air, energy and experts per token. With --users: a cell of many users (docs/serve.md)."""
     with user_errors():
         cell = _arrival(users, arrival, arrival_rate)
+        if users is not None and exact:
+            raise WdmoeError("--exact applies to the one-request replay; a cell (--users) is always decided step by "
+                             "step, as the live server does: drop --exact")
         from wdmoe.config import Scenario, load_scenario
         from wdmoe.policy.factory import POLICY_NAMES
         from wdmoe.sim.cell import cell_tokens

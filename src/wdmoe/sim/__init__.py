@@ -2,8 +2,13 @@
 
     trace = Trace.load("run.npz")                      # or record_trace(model.steps, ...) / synthesize_trace(rng, ...)
     summaries = simulate_grid(trace, {"default": Scenario.default(trace.num_devices)}, ["topk", "wlr", "joint"])
+    cells = simulate_cells(trace, {"default": Scenario.default(trace.num_devices)}, ["wlr"], Poisson(0.5), users=16, per_user=4)
 """
 
+from wdmoe.sim.cell import Closed as Closed
+from wdmoe.sim.cell import Poisson as Poisson
+from wdmoe.sim.cell import run_cell as run_cell
+from wdmoe.sim.grid import simulate_cells as simulate_cells
 from wdmoe.sim.grid import simulate_grid as simulate_grid
 from wdmoe.sim.simulate import Replay as Replay
 from wdmoe.sim.simulate import replay as replay

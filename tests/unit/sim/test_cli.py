@@ -135,3 +135,5 @@ def test_simulate_refuses_a_cell_without_its_arrival_rate_or_users(tmp_path: Pat
     assert result.exit_code == 2 and "--users" in result.output
     result = runner.invoke(app, ["simulate", "--trace", str(out), "--users", "2", "--arrival", "bursty"])
     assert result.exit_code == 2 and "'bursty' is unknown" in result.output
+    result = runner.invoke(app, ["simulate", "--trace", str(out), "--users", "2", "--arrival", "closed", "--exact"])
+    assert result.exit_code == 2 and "drop --exact" in result.output
