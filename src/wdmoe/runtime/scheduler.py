@@ -2,17 +2,25 @@
 
     add(seq)    -> waits
     step()      -> admits waiting sequences (up to max_batch running), drops cancelled ones, runs ONE forward step
-                   over every running sequence (prefills and decode tokens together: `DistributedMoE.step_segments`),
-                   lets each pick its token (`TokenPicker`), retires the finished ones
+                   over the step's batch (`Slots.batch`: every running sequence, prefills and decode tokens
+                   together, `DistributedMoE.step_segments`; with `prefill_first` the new ones alone while there
+                   are any), lets each pick its token (`TokenPicker`), retires the finished ones
     cancel(seq) -> retired at the next step
 
 Admission and retirement are `wdmoe.runtime.admission.Slots` (torch-free): the multi-user simulator
 (`wdmoe.sim.cell`) batches by the same rule.
 
 A sequence finishes on an end-of-sequence token ("stop", the token kept, as transformers' generate keeps it), a
-stop string in its decoded new text ("stop"), `max_tokens` ("length") or a cancel ("cancelled"). The scheduler is
+stop string in its decoded new text ("stop"), `max_tokens` ("length"), a cancel ("cancelled") or an error ("error",
+the exception in `Sequence.error`). The scheduler is
 single-threaded: the serving engine (wdmoe.serve.engine) calls it from its worker thread only; `add` and `cancel`
 it guards with a lock, because clients call them from other threads.
+
+Failures stay with the request that caused them, where they can be told apart: an exception while a sequence
+picks its token (its sampling, its stop check, its `on_token` callback) ends that sequence only; a forward step
+that raises is run again sequence by sequence (a cache grows only after a step succeeded, so a failed step leaves
+none half-written), and only those that fail alone end with their exception. Lost devices
+(`wdmoe.errors.DevicesUnavailable`) are nobody's fault and not retried: every sequence of the step ends with it.
 
 Radio: before each step the channel is derived from the oldest running request's seed and step number
 (`WirelessDecider.seed_step`), so a seeded request alone is reproducible under a latency-aware policy; batched, the
@@ -36,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from wdmoe.errors import DevicesUnavailable
 from wdmoe.runtime.admission import Slots
 from wdmoe.runtime.batch import SequenceCache
 from wdmoe.runtime.sampling import Sampling, TokenPicker
@@ -69,10 +78,15 @@ class Sequence:
     first_token_s: float | None = None
     done_s: float | None = None
     channel_seed: int = field(default_factory=lambda: secrets.randbits(63))  # the request's seed when it has one
+    error: Exception | None = None  # why it ended, when finish_reason is "error"
 
     @property
     def max_tokens(self) -> int:
         return self.sampling.max_tokens
+
+    @property
+    def started(self) -> bool:
+        return bool(self.tokens)
 
     @property
     def next_input(self) -> list[int]:
@@ -83,8 +97,9 @@ class Scheduler:
     """Admits, steps and retires sequences of one model (module docstring)."""
 
     def __init__(self, model: DistributedMoE, max_batch: int = 64, eos_ids: set[int] | None = None,
-                 decode: Callable[[list[int]], str] | None = None) -> None:
-        self.slots: Slots[Sequence] = Slots(max_batch)  # admission and retirement (`wdmoe.runtime.admission`)
+                 decode: Callable[[list[int]], str] | None = None, prefill_first: bool = False) -> None:
+        # admission, retirement and each step's batch (`wdmoe.runtime.admission`, which says why prefill_first)
+        self.slots: Slots[Sequence] = Slots(max_batch, prefill_first)
         self.model = model
         self.eos_ids = eos_ids or set()
         self.decode = decode
@@ -133,9 +148,26 @@ class Scheduler:
     def step(self) -> list[Sequence]:
         """Admit, run one forward step, retire (module docstring); returns the sequences retired by this step."""
         retired = self._admit()
-        batch = list(self.running)
+        batch = self.slots.batch()
         if not batch:
             return retired
+        try:
+            self._forward(batch)
+        except DevicesUnavailable as exc:
+            _fail(batch, exc)
+        except Exception as exc:
+            if len(batch) == 1:
+                _fail(batch, exc)
+            else:  # whose fault? each alone again (module docstring)
+                for seq in batch:
+                    try:
+                        self._forward([seq])
+                    except Exception as alone:
+                        _fail([seq], alone)
+        return retired + self._take_done()
+
+    def _forward(self, batch: list[Sequence]) -> None:
+        """One forward step over `batch`, and each sequence's token from it."""
         wireless = self.model.wireless
         if wireless is not None:  # the channel of this step: the oldest request's seed and step, no shared state
             wireless.seed_step(batch[0].channel_seed, len(batch[0].tokens))
@@ -150,8 +182,10 @@ class Scheduler:
             if record is not None:
                 seq.parts.append(StepShare(record, start, start + width, first))
             start += width
-            self._take_token(seq, logits[row], logp[row], now)
-        return retired + self._take_done()
+            try:
+                self._take_token(seq, logits[row], logp[row], now)
+            except Exception as exc:  # this sequence's own sampling or callback: it alone ends
+                _fail([seq], exc)
 
     def fail_running(self) -> list[Sequence]:
         """The running sequences, taken out of the batch after a failed step (their caches may hold half a step)."""
@@ -195,6 +229,11 @@ class Scheduler:
     def summary(self, seq: Sequence) -> dict[str, Any]:
         """The request's telemetry summary (`wdmoe.runtime.telemetry.request_summary`)."""
         return request_summary(seq.parts, self.model.num_devices)
+
+
+def _fail(seqs: list[Sequence], exc: Exception) -> None:
+    for seq in seqs:
+        seq.finish_reason, seq.error = "error", exc
 
 
 def top_logprobs(logp: torch.Tensor, n: int) -> dict[int, float]:

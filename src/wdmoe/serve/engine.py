@@ -2,10 +2,13 @@
 
 Contract: `Engine.start(ids, sampling, ...)` hands a generation to the scheduler (wdmoe.runtime.scheduler) and
 returns a `Handle` at once; the request joins the running batch at the next forward step, so concurrent requests
-share every step (and every MoE layer's dispatch to the devices) instead of queueing behind each other.
+share every step (and every MoE layer's dispatch to the devices) instead of queueing behind each other. Requests
+that arrived meanwhile prefill first, in a step of their own (`prefill_first`, why in wdmoe.runtime.admission): a
+new request's first token comes at most one step later than it would alone.
 `Handle.cancel()` retires it at the next step (a client gone); its future then holds the tokens so far, with
-finish_reason "cancelled". A failing step (e.g. a runtime error when devices are lost) fails the future of every
-request in that step with the runtime's exception, and the engine goes on with the next requests.
+finish_reason "cancelled". A request that fails (its own error, or every request of a step when devices are lost:
+wdmoe.runtime.scheduler says how a failure is kept to the request that caused it) gets the exception in its future,
+and the engine goes on with the others.
 
 The worker thread runs one step per job and queues the next step behind whatever else was submitted meanwhile
 (`submit`: prompt scoring, a policy change, the between-requests hooks), so those run between two steps. `QueueFull`
@@ -85,7 +88,8 @@ class Engine:
     """Serves one model: a single worker thread runs every model call, `max_batch` requests per forward step at
     most; telemetry goes to `sinks`."""
 
-    def __init__(self, model: Any, name: str = "wdmoe", max_queue: int = 64, max_batch: int = 64) -> None:
+    def __init__(self, model: Any, name: str = "wdmoe", max_queue: int = 64, max_batch: int = 64,
+                 prefill_first: bool = True) -> None:
         self.model = model
         self.name = name
         self.max_queue = max_queue  # requests that may wait besides the max_batch running ones; beyond it QueueFull
@@ -104,7 +108,7 @@ class Engine:
         self._pending_lock = threading.Lock()
         self._steps: list[StepRecord] = []
         model.telemetry.listeners.append(self._on_step)
-        self.scheduler = Scheduler(model, max_batch, self.eos_token_ids, self.decode)
+        self.scheduler = Scheduler(model, max_batch, self.eos_token_ids, self.decode, prefill_first)
         self._futures: dict[int, Future[Generation]] = {}  # by sequence id, while pending
         self._stepping = False  # a step job is queued or running on the worker thread
 
@@ -202,15 +206,17 @@ class Engine:
         """One forward step of the running batch (worker thread); queues the next behind other jobs."""
         try:
             retired = self.scheduler.step()
-        except Exception as exc:  # the step's requests fail with the runtime's error; the engine goes on
-            logging.getLogger(__name__).exception("a forward step failed")
+        except Exception as exc:  # not a request's failure (the scheduler keeps those): fail what runs, go on
+            logging.getLogger(__name__).exception("a scheduler step failed")
             for seq in self.scheduler.fail_running():
                 self._resolve(seq, exc)
             retired = []
         finally:
             self.model.telemetry.clear()
         for seq in retired:
-            self._summary_executor.submit(self._resolve, seq)
+            if seq.error is not None:
+                logging.getLogger(__name__).error("request %d failed", seq.id, exc_info=seq.error)
+            self._summary_executor.submit(self._resolve, seq, seq.error)
         with self._pending_lock:
             self._stepping = self.scheduler.busy
             again = self._stepping

@@ -57,6 +57,10 @@ class CellRequest:
     def max_tokens(self) -> int:
         return int(self.steps.shape[0])
 
+    @property
+    def started(self) -> bool:
+        return self.produced > 0
+
 
 def trace_request(trace: Trace, request: int, user: int, arrival_s: float, channel_seed: int) -> CellRequest:
     """A request of `user` that replays request number `request` of the trace."""
@@ -123,10 +127,11 @@ class CellRun:
 
 
 def run_cell(requests: Sequence[CellRequest], step: StepFn, max_batch: int = 64, follow_up: FollowUp | None = None,
-             on_step: Callable[[int], None] | None = None) -> CellRun:
+             on_step: Callable[[int], None] | None = None, prefill_first: bool = False) -> CellRun:
     """Run the requests to completion (module docstring). `follow_up(done)` may return a request that arrives
-    when `done` finishes (closed loop); `on_step(n)` is told the n tokens each step produced."""
-    slots: Slots[CellRequest] = Slots(max_batch)
+    when `done` finishes (closed loop); `on_step(n)` is told the n tokens each step produced; `prefill_first`:
+    the step rule of `wdmoe.runtime.admission.Slots` (the serving engine's)."""
+    slots: Slots[CellRequest] = Slots(max_batch, prefill_first)
     order = iter(range(1 << 62))  # ties in arrival time keep the order given
     pending = [(r.arrival_s, next(order), r) for r in requests]
     heapq.heapify(pending)
@@ -139,7 +144,7 @@ def run_cell(requests: Sequence[CellRequest], step: StepFn, max_batch: int = 64,
         if not slots.running:
             clock = max(clock, pending[0][0])
             continue
-        batch = list(slots.running)
+        batch = slots.batch()
         for r in batch:
             if r.start_s is None:
                 r.start_s = clock

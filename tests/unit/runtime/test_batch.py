@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +45,13 @@ def prompt(length: int, salt: int) -> list[int]:
     return [(7 * i + 13 * salt + 1) % 120 for i in range(length)]
 
 
-def run(model: DistributedMoE, arrivals: list[tuple[list[int], Sampling, int]]) -> list[Sequence]:
+def run(model: DistributedMoE, arrivals: list[tuple[list[int], Sampling, int]], prefill_first: bool = False,
+        on_token: list[Callable[[int], None] | None] | None = None) -> list[Sequence]:
     """Run sequences through one scheduler, each added before the step numbered by its arrival."""
-    scheduler = Scheduler(model, max_batch=64)
-    seqs = [scheduler.new(ids, sampling) for ids, sampling, _ in arrivals]
+    scheduler = Scheduler(model, max_batch=64, prefill_first=prefill_first)
+    callbacks = on_token or [None] * len(arrivals)
+    seqs = [scheduler.new(ids, sampling, on_token=cb) for (ids, sampling, _), cb in zip(arrivals, callbacks,
+                                                                                         strict=True)]
     step, last = 0, max(at for _, _, at in arrivals)
     while step <= last or scheduler.busy:
         for seq, (_, _, at) in zip(seqs, arrivals, strict=True):
@@ -73,6 +76,46 @@ def test_eight_requests_arriving_at_different_steps_get_what_they_get_alone(mode
         [alone] = run(model, [(ids, sampling, 0)])
         assert_same(seq, alone)
         assert len(seq.tokens) == sampling.max_tokens  # the tiny model has no EOS
+
+
+def test_prefill_first_runs_new_prompts_in_steps_of_their_own_and_changes_no_token(model: DistributedMoE) -> None:
+    arrivals = [(prompt(n, i), s, at) for i, (n, s, at) in enumerate(REQUESTS)]
+    records: list[StepRecord] = []
+    model.telemetry.listeners.append(records.append)
+    try:
+        batched = run(model, arrivals, prefill_first=True)
+    finally:
+        model.telemetry.listeners.remove(records.append)
+    kinds = [{p.first for s in batched for p in s.parts if p.step is r} for r in records]
+    assert all(len(k) == 1 for k in kinds)  # no step mixes a prefill with a decode
+    assert kinds.count({True}) == len({at for _, _, at in REQUESTS})  # one prefill step per arrival step
+    assert max(len(s.parts[-1].step.layers[0].topk_index) for s in batched) > 1  # decodes still shared steps
+    mixed = run(model, arrivals)
+    for a, b in zip(batched, mixed, strict=True):
+        assert_same(a, b)
+
+
+def test_a_request_that_fails_its_step_fails_alone(model: DistributedMoE) -> None:
+    good = [(prompt(5, 0), Sampling(max_tokens=4), 0), (prompt(3, 1), Sampling(max_tokens=3, seed=2,
+                                                                               temperature=1.0), 0)]
+    bad = ([10**6], Sampling(max_tokens=2), 0)  # outside the vocabulary: the embedding raises in the shared step
+    first, failed, second = run(model, [good[0], bad, good[1]])
+
+    assert failed.finish_reason == "error" and isinstance(failed.error, IndexError) and failed.tokens == []
+    for seq, ask in ((first, good[0]), (second, good[1])):
+        assert_same(seq, run(model, [ask])[0])
+
+
+def test_a_failing_token_callback_ends_only_its_request(model: DistributedMoE) -> None:
+    def broken(token: int) -> None:
+        raise RuntimeError(f"callback broke at token {token}")
+
+    asks = [(prompt(4, i), Sampling(max_tokens=5), 0) for i in range(3)]
+    ok, failed, other = run(model, asks, on_token=[None, broken, None])
+
+    assert failed.finish_reason == "error" and "callback broke" in str(failed.error) and len(failed.tokens) == 1
+    assert_same(ok, run(model, [asks[0]])[0])
+    assert_same(other, run(model, [asks[2]])[0])
 
 
 def test_the_order_of_arrival_does_not_matter(model: DistributedMoE) -> None:
@@ -179,9 +222,14 @@ def test_a_seeded_request_is_reproducible_under_a_latency_aware_policy(model: Di
 def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(model: DistributedMoE) -> None:
     engine = Engine(model)
     try:
+        blocker = threading.Event()
+        engine.submit(blocker.wait, 60)  # holds the worker, so the next three start in one step
+        good = [engine.start(prompt(5, i), Sampling(max_tokens=3)) for i in range(2)]
         bad = engine.start([10**6], Sampling(max_tokens=2))  # outside the vocabulary: the embedding raises
+        blocker.set()
         with pytest.raises(IndexError):
             bad.future.result(timeout=60)
+        assert [len(h.future.result(timeout=60).tokens) for h in good] == [3, 3]
         gen = engine.generate(prompt(5, 0), Sampling(max_tokens=3))
         assert len(gen.tokens) == 3 and engine.pending == 0
     finally:
