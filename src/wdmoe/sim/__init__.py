@@ -2,7 +2,8 @@
 
     trace = Trace.load("run.npz")                      # or record_trace(model.steps, ...) / synthesize_trace(rng, ...)
     summaries = simulate_grid(trace, {"default": Scenario.default(trace.num_devices)}, ["topk", "wlr", "joint"])
-    cells = simulate_cells(trace, {"default": Scenario.default(trace.num_devices)}, ["wlr"], Poisson(0.5), users=16, per_user=4)
+    cells = simulate_cells(trace, {"default": Scenario.default(trace.num_devices)}, ["wlr"], Poisson(0.5),
+                           users=16, per_user=4)                # a cell: 16 users, 4 requests each
 """
 
 from wdmoe.sim.cell import Closed as Closed
