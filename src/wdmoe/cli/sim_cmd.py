@@ -55,11 +55,15 @@ def simulate(
         "With --users: requests each user sends; user u's j-th replays trace request (u * M + j) mod R."))] = 4,
     max_batch: Annotated[int, typer.Option(min=1, help=(
         "With --users: requests running at once, the others wait (wdmoe serve --max-batch)."))] = 64,
+    schedule: Annotated[str, typer.Option(help=(
+        "With --users: prefill-first (new requests prefill in a step of their own, as wdmoe serve does) or mixed "
+        "(their prefill shares the step with every running request's decode token)."))] = "prefill-first",
 ) -> None:
     """Replay a router trace through the radio model and the policies; report latency percentiles, TTFT/TPOT,
     bytes on air, energy and experts per token. With --users: a cell of many users (docs/serve.md)."""
     with user_errors():
         cell = _arrival(users, arrival, arrival_rate)
+        check_choice("--schedule", schedule, ("prefill-first", "mixed"))
         if users is not None and exact:
             raise WdmoeError("--exact applies to the one-request replay; a cell (--users) is always decided step by "
                              "step, as the live server does: drop --exact")
@@ -93,7 +97,8 @@ def simulate(
             with progress_bar(total >= 2000) as bar:
                 task = bar.add_task("tokens", total=total)
                 cells = simulate_cells(loaded, scenarios, policies, cell, users, requests_per_user, theta, runs,
-                                       max_batch, on_step=lambda n: bar.advance(task, n))
+                                       max_batch, on_step=lambda n: bar.advance(task, n),
+                                       prefill_first=schedule == "prefill-first")
             if csv is not None:
                 write_text_atomic(csv, rows_csv(cell_rows(cells), flat=True))
         else:

@@ -16,7 +16,8 @@ def cell_tables(cells: list[dict[str, Any]]) -> list[Table]:
     first = cells[0]["arrival"] if cells else {}
     rate = first.get("rate_per_s_per_user")
     how = f"Poisson, {rate:g}/s per user" if rate is not None else "closed loop"
-    overall = Table(title=f"cell of {first.get('users')} users ({how}), modeled s; TTFT includes queueing")
+    overall = Table(title=f"cell of {first.get('users')} users ({how}, {first.get('schedule')} steps), modeled s; "
+                    "TTFT includes queueing")
     for column in ("scenario", "policy", "requests", "TTFT p50", "p95", "p99", "TPOT p50", "p95", "p99",
                    "queue p50", "tokens/s", "batch mean"):
         overall.add_column(column, justify="right")

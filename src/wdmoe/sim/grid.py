@@ -42,9 +42,10 @@ def simulate_grid(trace: Trace, scenarios: Mapping[str, Scenario], policies: Seq
 
 def simulate_cells(trace: Trace, scenarios: Mapping[str, Scenario], policies: Sequence[str], arrival: Arrival,
                    users: int, per_user: int, theta: float = 0.5, realizations: int = 1, max_batch: int = 64,
-                   on_step: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+                   on_step: Callable[[int], None] | None = None, prefill_first: bool = True) -> list[dict[str, Any]]:
     """One cell summary per (scenario, policy) (`wdmoe.sim.cell_report.summarize_cell`): realization r runs with
-    seed `scenario.seed + r` for the channel, the policy and the arrivals (the same arrivals for every policy)."""
+    seed `scenario.seed + r` for the channel, the policy and the arrivals (the same arrivals for every policy).
+    `prefill_first` (default, as `wdmoe serve`'s engine) or mixed steps: `wdmoe.runtime.admission.Slots.batch`."""
     if realizations < 1:
         raise ValueError(f"realizations = {realizations}: need at least 1 channel realization")
     summaries = []
@@ -54,7 +55,9 @@ def simulate_cells(trace: Trace, scenarios: Mapping[str, Scenario], policies: Se
             for seed in seeds:
                 requests, follow_up = arrival.requests(np.random.default_rng(seed), trace, users, per_user)
                 decider = make_decider(trace, scenario, make_policy(policy, theta=theta, seed=seed), seed)
-                runs.append(run_cell(requests, radio_step(trace, decider), max_batch, follow_up, on_step))
-            summaries.append(summarize_cell(runs, name, policy, arrival.describe() | {"users": users,
-                                            "requests_per_user": per_user, "max_batch": max_batch}, seeds))
+                runs.append(run_cell(requests, radio_step(trace, decider), max_batch, follow_up, on_step,
+                                     prefill_first))
+            summaries.append(summarize_cell(runs, name, policy, arrival.describe() | {
+                "users": users, "requests_per_user": per_user, "max_batch": max_batch,
+                "schedule": "prefill-first" if prefill_first else "mixed"}, seeds))
     return summaries

@@ -107,7 +107,7 @@ def test_simulate_a_cell_of_users_json_and_table(tmp_path: Path) -> None:
     assert [r["policy"] for r in report["runs"]] == ["topk", "wlr"]
     run = report["runs"][0]
     assert run["arrival"] == {"process": "poisson", "rate_per_s_per_user": 0.5, "users": 3, "requests_per_user": 2,
-                              "max_batch": 64}
+                              "max_batch": 64, "schedule": "prefill-first"}
     assert run["overall"]["requests"] == 6 and run["tokens"] == 6 * 4 and run["realizations"] == 1
     assert [u["user"] for u in run["per_user"]] == [0, 1, 2] and all(u["requests"] == 2 for u in run["per_user"])
     for key in ("ttft_s", "tpot_s", "queue_s", "e2e_s"):
@@ -123,6 +123,20 @@ def test_simulate_a_cell_of_users_json_and_table(tmp_path: Path) -> None:
     closed = runner.invoke(app, [*args, "--arrival", "closed", "--max-batch", "2"])
     assert closed.exit_code == 0, closed.output
     assert "closed loop" in closed.output and "per user: default, wlr" in closed.output
+    assert "prefill-first steps" in closed.output
+
+    # The schedule reaches the scheduler: at this rate a request arrives while others decode, and prefilling it in
+    # a step of its own (the server's rule) gives other steps than sharing the running requests' step.
+    steps = {}
+    for schedule in ("prefill-first", "mixed"):
+        done = runner.invoke(app, [*args, "--arrival-rate", "5", "--json", "--schedule", schedule])
+        assert done.exit_code == 0, done.output
+        cell = json.loads(done.output)["runs"][0]
+        assert cell["arrival"]["schedule"] == schedule and cell["tokens"] == 6 * 4
+        steps[schedule] = (cell["steps"], cell["batch_size_mean"])
+    assert steps["prefill-first"] != steps["mixed"]
+    bad = runner.invoke(app, [*args, "--arrival-rate", "0.5", "--schedule", "chunked"])
+    assert bad.exit_code == 2 and "'chunked' is unknown" in bad.output
 
 
 def test_simulate_refuses_a_cell_without_its_arrival_rate_or_users(tmp_path: Path) -> None:
