@@ -72,7 +72,19 @@ class Segment:
     cache: SequenceCache
 
 
-_STEP: contextvars.ContextVar[tuple[Segment, ...] | None] = contextvars.ContextVar("wdmoe_step", default=None)
+@dataclass
+class _Step:
+    """The running step's segments, and what its decode attention computes once for every layer: every layer
+    appends one key per decode segment, so their rows, cache lengths and key mask are the same in all layers."""
+
+    segments: tuple[Segment, ...]
+    decode: list[Segment] | None = None  # the segments of one token attending to a cache
+    rows: torch.Tensor | None = None  # (B,) their rows among the step's tokens; None: rows 0..B-1, all of them
+    lengths: list[int] = field(default_factory=list)  # their cache lengths, this step's key included
+    valid: torch.Tensor | None = None  # (B, 1, 1, L_max) key mask of the padded caches
+
+
+_STEP: contextvars.ContextVar[_Step | None] = contextvars.ContextVar("wdmoe_step", default=None)
 
 
 def segmented_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -84,46 +96,62 @@ def segmented_attention(module: Any, query: torch.Tensor, key: torch.Tensor, val
     tokens of every sequence attend to their caches in one call, the caches padded to the longest and masked."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    segments = _STEP.get()
-    if segments is None:
+    step = _STEP.get()
+    if step is None:
         raise RuntimeError(f"attention implementation {NAME!r} runs only inside `forward_segments`")
     layer = int(module.layer_idx)
     kwargs.pop("is_causal", None)
     k_rows, v_rows = key[0].transpose(0, 1), value[0].transpose(0, 1)  # (T, kv_heads, d)
     out = query.new_empty((1, query.shape[2], query.shape[1], value.shape[-1]))  # (1, T, heads, d_v)
+    first = step.decode is None  # the step's first attention layer: which segments decode
     decode: list[Segment] = []
-    lengths: list[int] = []
-    for seg in segments:
+    for seg in step.segments:
         length = seg.cache.append(layer, k_rows[seg.start : seg.stop], v_rows[seg.start : seg.stop])
         if seg.stop - seg.start == 1 and length > 1:
-            decode.append(seg)
-            lengths.append(length)
+            if first:
+                decode.append(seg)
+                step.lengths.append(length)
             continue
         k = seg.cache.key[layer][:length].transpose(0, 1).unsqueeze(0)  # (1, kv_heads, L, d)
         v = seg.cache.value[layer][:length].transpose(0, 1).unsqueeze(0)
         q = query[:, :, seg.start : seg.stop]
         out[:, seg.start : seg.stop] = sdpa_attention_forward(module, q, k, v, None, **kwargs)[0]
-    if decode:
-        rows = torch.tensor([seg.start for seg in decode], device=query.device)
-        out[0, rows] = _decode_attention(module, query[0, :, rows].unsqueeze(2), decode, lengths, layer, kwargs)
+    if first:
+        step.decode = decode
+        if decode:
+            starts = [seg.start for seg in decode]
+            if starts != list(range(query.shape[2])):  # a step of decode tokens only writes `out` whole
+                step.rows = torch.tensor(starts, device=query.device)
+            lengths = torch.tensor(step.lengths, device=query.device)
+            step.valid = (torch.arange(max(step.lengths), device=query.device) < lengths[:, None])[:, None, None, :]
+    if step.decode:
+        if step.rows is None:
+            out[0] = _decode_attention(module, query[0].transpose(0, 1), step, layer, kwargs)
+        else:
+            out[0, step.rows] = _decode_attention(module, query[0, :, step.rows].transpose(0, 1), step, layer,
+                                                  kwargs)
     return out, None
 
 
-def _decode_attention(module: Any, query: torch.Tensor, segments: list[Segment], lengths: list[int], layer: int,
+def _decode_attention(module: Any, query: torch.Tensor, step: _Step, layer: int,
                       kwargs: dict[str, Any]) -> torch.Tensor:
-    """query (heads, B, 1, d) -> (B, heads, d_v): one decode token per sequence against its padded, masked cache."""
+    """query (B, heads, d) -> (B, heads, d_v): one decode token per sequence against its padded, masked cache.
+
+    Grouped-query attention without repeating the keys: the `groups` query heads sharing a key/value head are
+    that head's `groups` query rows (head h reads kv head h // groups, as transformers' repeat_kv lays them out)."""
     from torch.nn.utils.rnn import pad_sequence
 
-    keys = pad_sequence([s.cache.key[layer][:n] for s, n in zip(segments, lengths, strict=True)], batch_first=True)
-    values = pad_sequence([s.cache.value[layer][:n] for s, n in zip(segments, lengths, strict=True)],
+    assert step.decode is not None and step.valid is not None
+    keys = pad_sequence([s.cache.key[layer][:n] for s, n in zip(step.decode, step.lengths, strict=True)],
+                        batch_first=True)
+    values = pad_sequence([s.cache.value[layer][:n] for s, n in zip(step.decode, step.lengths, strict=True)],
                           batch_first=True)  # (B, L_max, kv_heads, d)
-    valid = torch.arange(keys.shape[1], device=keys.device) < torch.tensor(lengths, device=keys.device)[:, None]
-    groups = query.shape[0] // keys.shape[2]
-    k = keys.transpose(1, 2).repeat_interleave(groups, dim=1)  # (B, heads, L_max, d)
-    v = values.transpose(1, 2).repeat_interleave(groups, dim=1)
+    batch, heads, dim = query.shape
+    kv_heads = keys.shape[2]
+    q = query.reshape(batch, kv_heads, heads // kv_heads, dim)  # (B, kv_heads, groups, d)
     out = torch.nn.functional.scaled_dot_product_attention(
-        query.transpose(0, 1), k, v, attn_mask=valid[:, None, None, :], scale=kwargs.get("scaling"))
-    return out[:, :, 0]  # (B, heads, d_v)
+        q, keys.transpose(1, 2), values.transpose(1, 2), attn_mask=step.valid, scale=kwargs.get("scaling"))
+    return out.reshape(batch, heads, -1)  # (B, heads, d_v)
 
 
 def _register() -> None:
@@ -148,7 +176,7 @@ def forward_segments(hf_model: Any, tokens: list[list[int]], caches: list[Sequen
         start += len(seq)
     last = torch.tensor([s.stop - 1 for s in segments], device=device)
     before = hf_model.config._attn_implementation
-    token = _STEP.set(tuple(segments))
+    token = _STEP.set(_Step(tuple(segments)))
     hf_model.set_attn_implementation(NAME)  # transformers' own switch (checks NAME is registered)
     try:
         out = hf_model(input_ids=torch.tensor([flat], device=device), position_ids=torch.tensor([positions],
