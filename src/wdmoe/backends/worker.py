@@ -163,14 +163,17 @@ class ExpertWorker:
             replayed = self._replay(batch.layer, int(expert.item()), batch.hidden)
             if replayed is not None:
                 return DeviceResult(batch.device, replayed, time.perf_counter() - start)
-        if expert.numel() == 1 or bool((expert == expert[0]).all()):
-            gate_up, down = self._expert(batch.layer, int(expert[0]))
+        by_expert: dict[int, list[int]] = {}  # expert -> its rows, on Python ints (m is small: no kernels)
+        for row, e in enumerate(expert.tolist()):
+            by_expert.setdefault(e, []).append(row)
+        if len(by_expert) == 1:
+            gate_up, down = self._expert(batch.layer, next(iter(by_expert)))
             x = _gather(batch.hidden, token_index).to(gate_up.dtype)
             output = expert_ffn(x, gate_up, down, self.act).to(batch.hidden.dtype)
         else:
             output = batch.hidden.new_empty((expert.numel(), batch.hidden.shape[-1]))
-            for e in torch.unique(expert).tolist():
-                rows = (expert == e).nonzero().squeeze(1)
+            for e in sorted(by_expert):
+                rows = torch.tensor(by_expert[e])
                 gate_up, down = self._expert(batch.layer, e)
                 x = _gather(batch.hidden, token_index[rows]).to(gate_up.dtype)
                 result = expert_ffn(x, gate_up, down, self.act)

@@ -88,11 +88,14 @@ def group(layer: int, hidden: torch.Tensor, index: np.ndarray, send: np.ndarray,
     for device in np.flatnonzero(counts).tolist():
         pos = order[cursor : cursor + counts[device]]
         cursor += int(counts[device])
-        tokens = pos // k
+        tokens = pos // k  # non-decreasing: the stable sort keeps a device's assignments in (token, j) order
         if tokens.shape[0] == 1:
             distinct, rows = tokens, np.zeros(1, dtype=np.int64)
-        else:
-            distinct, rows = np.unique(tokens, return_inverse=True)
+        else:  # np.unique(tokens, return_inverse=True) of a sorted array, without its sort
+            new = np.empty(tokens.shape[0], dtype=bool)
+            new[0] = True
+            np.not_equal(tokens[1:], tokens[:-1], out=new[1:])
+            distinct, rows = tokens[new], np.cumsum(new) - 1
         sent, token_index = hidden[on_device(hidden, distinct)], torch.from_numpy(rows)
         if air.compression is not None:
             sent, token_index, saved = air.compression.down(sent, token_index)
