@@ -15,7 +15,7 @@ import torch
 from wdmoe.runtime.model import DistributedMoE
 from wdmoe.runtime.sampling import Sampling
 from wdmoe.runtime.scheduler import Scheduler, Sequence
-from wdmoe.runtime.telemetry import StepRecord
+from wdmoe.runtime.telemetry import StepRecord, request_summary, sliced_summary
 from wdmoe.serve.engine import Engine, Generation
 
 # fp32 projections over more rows may round differently (wdmoe.runtime.batch): tokens equal, log p within this
@@ -161,6 +161,23 @@ def test_shared_steps_are_attributed_in_full(model: DistributedMoE) -> None:
         attributed = np.sum([s[key] for s in summaries], axis=0)
         recorded = np.sum([getattr(r, field) for step in records for r in step.layers], axis=0)
         np.testing.assert_array_equal(attributed, recorded, err_msg=key)
+
+
+@pytest.mark.parametrize("policy", [None, "wlr"])
+def test_request_summary_equals_summarize_of_its_slices(model: DistributedMoE, policy: str | None) -> None:
+    from wdmoe.config import Scenario
+    from wdmoe.policy.factory import make_policy
+
+    if policy is not None:
+        model.set_policy(make_policy(policy, theta=0.3), Scenario.default(model.num_devices))
+    try:
+        seqs = run(model, [(prompt(n, i), s, at) for i, (n, s, at) in enumerate(REQUESTS)])
+    finally:
+        model.set_policy(None)
+    for seq in seqs:
+        fast, reference = request_summary(seq.parts, model.num_devices), sliced_summary(seq.parts, model.num_devices)
+        assert fast == reference
+        assert ("latency" in fast) == (policy is not None) and sum(fast["tokens_per_device"]) > 0
 
 
 def test_engine_serves_concurrent_clients_as_alone(model: DistributedMoE) -> None:
