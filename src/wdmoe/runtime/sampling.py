@@ -44,7 +44,8 @@ def choice_seed(seed: int | None, choice: int) -> int | None:
 
 
 class TokenPicker:
-    """One request's token choice (module docstring); `counts` holds how often each token was generated."""
+    """One request's token choice (module docstring); `counts` holds how often each token was generated, kept
+    where a penalty reads it (a request with a frequency or presence penalty)."""
 
     def __init__(self, sampling: Sampling, vocab_size: int) -> None:
         self.sampling = sampling
@@ -70,8 +71,16 @@ class TokenPicker:
             if s.top_p < 1.0:
                 probs = _top_p(probs, s.top_p)
             token = int(torch.multinomial(probs, 1, generator=self.generator))
-        self.counts[token] += 1
+        if s.frequency_penalty or s.presence_penalty:  # only the penalties read the counts
+            self.counts[token] += 1
         return token, logp
+
+    @property
+    def plain(self) -> bool:
+        """Greedy on the unprocessed logits (no bias, no penalty): its token is the logits' argmax, which a batch
+        computes for all such requests at once (`wdmoe.runtime.scheduler`)."""
+        s = self.sampling
+        return s.greedy and self.bias is None and not (s.frequency_penalty or s.presence_penalty)
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         s = self.sampling

@@ -175,6 +175,8 @@ class Scheduler:
         logits = logits.cpu()  # (N, V)
         logp = torch.log_softmax(logits, dim=-1)  # row by row, as each request alone
         now = time.perf_counter()
+        plain = [seq.picker.plain for seq in batch]  # their tokens: one argmax over the batch (first maximum, as
+        argmax = torch.argmax(logits, dim=-1).tolist() if any(plain) else []  # each row's own argmax)
         start = 0
         for row, seq in enumerate(batch):
             first = not seq.tokens
@@ -183,7 +185,7 @@ class Scheduler:
                 seq.parts.append(StepShare(record, start, start + width, first))
             start += width
             try:
-                self._take_token(seq, logits[row], logp[row], now)
+                self._take_token(seq, logits[row], logp[row], now, argmax[row] if plain[row] else None)
             except Exception as exc:  # this sequence's own sampling or callback: it alone ends
                 _fail([seq], exc)
 
@@ -200,8 +202,11 @@ class Scheduler:
             seq.done_s = now
         return retired
 
-    def _take_token(self, seq: Sequence, logits: torch.Tensor, logp: torch.Tensor, now: float) -> None:
-        token, logp = seq.picker.pick(logits, logp)
+    def _take_token(self, seq: Sequence, logits: torch.Tensor, logp: torch.Tensor, now: float,
+                    token: int | None = None) -> None:
+        """`token`: the request's pick when the batch made it (a plain greedy request's argmax), else its picker's."""
+        if token is None:
+            token, logp = seq.picker.pick(logits, logp)
         seq.tokens.append(token)
         seq.logprobs.append(float(logp[token]))
         seq.top_logprobs.append(top_logprobs(logp, seq.top_n))
