@@ -84,26 +84,29 @@ def group(layer: int, hidden: torch.Tensor, index: np.ndarray, send: np.ndarray,
     tokens_down = np.zeros(air.num_devices, dtype=np.int64)
     fused = 0
     cursor = int((device_of < 0).sum())  # unsent assignments sort first
-    flat_expert = index.ravel()
+    # every device's distinct tokens at once: the stable sort keeps a device's assignments in (token, j) order, so
+    # a token is new where it or the device changes (np.unique of each device's tokens, without its sort)
+    sent_pos = order[cursor:]
+    tokens = sent_pos // k
+    new = np.ones(sent_pos.shape[0], dtype=bool)
+    np.not_equal(tokens[1:], tokens[:-1], out=new[1:])
+    new[1:] |= device_of[sent_pos[1:]] != device_of[sent_pos[:-1]]
+    distinct_at = np.cumsum(new) - 1  # (n,) the index of each assignment's token among all devices' distinct ones
+    distinct_all, experts = tokens[new], index.ravel()[sent_pos]
+    a = 0
     for device in np.flatnonzero(counts).tolist():
-        pos = order[cursor : cursor + counts[device]]
-        cursor += int(counts[device])
-        tokens = pos // k  # non-decreasing: the stable sort keeps a device's assignments in (token, j) order
-        if tokens.shape[0] == 1:
-            distinct, rows = tokens, np.zeros(1, dtype=np.int64)
-        else:  # np.unique(tokens, return_inverse=True) of a sorted array, without its sort
-            new = np.empty(tokens.shape[0], dtype=bool)
-            new[0] = True
-            np.not_equal(tokens[1:], tokens[:-1], out=new[1:])
-            distinct, rows = tokens[new], np.cumsum(new) - 1
+        b = a + int(counts[device])
+        first = int(distinct_at[a])
+        distinct, rows = distinct_all[first : int(distinct_at[b - 1]) + 1], distinct_at[a:b] - first
         sent, token_index = hidden[on_device(hidden, distinct)], torch.from_numpy(rows)
         if air.compression is not None:
             sent, token_index, saved = air.compression.down(sent, token_index)
             fused += saved
         tokens_down[device] = sent.shape[0]
-        batches.append(DeviceBatch(device, layer, sent, token_index, torch.from_numpy(flat_expert[pos]),
+        batches.append(DeviceBatch(device, layer, sent, token_index, torch.from_numpy(experts[a:b]),
                                    _seconds(air.dl_s, device), _seconds(air.ul_s, device)))
-        positions.append(pos)
+        positions.append(sent_pos[a:b])
+        a = b
     return Dispatch(batches, positions, tokens_down, counts, fused)
 
 
