@@ -40,6 +40,7 @@ from wdmoe.radio.rate import time_and_inverse_slope
 
 _SLACK = 1e-9  # relative, on K and on beta: the rounding of the bound's own arithmetic
 _FRONT = 2048  # Pareto points of the exact knapsack, beyond which its dual bound serves
+_FRONT_OPTIONS = 12  # choices per device (optional pairs + 1) beyond which the dual bound serves at once
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ def knapsack(share: np.ndarray, gain: np.ndarray, budget: float) -> tuple[float,
     """max sum_d gain[d, x_d] s.t. sum_d share[d, x_d] <= budget (-inf gains: no such x), and its x (D,); -inf and
     None when nothing fits. Pareto fronts of (share, gain) merged device by device; where a front outgrows _FRONT
     points, `knapsack_dual`'s bound instead (module docstring)."""
+    if share.shape[1] > _FRONT_OPTIONS:  # many pairs per device: the fronts would outgrow _FRONT anyway
+        return knapsack_dual(share, gain, budget)
     front_b, front_v = np.zeros(1), np.zeros(1)
     choice = np.zeros((1, 0), dtype=np.int64)
     for d in range(share.shape[0]):
