@@ -35,6 +35,7 @@ from torch import nn
 from torch.func import functional_call
 
 from wdmoe.errors import ShardError
+from wdmoe.model.compat import config_for_model
 from wdmoe.model.discover import experts_sites
 from wdmoe.model.quantize import QuantizedTensor
 from wdmoe.model.shards import expert_key
@@ -122,10 +123,10 @@ def load_layer(
 
 @functools.lru_cache(maxsize=4)
 def _meta_experts(config_json: str) -> dict[int, nn.Module]:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     data = json.loads(config_json)
-    config = AutoConfig.for_model(data.pop("model_type"), **data)
+    config = config_for_model(data.pop("model_type"), **data)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return {site.layer: model.get_submodule(site.path) for site in experts_sites(model)}

@@ -4,10 +4,11 @@ Contract. `experts_sites(model)` returns one `ExpertsSite` per experts module of
 wherever it sits (`model.layers.3.mlp.experts`, `...block_sparse_moe.experts`, `...feed_forward.experts`,
 `...mixer.experts`): a module whose class is decorated by `@use_experts_implementation` and is called as
 `experts(hidden (T, H), top_k_index (T, k), top_k_weights (T, k)) -> (T, H)`. It is recognised by what the
-decorator gives every instance (`has_gate`, `is_concatenated`, `is_transposed`, `has_bias`, `has_post_expert_norm`)
-and its class (`_apply_gate`), never by a family's path. Its layer is the index of the decoder layer list it sits
-in; its router is the sibling module whose weight has one row per expert; its per-expert tensors are every
-parameter and buffer whose first dimension is the expert count (weights, biases, scales, norms).
+decorator gives every instance (`has_gate`, `is_concatenated`, `is_transposed`, `has_bias`; transformers 5.24 adds
+`has_post_expert_norm`) and its class (`_apply_gate`), never by a family's path. Its layer is the index of the
+decoder layer list it sits in; its router is the sibling module whose weight has one row per expert; its
+per-expert tensors are every parameter and buffer whose first dimension is the expert count (weights, biases,
+scales, norms).
 
 `param_split(model)` says, for every entry of the model's state dict, whether it goes to the devices (and as which
 (layer, tensor), dimension 0 being the expert) or stays at the BS, and which BS entries transformers keeps in fp32.
@@ -28,7 +29,10 @@ from torch import nn
 
 from wdmoe.errors import UnsupportedModelError
 
-DECORATOR_FLAGS = ("has_gate", "is_concatenated", "is_transposed", "has_bias", "has_post_expert_norm")
+# What `@use_experts_implementation` sets on every instance. transformers 5.17 sets the first four; 5.24 adds
+# `has_post_expert_norm` (False when absent: 5.17's experts classes have no post-expert norm).
+DECORATOR_FLAGS = ("has_gate", "is_concatenated", "is_transposed", "has_bias")
+OPTIONAL_FLAGS = ("has_post_expert_norm",)
 ROUTER_NAMES = ("gate", "router")  # preferred names of the router among the block's children
 
 
@@ -108,7 +112,7 @@ def experts_sites(model: nn.Module) -> tuple[ExpertsSite, ...]:
                 f"{path} ({type(module).__name__}) holds {others[:3]}, whose first dimension is not the expert "
                 f"count {num_experts}: wdmoe cannot say which device needs them; this family needs an adapter"
             )
-        flags = {flag: bool(getattr(module, flag)) for flag in DECORATOR_FLAGS}
+        flags = {flag: bool(getattr(module, flag, False)) for flag in DECORATOR_FLAGS + OPTIONAL_FLAGS}
         router = _router_path(model, path, num_experts)
         sites.append(ExpertsSite(layer, path, router, num_experts, tensors, flags, type(module).__name__))
     layers = [s.layer for s in sites]

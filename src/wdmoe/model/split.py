@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from wdmoe.atomic import write_dir_atomic
 from wdmoe.errors import PlacementError, UnsupportedModelError
 from wdmoe.input_files import load_json, load_toml
+from wdmoe.model.compat import config_from_dir, newer_note
 from wdmoe.model.discover import ExpertsSite, experts_sites, param_split
 from wdmoe.model.families import Family, family_for, supported_families
 from wdmoe.model.quantize import DEFAULT_GROUP_SIZE, QUANTIZED_BITS, quantize
@@ -52,14 +53,13 @@ WEIGHT_FILES = (
 def read_hf_config(model_dir: Path) -> Any:
     """The config of a local HF model, checked: readable, of a supported family, with an activation transformers
     knows (a bad directory is named, never a traceback)."""
-    from transformers import AutoConfig
     from transformers.activations import ACT2FN
 
     config_file = model_dir / "config.json"
     if not config_file.is_file():
         raise UnsupportedModelError(f"{model_dir} has no config.json: not a Hugging Face model directory")
     try:
-        config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        config = config_from_dir(model_dir)
     except OSError as exc:  # transformers' "not a valid JSON file" and unreadable files
         raise UnsupportedModelError(f"{config_file}: not a readable Hugging Face config ({exc})") from None
     family_for(config)
@@ -99,7 +99,7 @@ def experts_layout(hf_model: Any) -> MoeLayout:
         raise UnsupportedModelError(
             f"this {hf_model.config.model_type} model is dense: no layer has an experts module of transformers' "
             f"standard interface (@use_experts_implementation), so there is nothing to put on devices (registered "
-            f"router semantics: {supported_families()})"
+            f"router semantics: {supported_families()}).{newer_note(hf_model.config.model_type)}"
         )
     num_experts = {site.num_experts for site in sites.values()}
     if len(num_experts) != 1:

@@ -42,6 +42,7 @@ from transformers.core_model_loading import (
 )
 
 from wdmoe.errors import UnsupportedModelError
+from wdmoe.model.compat import newer_note
 from wdmoe.model.discover import param_split
 from wdmoe.model.families import Family, family_for, supported_families
 from wdmoe.model.quantize import DEFAULT_GROUP_SIZE
@@ -189,7 +190,7 @@ def plan_checkpoint(model_dir: Path) -> CheckpointPlan:
         raise UnsupportedModelError(
             f"this {config.model_type} model is dense: no layer has an experts module of transformers' standard "
             f"interface (@use_experts_implementation), so there is nothing to put on devices (registered router "
-            f"semantics: {supported_families()})"
+            f"semantics: {supported_families()}).{newer_note(config.model_type)}"
         )
     sources = _sources(model, meta, checkpoint, dtypes)
     for name, (_, _) in placement.experts.items():

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from wdmoe.errors import ShardError, WdmoeError
+from wdmoe.model.compat import config_from_dir
 from wdmoe.model.discover import config_dtype, experts_sites, fp32_names
 from wdmoe.model.families import family_for
 from wdmoe.model.shards import Manifest, config_sha256, read_safetensors
@@ -89,11 +90,11 @@ def build_bs_model(
     """The BS model of split directory `root`, with every experts module served by `runtime`; its weights are
     cast to `dtype` (None: the model's own dtype, its config's), except the modules transformers keeps in float32
     at that dtype (`wdmoe.model.discover.fp32_names`)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     config_path = manifest.verified_path(root, "bs/config.json")
     weights_path = manifest.verified_path(root, "bs/model.safetensors")
-    config = AutoConfig.from_pretrained(config_path.parent, local_files_only=True)
+    config = config_from_dir(config_path.parent)
     if config_sha256(config.to_dict()) != manifest.config_sha256:
         raise ShardError(f"{config_path} does not match the manifest's config sha256; the split is inconsistent")
     family = family_for(config)

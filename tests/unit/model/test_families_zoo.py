@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from transformers import AutoModelForCausalLM
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -19,7 +20,7 @@ from wdmoe.model.discover import experts_sites
 from wdmoe.model.quantize import quantize
 from wdmoe.model.shards import MANIFEST, Manifest
 from wdmoe.model.split import split_model
-from wdmoe.model.zoo import NOT_BUILT, moe_model_types, tiny_any_model
+from wdmoe.model.zoo import NOT_BUILT, moe_model_types, newer_moe_types, tiny_any_model
 
 # one of each kind: plain SwiGLU, biases + transposed + interleaved (gpt_oss), router at .router and the block at
 # .block_sparse_moe (granitemoe), no gate (nemotron_h, a hybrid Mamba model whose MoE is its `mixer`),
@@ -29,9 +30,10 @@ DEFAULT_RUN = ("mixtral", "gpt_oss", "granitemoe", "nemotron_h", "deepseek_v3", 
 
 
 def _params() -> list[object]:
+    newer = [pytest.param(t, marks=pytest.mark.skip(reason=why)) for t, why in newer_moe_types().items()]
     return [
         pytest.param(t, marks=() if t in DEFAULT_RUN else (pytest.mark.slow,)) for t in moe_model_types()
-    ]
+    ] + newer
 
 
 def _ids() -> torch.Tensor:
@@ -87,7 +89,15 @@ def test_every_moe_family_split_over_4_devices_is_exact_in_bf16(model_type: str,
     assert _fp32_names(model.hf_model) == _fp32_names(reference)
     ids = _ids()
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=0, atol=1e-2)
+        try:
+            expected_logits = reference(ids).logits
+        except RuntimeError as exc:  # 5.17's deepseek_v4: an fp32-kept norm returns fp32 into a bf16 Linear
+            with pytest.raises(RuntimeError):
+                model(ids)
+            model.close()
+            pytest.skip(f"transformers {transformers.__version__}'s own bf16 {model_type} model does not run "
+                        f"({exc}); the split fails the same way")
+        torch.testing.assert_close(model(ids).logits, expected_logits, rtol=0, atol=1e-2)
         expected = reference.generate(ids, max_new_tokens=8, do_sample=False)
         assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False), expected)
     model.close()
@@ -95,13 +105,15 @@ def test_every_moe_family_split_over_4_devices_is_exact_in_bf16(model_type: str,
 
 def test_a_bf16_deepseek_v3_split_keeps_its_router_in_fp32_and_the_rest_in_bf16(tmp_path: Path) -> None:
     """The issue's defect: the BS file stores the fp32 router first; the BS dtype is the config's (bf16), and
-    loading as stored keeps the router in fp32 and is exact against transformers' own bf16 model."""
+    loading as stored keeps the router in fp32 and is exact against transformers' own bf16 model. transformers
+    5.17 keeps only the router's bias in fp32 (5.24 its weight too): the weight's dtype is the reference's."""
     tiny_any_model("deepseek_v3", seed=3).save_pretrained(tmp_path / "hf")
     reference = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.bfloat16).eval()
     split_model(reference, tmp_path / "split", 4)
     model = DistributedMoE.from_pretrained(tmp_path / "split")  # dtype None: as stored
-    router = model.hf_model.model.layers[0].mlp.gate
-    assert router.weight.dtype == torch.float32 and router.e_score_correction_bias.dtype == torch.float32
+    router, own = model.hf_model.model.layers[0].mlp.gate, reference.model.layers[0].mlp.gate
+    assert router.e_score_correction_bias.dtype == own.e_score_correction_bias.dtype == torch.float32
+    assert router.weight.dtype == own.weight.dtype
     assert model.hf_model.model.embed_tokens.weight.dtype == torch.bfloat16
     ids = _ids()
     with torch.no_grad():

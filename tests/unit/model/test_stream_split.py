@@ -17,7 +17,7 @@ from wdmoe.model.shards import Manifest
 from wdmoe.model.split import load_hf_model, split_model
 from wdmoe.model.stream_split import plan_checkpoint, split_checkpoint
 from wdmoe.model.tiny import tiny_model
-from wdmoe.model.zoo import tiny_any_model
+from wdmoe.model.zoo import newer_moe_types, tiny_any_model
 
 FAMILIES = ("mixtral", "qwen2_moe", "olmoe", "qwen3_moe", "deepseek_v3")
 
@@ -92,6 +92,8 @@ def test_fused_experts_converted_along_later_dims_stream_expert_rows(
     """Inkling2 checkpoints hold each layer's experts fused (w13_weight (E, 2I, H)) and transformers interleaves
     gate and up rows on load (Interleave(dim=1), after its fp4/fp8 dequantization for inkling2_loop): each
     expert's rows go through the converter alone, and the split is the one made from the loaded model."""
+    if model_type in newer_moe_types():  # not in transformers 5.17
+        pytest.skip(newer_moe_types()[model_type])
     tiny_any_model(model_type, seed=1).save_pretrained(tmp_path / "hf")
     source = plan_checkpoint(tmp_path / "hf").sources["model.layers.0.mlp.experts.gate_up_proj"]
     assert source.keys == ("model.llm.layers.0.mlp.experts.w13_weight",)
