@@ -49,3 +49,18 @@ def test_discovery_reads_the_flags_each_version_sets() -> None:
     assert set(site.flags) == set(DECORATOR_FLAGS + OPTIONAL_FLAGS)
     for flag in OPTIONAL_FLAGS:
         assert site.flags[flag] == bool(getattr(module, flag, False))
+
+
+def test_experts_instances_as_5_17_makes_them_are_still_found() -> None:
+    """transformers 5.17's decorator sets no `has_post_expert_norm` on the instance: with it removed (as 5.17 builds
+    the module), discovery finds the same sites, with the flag False (keeps the 5.17 fix covered under 5.24)."""
+    model = tiny_any_model("mixtral")
+    expected = experts_sites(model)
+    for site in expected:
+        module = model.get_submodule(site.path)
+        if "has_post_expert_norm" in vars(module):
+            delattr(module, "has_post_expert_norm")
+        assert not hasattr(module, "has_post_expert_norm")
+    found = experts_sites(model)
+    assert [(s.layer, s.path, s.tensors) for s in found] == [(s.layer, s.path, s.tensors) for s in expected]
+    assert len(found) == 2 and all(s.flags["has_post_expert_norm"] is False for s in found)
