@@ -23,7 +23,7 @@ from wdmoe.model.shards import MANIFEST, Manifest
 from wdmoe.model.stream_split import split_dir_for
 from wdmoe.placement import Placement
 from wdmoe.radio.costs import ModelCosts
-from wdmoe.runtime.batch import SequenceCache, forward_segments
+from wdmoe.runtime.batch import KVArena, SequenceCache, forward_segments
 from wdmoe.runtime.device_moe import DeviceMoE
 from wdmoe.runtime.graphed_decode import GraphedDecoder, cache_length, plain_greedy
 from wdmoe.runtime.layer_step import Runtime
@@ -59,6 +59,7 @@ class DistributedMoE:
         self.hf_model.register_forward_pre_hook(self._start_step, with_kwargs=True)
         self.hf_model.register_forward_hook(self._finish_step)
         self._step_start_s = 0.0
+        self.kv_arena = KVArena()  # the KV caches of the sequences `step_segments` runs
         self._segments_phase: Phase | None = None  # the phase of the batched step running (step_segments)
         self._last_step: StepRecord | None = None
         self.runtime.hold(temporary)
@@ -215,7 +216,7 @@ class DistributedMoE:
         step's telemetry record (rows in the order of `tokens`). Phase "prefill" when a sequence starts in it."""
         self._segments_phase = "prefill" if any(c.length == 0 for c in caches) else "decode"
         try:
-            logits = forward_segments(self.hf_model, tokens, caches)
+            logits = forward_segments(self.hf_model, tokens, caches, self.kv_arena)
         finally:
             self._segments_phase = None
         return logits, self._last_step
