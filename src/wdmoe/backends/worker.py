@@ -221,10 +221,13 @@ class ExpertWorker:
 
 
 def _gather(hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # (n, H), (m,) on the CPU -> (m, H)
-    """hidden[rows]. With one distinct token (decode) every row is 0: a view, no kernel and no index upload.
+    """hidden[rows]. With one distinct token (decode) every row is 0: a view, no kernel and no index upload; with
+    rows 0..n-1 in order (one expert's batch: each token once), `hidden` itself.
 
     Otherwise the row index goes to the GPU with non_blocking=True, which skips the stream synchronization that a
     blocking host-to-device copy makes (the source is pageable, so CUDA stages it before returning: safe)."""
     if hidden.shape[0] == 1:
         return hidden.expand(rows.shape[0], -1)
+    if rows.shape[0] == hidden.shape[0] and rows.tolist() == list(range(hidden.shape[0])):
+        return hidden
     return hidden[rows.to(hidden.device, non_blocking=True)]

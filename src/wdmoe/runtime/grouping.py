@@ -93,12 +93,14 @@ def group(layer: int, hidden: torch.Tensor, index: np.ndarray, send: np.ndarray,
     new[1:] |= device_of[sent_pos[1:]] != device_of[sent_pos[:-1]]
     distinct_at = np.cumsum(new) - 1  # (n,) the index of each assignment's token among all devices' distinct ones
     distinct_all, experts = tokens[new], index.ravel()[sent_pos]
+    # every device's rows in one gather: a device's distinct tokens are a contiguous run of them (a view each)
+    rows_all = hidden[on_device(hidden, distinct_all)] if sent_pos.shape[0] else hidden[:0]  # (sum n_d, H)
     a = 0
     for device in np.flatnonzero(counts).tolist():
         b = a + int(counts[device])
         first = int(distinct_at[a])
-        distinct, rows = distinct_all[first : int(distinct_at[b - 1]) + 1], distinct_at[a:b] - first
-        sent, token_index = hidden[on_device(hidden, distinct)], torch.from_numpy(rows)
+        sent = rows_all[first : int(distinct_at[b - 1]) + 1]
+        token_index = torch.from_numpy(distinct_at[a:b] - first)
         if air.compression is not None:
             sent, token_index, saved = air.compression.down(sent, token_index)
             fused += saved
@@ -113,11 +115,33 @@ def group(layer: int, hidden: torch.Tensor, index: np.ndarray, send: np.ndarray,
 def combine(answers: Sequence[Answer], num_tokens: int, k: int, weight: torch.Tensor,
             like: torch.Tensor) -> torch.Tensor:
     """(T, H): the answers' outputs weighted by `weight` (T, k) and summed over k, in `like`'s dtype; an
-    assignment without an answer (dropped) adds zero."""
-    out = like.new_zeros((num_tokens * k, like.shape[-1]))  # (T*k, H)
-    for pos, output in answers:
-        out[on_device(out, pos)] = output
+    assignment without an answer (dropped) adds zero.
+
+    When every assignment has its answer in `like`'s dtype (the usual step), the (T*k, H) rows are the answers
+    concatenated and put in position order by one gather; otherwise they are scattered into zeros. Either way the
+    rows hold the same values."""
+    out = _complete(answers, num_tokens * k, like)
+    if out is None:
+        out = like.new_zeros((num_tokens * k, like.shape[-1]))  # (T*k, H)
+        for pos, output in answers:
+            out[on_device(out, pos)] = output
     return (out.view(num_tokens, k, -1) * weight.unsqueeze(-1)).sum(dim=1).to(like.dtype)
+
+
+def _complete(answers: Sequence[Answer], count: int, like: torch.Tensor) -> torch.Tensor | None:
+    """(count, H) the answers in position order when they answer all `count` positions in `like`'s dtype, else
+    None. Positions are distinct (an assignment is answered once), so `count` of them are a permutation."""
+    if not answers or sum(pos.shape[0] for pos, _ in answers) != count:
+        return None
+    if any(output.dtype != like.dtype or output.device != like.device for _, output in answers):
+        return None
+    if len(answers) == 1:
+        pos, stacked = answers[0]
+    else:
+        pos, stacked = np.concatenate([p for p, _ in answers]), torch.cat([o for _, o in answers])
+    if (np.diff(pos) > 0).all():  # already in order
+        return stacked
+    return stacked[on_device(stacked, np.argsort(pos))]
 
 
 # Read-only values the decode form reuses across steps (host-side cost is most of a decode step's overhead):
