@@ -9,15 +9,20 @@ joint_search.better. Exact, not a heuristic:
   mask matters only through m_d, the number of slots kept on each device d, and for given counts the best mask keeps
   each device's m_d heaviest slots (equal weights: the earlier slot). The search runs over the count vectors
   (at most 2^k - 1 of them, 255 for k = 8 on 8 devices), never over worse masks with the same counts.
-- Each count vector gets an upper bound on its metric from its kept weight and a lower bound on its min-max time
-  (the slowest of its devices alone on the whole band, and joint_search.tangent_floor with tangents at the equal
-  share B / n; on arrays when there are more than _ARRAY_FROM vectors). Vectors are solved exactly (one device:
-  its time on B; two: policy.bandwidth.pair_split; more: the same Newton step as policy.bandwidth.minmax_split on
-  Python floats, stopped when certified within 1e-11 of the optimum by a tangent floor, else minmax_split) in
-  decreasing order of the bound, until the bound falls below the best metric. Before a vector of two or more
-  devices is solved, up to _SHARP_STEPS Newton steps of its split tighten its time floor (the tangent floor at
-  each iterate), and it is dropped once its bound falls below the best; the split then continues from there. The
-  bounds are valid (the times are convex in the share), so nothing better is skipped.
+- A best-first search with bounds of rising cost, each an upper bound on a vector's metric from its kept weight
+  and a lower bound on its min-max time (all valid: the times are convex and decreasing in the share):
+  0. for every vector at once (Python floats for a few, arrays beyond _ARRAY_FROM): the slowest active device
+     alone on the whole band (k transcendental evaluations in all); one-device vectors are exact by it and give
+     the first incumbent;
+  1. joint_search.tangent_floor with tangents at the equal share B / n (shared by vectors with n devices);
+  2. (three devices or more) tangents at `_Token.model_shares`, shares that nearly equalise the times by a model
+     built from the evaluations on the whole band (no transcendental): nearly tight, and the split's start;
+  3. (three devices or more) up to _SHARP_STEPS Newton steps of the split, the tangent floor at each iterate;
+  then the exact solve (one device: its time on B; two: policy.bandwidth.pair_split; more: the same Newton step
+  as policy.bandwidth.minmax_split on Python floats, stopped when certified within 1e-11 of the optimum by a
+  tangent floor, else minmax_split). A vector is refined or solved only while its current bound is the highest
+  of all vectors' and at least the incumbent's metric, so nothing better is skipped and equal metrics are
+  still compared by key.
 
 The arithmetic of each candidate (kept weight summed in slot order from 0.0, the roofline sum repeated per kept slot,
 the pair split with the lower device id first, layer = bs + max of the times) is what policy.joint_pairs does on
@@ -26,6 +31,8 @@ arrays for steps on at most two devices, so the batched form decides the same bi
 
 from __future__ import annotations
 
+import functools
+import heapq
 import itertools
 import math
 from dataclasses import dataclass
@@ -41,13 +48,13 @@ from wdmoe.policy.joint_search import (
     objective_array,
     optimistic,
     tangent_floor,
-    tangent_floor_array,
 )
 from wdmoe.radio.exactmath import LN2
-from wdmoe.radio.rate import scalar_time, time_and_inverse_slope
+from wdmoe.radio.rate import scalar_time
 
 _SPLIT_RTOL, _SPLIT_ITER = 1e-11, 40  # `_Token.newton_split`: certified relative distance to the optimum
-_ARRAY_FROM = 32  # count vectors beyond which their bounds are computed on arrays (`_array_candidates`)
+_ARRAY_FROM = 32  # count vectors beyond which `_cheap_candidates` works on arrays
+_MODEL_STEPS = 6  # `_Token.model_shares`' Newton steps on its model (no transcendental: cheap)
 _SHARP_STEPS = 3  # Newton steps tried before a split: most candidates that a split would reject fall by then
 
 
@@ -93,6 +100,11 @@ class _Token:
         self.rank = [sum(1 for i in range(k) if slots.device[i] == slots.device[j] and (w[i] > w[j] or (
             w[i] == w[j] and i < j))) for j in range(k)]
         self.count = [slots.device.count(d) for d in self.devices]
+        ranked: list[list[int]] = [[] for _ in self.devices]  # each device's slots, heaviest first
+        for j in sorted(range(k), key=lambda j: self.rank[j]):
+            ranked[self.group[j]].append(j)
+        self.ranked_weight = [[w[j] for j in group] for group in ranked]
+        self.ranked_bits = [[1 << (k - 1 - j) for j in group] for group in ranked]
         first = [slots.device.index(d) for d in self.devices]
         self.snr = [(slots.snr_dl[j], slots.snr_ul[j]) for j in first]
         self.compute: list[list[float]] = []
@@ -102,45 +114,83 @@ class _Token:
                 acc += slots.roof_s[j]
                 sums.append(acc)
             self.compute.append(sums)
-        self._alone: dict[tuple[int, int], float] = {}
-        self._tangent: dict[tuple[int, int, int], tuple[float, float]] = {}
         self._times: dict[tuple[int, int, float], tuple[float, float]] = {}
         self._start: dict[tuple[tuple[int, int], ...], tuple[list[float], float, bool]] = {}  # `_newton`'s state
+        self._model: dict[tuple[tuple[int, int], ...], list[float]] = {}  # `model_shares`
 
     def kept(self, counts: tuple[int, ...]) -> list[bool]:
         return [self.rank[j] < counts[g] for j, g in enumerate(self.group)]
 
     def time(self, g: int, m: int, b: float) -> tuple[float, float]:
-        if self.need == 0.0:
-            return self.compute[g][m], math.inf
         key = (g, m, b)  # the tangents at B / n and the split's first iterate ask for the same points
-        if key not in self._times:
-            self._times[key] = _time(b, self.need, self.need * m, self.compute[g][m], *self.snr[g], self.pool)
-        return self._times[key]
+        hit = self._times.get(key)
+        if hit is None:
+            if self.need == 0.0:
+                return self.compute[g][m], math.inf
+            hit = self._times[key] = _time(b, self.need, self.need * m, self.compute[g][m], *self.snr[g], self.pool)
+        return hit
 
     def alone(self, g: int, m: int) -> float:
         """Device g's time with m slots on the whole band (exact for a one-device vector, a floor for others)."""
-        key = (g, m)
-        if key not in self._alone:
-            self._alone[key] = self.time(g, m, self.budget)[0]
-        return self._alone[key]
+        return self.time(g, m, self.budget)[0]
 
-    def floor(self, active: list[tuple[int, int]]) -> float:
-        """A lower bound on the min-max time of the (device, count) pairs `active` (module docstring)."""
-        floor = max(self.alone(g, m) for g, m in active)
+    def floor(self, active: list[tuple[int, int]], shares: list[float] | None = None) -> float:
+        """A lower bound on the min-max time of the (device, count) pairs `active` (module docstring): the slowest
+        device alone on the band, and the tangent floor with tangents at `shares` (equal shares B / n if None:
+        cached across count vectors with as many devices)."""
+        floor = -math.inf
+        for g, m in active:
+            alone = self.time(g, m, self.budget)[0]
+            if alone > floor:
+                floor = alone
         if self.need == 0.0:
             return floor
-        n = len(active)
         c, w = [], []
-        for g, m in active:
-            key = (g, m, n)
-            if key not in self._tangent:
-                b0 = self.budget / n
-                t0, w0 = self.time(g, m, b0)
-                self._tangent[key] = (b0 + w0 * t0, w0)
-            c.append(self._tangent[key][0])
-            w.append(self._tangent[key][1])
+        for (g, m), b0 in zip(active, shares or [self.budget / len(active)] * len(active), strict=True):
+            t0, w0 = self.time(g, m, b0)
+            c.append(b0 + w0 * t0)
+            w.append(w0)
         return max(floor, tangent_floor(c, w, self.budget))
+
+    def model_shares(self, active: list[tuple[int, int]]) -> list[float]:
+        """Shares that about equalise the devices' times, from their evaluations on the whole band alone: each
+        time as alpha + gamma / b (exact in 1/b for the tangent at B, and transfer times are nearly linear in
+        1/b), the common time T of sum gamma / (T - alpha) = B by _MODEL_STEPS Newton steps from below (the
+        sum is convex and decreasing in T), b = gamma / (T - alpha) scaled onto the band. Any shares give valid
+        tangents; these make the floor nearly tight and start the split near its optimum. Equal shares where
+        the model does not apply (a dead link, a flat time)."""
+        key = tuple(active)
+        shares = self._model.get(key)
+        if shares is not None:
+            return shares
+        budget, n = self.budget, len(active)
+        shares = self._model[key] = [budget / n] * n
+        alpha, gamma = [], []
+        for g, m in active:
+            t0, w0 = self.time(g, m, budget)
+            if not (budget > 0.0 and t0 < math.inf and 0.0 < w0 < math.inf):
+                return shares
+            alpha.append(t0 - budget / w0)
+            gamma.append(budget * budget / w0)
+        top = max(a + y / budget for a, y in zip(alpha, gamma, strict=True))
+        try:  # a zero gap (gamma / B lost against alpha's size): keep the equal shares
+            for _ in range(_MODEL_STEPS):
+                f, slope = -budget, 0.0
+                for a, y in zip(alpha, gamma, strict=True):
+                    gap = top - a
+                    f += y / gap
+                    slope += y / (gap * gap)
+                step = top + f / slope
+                if not step > top:
+                    break
+                top = step
+            model = [y / (top - a) for a, y in zip(alpha, gamma, strict=True)]
+            scale = budget / sum(model)
+        except ZeroDivisionError:
+            return shares
+        if math.isfinite(scale) and scale > 0.0 and all(b > 0.0 for b in model):
+            shares = self._model[key] = [b * scale for b in model]
+        return shares
 
     def _newton(self, active: list[tuple[int, int]], steps: int) -> tuple[list[float], float, bool] | None:
         """Up to `steps` more steps of the min-max split of `active` (bits to move) on Python floats, from where
@@ -149,22 +199,30 @@ class _Token:
         a certified lower bound on the optimum; converged once the slowest device is within _SPLIT_RTOL of it.
         (shares, best lower bound, converged), or None on a dead link (inf times)."""
         key = tuple(active)
-        budget, n = self.budget, len(active)
-        b, lower, done = self._start.get(key, ([budget / n] * n, -math.inf, False))
+        budget, time = self.budget, self.time
+        start = self._start.get(key)
+        b, lower, done = (self.model_shares(active), -math.inf, False) if start is None else start
         for _ in range(steps):
             if done:
                 break
-            t, w = [0.0] * n, [0.0] * n
-            for i, (g, m) in enumerate(active):
-                t[i], w[i] = self.time(g, m, b[i])
-            top = max(t)
-            if not (math.isfinite(top) and all(0.0 < wi < math.inf for wi in w)):
-                return None
-            lower = max(lower, tangent_floor([bi + wi * ti for bi, wi, ti in zip(b, w, t, strict=True)], w, budget))
+            t, w, c = [], [], []
+            top = sum_w = sum_wt = 0.0
+            for (g, m), bi in zip(active, b, strict=True):
+                ti, wi = time(g, m, bi)
+                if not (ti < math.inf and 0.0 < wi < math.inf):
+                    return None
+                if ti > top:
+                    top = ti
+                t.append(ti)
+                w.append(wi)
+                c.append(bi + wi * ti)
+                sum_w += wi
+                sum_wt += wi * ti
+            lower = max(lower, tangent_floor(c, w, budget))
             if top - lower <= _SPLIT_RTOL * top:
                 done = True
                 break
-            target = sum(wi * ti for wi, ti in zip(w, t, strict=True)) / sum(w)
+            target = sum_wt / sum_w
             b = [bi / max(1.0 - (ti - target) * wi / bi, 0.1) for bi, wi, ti in zip(b, w, t, strict=True)]
             scale = budget / sum(b)
             b = [bi * scale for bi in b]
@@ -172,12 +230,11 @@ class _Token:
         return b, lower, done
 
     def sharp_floor(self, active: list[tuple[int, int]]) -> float:
-        """A tighter lower bound on the min-max time of `active` (two devices or more) on each call: the tangent
-        floors of the split's Newton iterates so far (`_newton`, one more step per call), which approach the
-        optimum from below, and `floor`'s bound."""
-        floor = self.floor(active)
+        """A lower bound on the min-max time of `active` (two devices or more), tighter on each call: the best
+        tangent floor of the split's Newton iterates so far (`_newton`, one more step per call), which approach
+        the optimum from below (-inf on a dead link). The search takes it once `floor`'s bound did not prune."""
         steps = self._newton(active, 1)
-        return floor if steps is None else max(floor, steps[1])
+        return -math.inf if steps is None else steps[1]
 
     def newton_split(self, active: list[tuple[int, int]]) -> tuple[float, ...] | None:
         """The min-max split of `active` by `_newton`, optimal to _SPLIT_RTOL (certified); None where it does not
@@ -213,64 +270,81 @@ class _Token:
         return {self.devices[g]: b for (g, _), b in zip(active, shares, strict=True)}, slowest
 
 
-def _list_candidates(rule: JointRule, token: _Token, guard: float,
-                     bs_time_s: float) -> list[tuple[float, int, tuple[int, ...]]]:
-    """(bound, key, counts) of every feasible count vector, on Python floats (few vectors: top-2, most k = 4)."""
-    slots, k = token.slots, len(token.slots.device)
+@dataclass(frozen=True)
+class _Vectors:
+    """Every count vector of devices holding count[g] slots each (itertools.product order, the last device
+    fastest): as tuples, and as flat indices into a (G, max count + 1) table of per-device values."""
+
+    counts: list[tuple[int, ...]]
+    flat: np.ndarray  # (N, G)
+
+
+@functools.lru_cache(maxsize=512)
+def _count_vectors(count: tuple[int, ...]) -> _Vectors:
+    """The count vectors of a shape, shared between calls (read-only)."""
+    grid = np.indices([n + 1 for n in count]).reshape(len(count), -1).T  # (N, G)
+    flat = grid + (max(count) + 1) * np.arange(len(count))[None, :]
+    flat.flags.writeable = False
+    return _Vectors(list(map(tuple, grid.tolist())), flat)
+
+
+def _cheap_candidates(rule: JointRule, token: _Token, guard: float,
+                      bs_time_s: float) -> list[tuple[float, int, tuple[int, ...]]]:
+    """(bound, key, counts) of every count vector whose kept weight may reach the guard, the highest bound first
+    (then the higher key). The bound is the cheap one: the slowest active device alone on the whole band (k
+    transcendental evaluations for all vectors); the kept weight is summed per device here (another order than
+    the slots': the guard keeps vectors within 1e-12 of it and the search checks the exact sum). Python floats
+    for a few vectors, arrays beyond _ARRAY_FROM."""
+    total = 0.0
+    for w in token.slots.weight:
+        total += w
+    margin = guard - 1e-12 * abs(total)
+    options = []  # per device: (count, kept weight, key bits, time alone) of each count, 0 first
+    for g, (weights, bits) in enumerate(zip(token.ranked_weight, token.ranked_bits, strict=True)):
+        row, acc_w, acc_key = [(0, 0.0, 0, 0.0)], 0.0, 0
+        for m, (w, bit) in enumerate(zip(weights, bits, strict=True), start=1):
+            acc_w += w
+            acc_key += bit
+            row.append((m, acc_w, acc_key, token.alone(g, m)))
+        options.append(row)
+    if math.prod(len(row) for row in options) > _ARRAY_FROM:
+        return _cheap_array(rule, options, margin, bs_time_s)
     out = []
-    for counts in itertools.product(*(range(n + 1) for n in token.count)):
-        keep = token.kept(counts)
-        kept_weight, key = 0.0, 0
-        for j in range(k):
-            if keep[j]:
-                kept_weight += slots.weight[j]
-                key |= 1 << (k - 1 - j)
-        if key == 0 or not kept_weight >= guard:
+    for combo in itertools.product(*options):
+        weight, key, floor = 0.0, 0, 0.0
+        for _, w, bit, alone in combo:
+            weight += w
+            key += bit
+            if alone > floor:
+                floor = alone
+        if key == 0 or not weight >= margin:
             continue
-        bound = optimistic(rule, kept_weight, bs_time_s, token.floor([(g, m) for g, m in enumerate(counts) if m > 0]))
-        out.append((math.inf if bound != bound else bound, key, counts))  # nan (a dead link): never pruned
+        bound = optimistic(rule, weight, bs_time_s, floor)
+        out.append((math.inf if bound != bound else bound, key, tuple(c[0] for c in combo)))
+    out.sort(reverse=True)
     return out
 
 
-def _array_candidates(rule: JointRule, token: _Token, guard: float,
-                      bs_time_s: float) -> list[tuple[float, int, tuple[int, ...]]]:
-    """`_list_candidates`' bounds for all count vectors at once on arrays (many vectors: k = 8 has up to 255).
-    The kept weight is summed in another order here, so the guard keeps vectors within 1e-12 of it (the search
-    checks the exact sum) and the bound's 1e-12 margin covers the rest; the floors are the same bounds (the
-    device alone on the band, the tangents at the equal share) from radio.rate's array form."""
-    slots, k, n_dev = token.slots, len(token.slots.device), len(token.devices)
-    counts = np.indices([n + 1 for n in token.count]).reshape(n_dev, -1).T  # (N, G)
-    keep = np.array(token.rank)[None, :] < counts[:, token.group]  # (N, k)
-    key = keep @ (np.int64(1) << np.arange(k - 1, -1, -1, dtype=np.int64))
-    weight = keep @ np.array(slots.weight)
-    total = float(np.sum(slots.weight))
-    ok = np.flatnonzero((key != 0) & (weight >= guard - 1e-12 * abs(total)))
-    counts, key, weight = counts[ok], key[ok], weight[ok]
-    top = max(token.count)
-    m = np.arange(top + 1)[None, :, None]  # (1, M, 1): slots kept on a device
-    n = np.arange(1, n_dev + 1)[None, None, :]  # (1, 1, G): devices active
-    compute = np.array([sums + [sums[-1]] * (top + 1 - len(sums)) for sums in token.compute])[:, :, None]
-    snr_dl = np.array([s[0] for s in token.snr])[:, None, None]
-    snr_ul = np.array([s[1] for s in token.snr])[:, None, None]
-    on = counts > 0
-    rows = np.arange(n_dev)[None, :]
-    if token.need == 0.0:
-        floor = np.where(on, compute[:, :, 0][rows, counts], -np.inf).max(axis=1)
-    else:
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            t0, w0 = time_and_inverse_slope(token.budget / n + 0.0 * m, token.need + 0.0 * m, token.need * m,
-                                            compute, snr_dl, snr_ul, token.pool)  # (G, M, G)
-        alone = t0[:, :, 0]  # n = 1: the whole band
-        active = on.sum(axis=1) - 1  # (N,) index of n
-        c_table = t0 * w0 + token.budget / n
-        c = np.where(on, c_table[rows, counts, active[:, None]], 0.0)
-        w = np.where(on, w0[rows, counts, active[:, None]], 0.0)
-        w = np.where(np.isfinite(w), w, 0.0)
-        lower = tangent_floor_array(c, w, token.budget)
-        floor = np.maximum(np.where(on, alone[rows, counts], -np.inf).max(axis=1), lower)
-    bound = objective_array(rule, weight * (1.0 + 1e-12), bs_time_s + np.maximum(floor, 0.0) * (1.0 - FLOOR_SLACK))
-    bound = np.where(np.isnan(bound), np.inf, bound)
-    return list(zip(bound.tolist(), key.tolist(), map(tuple, counts.tolist()), strict=True))
+def _cheap_array(rule: JointRule, options: list[list[tuple[int, float, int, float]]], margin: float,
+                 bs_time_s: float) -> list[tuple[float, int, tuple[int, ...]]]:
+    """`_cheap_candidates` on arrays (many vectors: k = 8 has up to 255)."""
+    top = max(len(row) for row in options)
+    pad = [(0, 0.0, 0, 0.0)] * top
+    table = [(row + pad)[:top] for row in options]
+    weight_of = np.array([w for row in table for _, w, _, _ in row])
+    key_of = np.array([bit for row in table for _, _, bit, _ in row], dtype=np.int64)
+    alone_of = np.array([alone for row in table for _, _, _, alone in row])
+    vectors = _count_vectors(tuple(len(row) - 1 for row in options))
+    weight = weight_of.take(vectors.flat).sum(axis=1)
+    key = key_of.take(vectors.flat).sum(axis=1)  # disjoint bits: the sum is the or
+    ok = np.flatnonzero((key != 0) & (weight >= margin))
+    floor = alone_of.take(vectors.flat[ok]).max(axis=1)
+    bound = objective_array(rule, weight[ok] * (1.0 + 1e-12), bs_time_s + floor * (1.0 - FLOOR_SLACK))
+    bound[np.isnan(bound)] = np.inf  # a dead link: never pruned
+    order = np.lexsort((key[ok], bound))[::-1]
+    counts = vectors.counts
+    return [(b, k, counts[i]) for b, k, i in zip(bound[order].tolist(), key[ok][order].tolist(),
+                                                  ok[order].tolist(), strict=True)]
 
 
 def _pruned(rule: JointRule, token: _Token, active: list[tuple[int, int]], kept_weight: float, bs_time_s: float,
@@ -279,6 +353,20 @@ def _pruned(rule: JointRule, token: _Token, active: list[tuple[int, int]], kept_
     each the start of the split's next) put this candidate's bound below the best metric?"""
     return any(optimistic(rule, kept_weight, bs_time_s, token.sharp_floor(active)) < best
                for _ in range(_SHARP_STEPS))
+
+
+def _no_nan(bound: float) -> float:
+    """A bound of nan (a dead link) never prunes: inf."""
+    return math.inf if bound != bound else bound
+
+
+def _kept_weight(token: _Token, counts: tuple[int, ...]) -> float:
+    """The kept weight of a count vector summed in slot order from 0.0 (policy.joint_pairs' order)."""
+    kept_weight = 0.0
+    for w, kept in zip(token.slots.weight, token.kept(counts), strict=True):
+        if kept:
+            kept_weight += w
+    return kept_weight
 
 
 def solve_one_token(rule: JointRule, slots: OneTokenSlots, bits_per_token: float, budget: float,
@@ -290,29 +378,53 @@ def solve_one_token(rule: JointRule, slots: OneTokenSlots, bits_per_token: float
     for w in slots.weight:
         total += w
     guard = rule.rho * total
-    vectors = math.prod(n + 1 for n in token.count)
-    candidates = (_array_candidates if vectors > _ARRAY_FROM else _list_candidates)(rule, token, guard, bs_time_s)
-    candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+    cheap = _cheap_candidates(rule, token, guard, bs_time_s)
+    refined: list[tuple[float, int, int, tuple[int, ...], float]] = []  # (-bound, -key, stage, counts, kept)
     best, best_key, chosen = math.nan, -1, None
-    for bound, key, counts in candidates:
-        if bound < best:
+    for _, key, counts in cheap:  # one device: exact already (alone on the band), the first incumbent
+        if sum(1 for m in counts if m > 0) == 1:
+            kept_weight = _kept_weight(token, counts)
+            if kept_weight >= guard:
+                g = next(g for g, m in enumerate(counts) if m > 0)
+                layer_s = bs_time_s + token.alone(g, counts[g])
+                metric = objective(rule, kept_weight, layer_s)
+                if better(metric, key, best, best_key):
+                    best, best_key = metric, key
+                    chosen = OneTokenChoice(token.kept(counts), {token.devices[g]: budget}, layer_s, metric)
+    cheap = [c for c in cheap if sum(1 for m in c[2] if m > 0) > 1]
+    i, n = 0, len(cheap)
+    while i < n or refined:
+        next_cheap = cheap[i][0] if i < n else -math.inf
+        next_refined = -refined[0][0] if refined else -math.inf
+        if max(next_cheap, next_refined) < best:
             break
-        keep = token.kept(counts)
-        kept_weight = 0.0
-        for j in range(k):
-            if keep[j]:
-                kept_weight += slots.weight[j]
-        if not kept_weight >= guard:  # the array path's margin
+        if i < n and next_cheap >= next_refined:  # stage 1: the tangent floor at equal shares
+            _, key, counts = cheap[i]
+            i += 1
+            kept_weight = _kept_weight(token, counts)
+            if not kept_weight >= guard:  # the per-device sum's margin
+                continue
+            active = [(g, m) for g, m in enumerate(counts) if m > 0]
+            bound = optimistic(rule, kept_weight, bs_time_s, token.floor(active))
+            if not bound < best:
+                heapq.heappush(refined, (-_no_nan(bound), -key, 1, counts, kept_weight))
             continue
+        _, neg_key, stage, counts, kept_weight = heapq.heappop(refined)
+        key = -neg_key
         active = [(g, m) for g, m in enumerate(counts) if m > 0]
-        if token.need > 0.0 and len(active) >= 2 and best == best and _pruned(rule, token, active, kept_weight,
+        if stage == 1 and token.need > 0.0 and len(active) >= 3:  # stage 2: tangents at the model's shares
+            bound = optimistic(rule, kept_weight, bs_time_s, token.floor(active, token.model_shares(active)))
+            if not bound < best:
+                heapq.heappush(refined, (-_no_nan(bound), neg_key, 2, counts, kept_weight))
+            continue
+        if token.need > 0.0 and len(active) >= 3 and best == best and _pruned(rule, token, active, kept_weight,
                                                                                bs_time_s, best):
             continue
         shares, slowest = token.split(active)
         layer_s = bs_time_s + slowest
         metric = objective(rule, kept_weight, layer_s)
         if better(metric, key, best, best_key):
-            best, best_key, chosen = metric, key, OneTokenChoice(keep, shares, layer_s, metric)
+            best, best_key, chosen = metric, key, OneTokenChoice(token.kept(counts), shares, layer_s, metric)
     if chosen is None:  # every metric is nan: the router's top-k
         shares, slowest = token.split([(g, n) for g, n in enumerate(token.count)])
         chosen = OneTokenChoice([True] * k, shares, bs_time_s + slowest,

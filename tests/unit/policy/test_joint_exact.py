@@ -197,6 +197,20 @@ def test_decode_steps_reach_the_brute_force_optimum(chunk: int) -> None:
             assert_optimal(policy, state)
 
 
+@pytest.mark.parametrize("chunk", range(2))
+def test_decode_steps_with_several_slots_per_device_reach_the_brute_force_optimum(chunk: int) -> None:
+    """50 one-token instances per chunk (100) where the staged search of policy.joint_decode has the most to prune:
+    k 5..8 on 3..8 devices holding two experts each (devices share the token's slots, up to 255 count vectors,
+    splits of three or more devices), every adversarial kind, both forms."""
+    rng = np.random.default_rng(300 + chunk)
+    for _ in range(50):
+        devices = int(rng.integers(3, 9))
+        state = make_state(rng, 1, int(rng.integers(5, 9)), devices, experts=max(8, 2 * devices),
+                           kind=str(rng.choice(["random", "fade", "tie", "slow-pair"])))
+        for policy in policies(rng):
+            assert_optimal(policy, state)
+
+
 @pytest.mark.parametrize("chunk", range(5))
 def test_small_blocks_reach_the_brute_force_optimum(chunk: int) -> None:
     """50 blocks per chunk (250): 2..3 tokens, k 1..4 (at most 12 pairs), 1..4 devices, both forms."""
