@@ -96,15 +96,22 @@ class SequenceCache:
     length: int = 0  # tokens already in the cache (positions 0..length-1), all layers
     arena: KVArena | None = None
     slot: int = -1
+    freed: weakref.finalize | None = None  # gives the slot back, once: at `release` or when garbage collected
 
     def bind(self, arena: KVArena) -> None:
-        """Take a slot of `arena` (once); it is free again when this cache is garbage collected."""
+        """Take a slot of `arena` (once); it is free again at `release` or when this cache is garbage collected."""
         if self.arena is arena:
             return
         if self.arena is not None:
             raise ValueError("this sequence's cache belongs to another model's KV arena; a cache serves one model")
         self.arena, self.slot = arena, arena.take()
-        weakref.finalize(self, arena.free.append, self.slot)
+        self.freed = weakref.finalize(self, arena.free.append, self.slot)
+
+    def release(self) -> None:
+        """Give the slot back (its sequence retired; a result may keep the sequence alive): the cache is empty."""
+        if self.freed is not None:
+            self.freed()
+        self.arena, self.slot, self.freed, self.length = None, -1, None, 0
 
 
 @dataclass(frozen=True)

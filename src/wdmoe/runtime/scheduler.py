@@ -190,8 +190,11 @@ class Scheduler:
                 _fail([seq], exc)
 
     def fail_running(self) -> list[Sequence]:
-        """The running sequences, taken out of the batch after a failed step (their caches may hold half a step)."""
-        return self.slots.take_running()
+        """The running sequences, taken out of the batch after a failed step (their caches emptied)."""
+        failed = self.slots.take_running()
+        for seq in failed:
+            seq.cache.release()
+        return failed
 
     def _admit(self) -> list[Sequence]:
         """Waiting sequences into the batch, as room allows; cancelled ones (and max_tokens = 0) retire at once."""
@@ -200,6 +203,7 @@ class Scheduler:
         now = time.perf_counter()
         for seq in retired:
             seq.done_s = now
+            seq.cache.release()  # its KV slot, for the next sequence (the result may keep `seq` alive)
         return retired
 
     def _take_token(self, seq: Sequence, logits: torch.Tensor, logp: torch.Tensor, now: float,
@@ -229,6 +233,7 @@ class Scheduler:
         now = time.perf_counter()
         for seq in done:
             seq.done_s = now
+            seq.cache.release()
         return done
 
     def summary(self, seq: Sequence) -> dict[str, Any]:

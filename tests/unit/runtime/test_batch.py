@@ -118,6 +118,19 @@ def test_a_failing_token_callback_ends_only_its_request(model: DistributedMoE) -
     assert_same(other, run(model, [asks[2]])[0])
 
 
+def test_retired_sequences_give_their_kv_slots_back_while_still_referenced(model: DistributedMoE) -> None:
+    arrivals = [(prompt(n, i), s, at) for i, (n, s, at) in enumerate(REQUESTS)]
+    seqs = run(model, arrivals)  # every sequence stays referenced here
+    arena = model.kv_arena
+    assert arena.slots >= 1 and all(seq.cache.arena is None for seq in seqs)
+    assert sorted(arena.free) == list(range(arena.slots))  # every slot free again, none lost or given twice
+    slots = arena.slots
+    again = run(model, arrivals)
+    assert arena.slots == slots and sorted(arena.free) == list(range(slots))  # the same slots reused
+    for a, b in zip(seqs, again, strict=True):
+        assert_same(a, b)  # a reused (zeroed) slot changes nothing
+
+
 def test_the_order_of_arrival_does_not_matter(model: DistributedMoE) -> None:
     arrivals = [(prompt(n, i), s, at) for i, (n, s, at) in enumerate(REQUESTS)]
     forward = run(model, arrivals)
