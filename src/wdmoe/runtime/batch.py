@@ -58,9 +58,9 @@ class KVArena:
 
     def take(self) -> int:
         """A free slot, zeroed; more slots when none is free."""
-        if not self.free:
+        if not self.free:  # the list itself stays: caches hold its `append` to give their slot back
             grown = max(8, 2 * self.slots)
-            self.free = list(range(grown - 1, self.slots - 1, -1))  # never written: zeros when the buffers grow
+            self.free.extend(range(grown - 1, self.slots - 1, -1))  # never written: zeros when the buffers grow
             self.slots = grown
             return self.free.pop()
         slot = self.free.pop()

@@ -3,6 +3,7 @@ shared steps is attributed to requests without losing or inventing anything."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from wdmoe.runtime.batch import KVArena, SequenceCache
 from wdmoe.runtime.model import DistributedMoE
 from wdmoe.runtime.sampling import Sampling
 from wdmoe.runtime.scheduler import Scheduler, Sequence
@@ -129,6 +131,19 @@ def test_retired_sequences_give_their_kv_slots_back_while_still_referenced(model
     assert arena.slots == slots and sorted(arena.free) == list(range(slots))  # the same slots reused
     for a, b in zip(seqs, again, strict=True):
         assert_same(a, b)  # a reused (zeroed) slot changes nothing
+
+
+def test_kv_arena_slots_come_back_across_growth() -> None:
+    arena = KVArena()
+    caches = [SequenceCache() for _ in range(20)]
+    for cache in caches:
+        cache.bind(arena)
+    assert arena.slots == 32 and sorted(c.slot for c in caches) == list(range(20))  # grown 8 -> 16 -> 32
+    for cache in caches[:10]:
+        cache.release()  # retired
+    del caches[10:]  # dropped
+    gc.collect()
+    assert sorted(arena.free) == list(range(32))
 
 
 def test_the_order_of_arrival_does_not_matter(model: DistributedMoE) -> None:
