@@ -90,6 +90,7 @@ class CountSearch:
         self.w_mand = float(self.weight[self.mandatory].sum())
         self.guard = rule.rho * self.weight.sum(axis=1)
         self.top = np.array([g.size - 1 for g in self.gains])
+        self.known: dict[tuple[int, ...], float] = {}  # metric of each x seen: the search steps back onto some
 
     def mask(self, x: np.ndarray) -> np.ndarray:
         return self.mandatory | (self.rank < x[self.device]) & ~self.mandatory
@@ -110,7 +111,15 @@ class CountSearch:
         return self.w_mand + sum(self.gains[d][x[d]] for d in range(x.size))
 
     def metric(self, x: np.ndarray) -> float:
-        """The objective of the mask of x with its exact min-max split; -inf where it breaks a guard."""
+        """The objective of the mask of x with its exact min-max split; -inf where it breaks a guard. Memoised:
+        after a move the coordinate search tries the step back (about one evaluation in five is a repeat)."""
+        key = tuple(x.tolist())
+        value = self.known.get(key)
+        if value is None:
+            value = self.known[key] = self._metric(x)
+        return value
+
+    def _metric(self, x: np.ndarray) -> float:
         if not self.feasible(x):
             return -np.inf
         state, link = self.state, self.state.link
@@ -128,7 +137,11 @@ class CountSearch:
 
 def improve_counts(rule: JointRule, state: LayerState, keep: np.ndarray) -> np.ndarray:
     """A mask at least as good as `keep` under the joint objective (module docstring)."""
-    search = CountSearch(rule, state)
+    return search_counts(CountSearch(rule, state), keep)
+
+
+def search_counts(search: CountSearch, keep: np.ndarray) -> np.ndarray:
+    """`improve_counts`' coordinate search on a given CountSearch (module docstring)."""
     if not (keep | ~search.mandatory).all():
         return keep
     x = search.counts_of(keep)
