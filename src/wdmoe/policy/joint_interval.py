@@ -36,7 +36,7 @@ from wdmoe.policy.joint_counts import mandatory_pairs
 from wdmoe.policy.joint_gap import counts_mask, device_tables
 from wdmoe.policy.joint_search import JointRule, objective
 from wdmoe.radio.exactmath import LN2
-from wdmoe.radio.rate import time_and_inverse_slope
+from wdmoe.radio.rate import time_and_inverse_slope, time_only
 
 _SLACK = 1e-9  # relative, on K and on beta: the rounding of the bound's own arithmetic
 _FRONT = 2048  # Pareto points of the exact knapsack, beyond which its dual bound serves
@@ -56,32 +56,70 @@ class IntervalBound:
 def least_share(state: LayerState, tau: float, tokens: np.ndarray, pairs: np.ndarray,
                 compute: np.ndarray) -> np.ndarray:
     """(D, X + 1) a lower bound on the least share on which each load finishes within tau seconds: 0 for no pairs,
-    inf when the whole band is too little."""
-    budget, link = state.bandwidth_hz, state.link
-    need = state.bits_per_token * LN2
-    dl, ul = link.snr_dl_per_hz[:, None], link.snr_ul_per_hz[:, None]
-    need_dl, need_ul = need * tokens, need * pairs
+    inf when the whole band is too little. The reference form of `LeastShares` (every time computed afresh)."""
+    return LeastShares(state, tokens, pairs, compute, levels=0)(tau)
 
-    def time(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+
+_TABLE_LEVELS = 8  # bisection steps `LeastShares` reads from its table (2^8 - 1 shares per load, taken at once)
+_BISECTIONS = 20
+
+
+class LeastShares:
+    """`least_share` for many tau over the same loads (an interval bound asks up to 48), the same bits.
+
+    The times at the full band and at the floor are taken once. Every load's bisection starts from the same bracket
+    [B 1e-12, B], so the share a step tries depends only on the outcomes of the steps before it (a node of a binary
+    tree), the same for every load: the times of every load at the tree's top `levels` levels are taken in one call
+    (one call of 2^levels - 1 shares instead of `levels` calls for each tau), and a step there reads them."""
+
+    def __init__(self, state: LayerState, tokens: np.ndarray, pairs: np.ndarray, compute: np.ndarray,
+                 levels: int = _TABLE_LEVELS) -> None:
+        budget, link = state.bandwidth_hz, state.link
+        need = state.bits_per_token * LN2
+        self._args = (need * tokens, need * pairs, compute, link.snr_dl_per_hz[:, None], link.snr_ul_per_hz[:, None],
+                      link.dl_psd_pool_hz)
+        self.pairs = pairs
+        self.floor_b, self.full_b = np.full(tokens.shape, budget * 1e-12), np.full(tokens.shape, budget)
+        self.t_full, _ = self.time(self.full_b)
+        self.t_floor, _ = self.time(self.floor_b)
+        self.table: list[np.ndarray] = []  # level l: (2^l, loads) the time of every load at each node's share
+        lo, hi = np.array([budget * 1e-12]), np.array([budget])
+        for _ in range(min(levels, _BISECTIONS)):
+            mid = np.sqrt(lo * hi)  # (2^l,) the bisection's own arithmetic: the shares a step at this level tries
+            shares = np.broadcast_to(mid.reshape(-1, *(1,) * tokens.ndim), (mid.size, *tokens.shape))
+            self.table.append(self.late_time(shares).reshape(mid.size, -1))
+            lo, hi = np.stack([lo, mid], axis=1).ravel(), np.stack([mid, hi], axis=1).ravel()  # child 2i + late
+
+    def time(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each load's time (inf for nan) and inverse slope on shares b (loads' shape, or nodes x loads)."""
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            t, w = time_and_inverse_slope(b, need_dl, need_ul, compute, dl, ul, link.dl_psd_pool_hz)
+            t, w = time_and_inverse_slope(b, *self._args)
         return np.where(np.isnan(t), np.inf, t), w
 
-    floor_b = np.full(tokens.shape, budget * 1e-12)
-    t_full, _ = time(np.full(tokens.shape, budget))
-    t_floor, _ = time(floor_b)
-    lo, hi = floor_b, np.full(tokens.shape, budget)
-    for _ in range(20):  # invariant: t(lo) > tau (late), t(hi) <= tau, where the root lies between
-        mid = np.sqrt(lo * hi)
-        late = ~(time(mid)[0] <= tau)
-        lo, hi = np.where(late, mid, lo), np.where(late, hi, mid)
-    for _ in range(3):  # Newton from the late side: t convex and decreasing, so the step stays below the root
-        t, w = time(lo)
-        step = (t - tau) * w
-        lo = np.where(np.isfinite(step) & (step > 0.0), np.minimum(lo + step, hi), lo)
-    share = np.where(t_floor <= tau, 0.0, lo * (1.0 - _SLACK))
-    share = np.where(t_full <= tau, share, np.inf)
-    return np.where(pairs > 0.0, share, 0.0)
+    def late_time(self, b: np.ndarray) -> np.ndarray:
+        """`time`'s t alone (the same bits; the bisection compares it, only Newton needs the slope)."""
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            t = time_only(b, *self._args)
+        return np.where(np.isnan(t), np.inf, t)
+
+    def __call__(self, tau: float) -> np.ndarray:
+        """(D, X + 1) `least_share` at tau."""
+        lo, hi = self.floor_b, self.full_b
+        node, loads = np.zeros(lo.size, dtype=np.int64), np.arange(lo.size)
+        for level in range(_BISECTIONS):  # invariant: t(lo) > tau (late), t(hi) <= tau, where the root lies between
+            mid = np.sqrt(lo * hi)
+            tabled = level < len(self.table)
+            t = self.table[level][node, loads].reshape(mid.shape) if tabled else self.late_time(mid)
+            late = ~(t <= tau)
+            lo, hi = np.where(late, mid, lo), np.where(late, hi, mid)
+            node = 2 * node + late.ravel()
+        for _ in range(3):  # Newton from the late side: t convex and decreasing, so the step stays below the root
+            t, w = self.time(lo)
+            step = (t - tau) * w
+            lo = np.where(np.isfinite(step) & (step > 0.0), np.minimum(lo + step, hi), lo)
+        share = np.where(self.t_floor <= tau, 0.0, lo * (1.0 - _SLACK))
+        share = np.where(self.t_full <= tau, share, np.inf)
+        return np.where(self.pairs > 0.0, share, 0.0)
 
 
 def knapsack(share: np.ndarray, gain: np.ndarray, budget: float) -> tuple[float, np.ndarray | None]:
@@ -171,10 +209,11 @@ def interval_bound(rule: JointRule, state: LayerState, metric: float, target: fl
     if not tau_max > 0.0:  # no layer time lets any mask beat M
         return IntervalBound(metric, 0, None)
     promising: tuple[float, np.ndarray | None] = (-math.inf, None)
+    shares = LeastShares(state, tokens, pairs, compute)
 
     def evaluate(tau: float) -> float:
         nonlocal promising
-        value, x = knapsack(least_share(state, tau, tokens, pairs, compute), gain, state.bandwidth_hz)
+        value, x = knapsack(shares(tau), gain, state.bandwidth_hz)
         if x is not None:
             estimate = objective(rule, w_mand + value, bs + tau)  # what x would reach if its loads were the floors
             if estimate > promising[0]:

@@ -23,6 +23,8 @@ from wdmoe.radio.exactmath import LN2, log1p, log1p_array
 from wdmoe.radio.link import LinkState
 
 _LOG2_E = 1.0 / LN2
+_NATS_MEMO: dict[tuple[bytes, tuple[int, ...], float], np.ndarray] = {}
+_NATS_MEMO_SIZE = 4096  # links; cleared when full (a run's steps draw a new link each, a step asks it ~1000 times)
 
 
 class PoolMode(Enum):
@@ -82,7 +84,7 @@ def dl_rate_bps(bandwidth_hz: np.ndarray | float, snr_per_hz: np.ndarray | float
     if dl_psd_pool_hz > 0.0:
         b = np.asarray(bandwidth_hz, dtype=float)
         s = np.asarray(snr_per_hz, dtype=float)
-        return np.where(b > 0.0, b * log1p_array(s / dl_psd_pool_hz) * _LOG2_E, 0.0)
+        return np.where(b > 0.0, b * psd_dl_nats(s, dl_psd_pool_hz) * _LOG2_E, 0.0)
     return shannon_rate_bps(bandwidth_hz, snr_per_hz)
 
 
@@ -153,7 +155,7 @@ def time_and_inverse_slope(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarr
     l_ul = log1p_array(y_ul)  # radio.exactmath: the same bits as scalar_time's log1p, on any CPU
     t_ul = need_ul / (b * l_ul)
     if dl_pool > 0.0:
-        t_dl = need_dl / (b * log1p_array(s_dl / dl_pool))
+        t_dl = need_dl / (b * psd_dl_nats(s_dl, dl_pool))
         slope = (t_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
         return t_dl + t_ul + base, 1.0 / slope
     y_dl = s_dl / b
@@ -161,6 +163,15 @@ def time_and_inverse_slope(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarr
     t_dl = need_dl / (b * l_dl)
     slope = (t_dl * (l_dl - y_dl / (1.0 + y_dl)) / l_dl + t_ul * (l_ul - y_ul / (1.0 + y_ul)) / l_ul) / b
     return t_dl + t_ul + base, 1.0 / slope
+
+
+def time_only(b: np.ndarray, need_dl: np.ndarray, need_ul: np.ndarray, base: np.ndarray, s_dl: np.ndarray,
+              s_ul: np.ndarray, dl_pool: float = 0.0) -> np.ndarray:
+    """`time_and_inverse_slope`'s t alone, by the same operations (the same bits), for searches that need no slope."""
+    t_ul = need_ul / (b * log1p_array(s_ul / b))
+    if dl_pool > 0.0:
+        return need_dl / (b * psd_dl_nats(s_dl, dl_pool)) + t_ul + base
+    return need_dl / (b * log1p_array(s_dl / b)) + t_ul + base
 
 
 def scalar_time(b: float, need_dl: float, need_ul: float, base: float, s_dl: float,
@@ -212,7 +223,23 @@ def _scalar_time(b: float, need_dl: float, need_ul: float, base: float, s_dl: fl
 def psd_dl_load(need_dl: np.ndarray, s_dl: np.ndarray, dl_pool: float) -> np.ndarray:
     """need_dl / ln(1 + s_dl / dl_pool), Hz s: with the BS's power at a constant spectral density over dl_pool Hz
     a downlink of need_dl (bits * ln 2) over b Hz takes this / b seconds (its slope: this / b^2)."""
-    return need_dl / log1p_array(s_dl / dl_pool)
+    return need_dl / psd_dl_nats(s_dl, dl_pool)
+
+
+def psd_dl_nats(s_dl: np.ndarray, dl_pool: float) -> np.ndarray:
+    """ln(1 + s_dl / dl_pool) (`log1p_array`'s bits; read-only): the downlink's nats per hertz at a constant
+    spectral density. It depends on the link alone, and the policies' solvers ask it again for every candidate of
+    a layer step (a large block's search evaluates ~100 of them over the same link), so it is memoised by value."""
+    s_dl = np.asarray(s_dl, dtype=np.float64)
+    key = (s_dl.tobytes(), s_dl.shape, float(dl_pool))
+    nats = _NATS_MEMO.get(key)
+    if nats is None:
+        if len(_NATS_MEMO) >= _NATS_MEMO_SIZE:
+            _NATS_MEMO.clear()
+        nats = log1p_array(s_dl / dl_pool)
+        nats.flags.writeable = False
+        _NATS_MEMO[key] = nats
+    return nats
 
 
 def transfer_and_slope_into(b: np.ndarray, need: np.ndarray, snr: np.ndarray, y: np.ndarray, log_term: np.ndarray,

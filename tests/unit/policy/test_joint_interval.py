@@ -16,7 +16,7 @@ from wdmoe.config import Scenario
 from wdmoe.policy import JointSelectionBandwidth
 from wdmoe.policy.joint_counts import mandatory_pairs
 from wdmoe.policy.joint_gap import device_tables
-from wdmoe.policy.joint_interval import interval_bound, knapsack, knapsack_dual, least_share
+from wdmoe.policy.joint_interval import LeastShares, interval_bound, knapsack, knapsack_dual, least_share
 from wdmoe.radio.channel import sample_links
 from wdmoe.radio.exactmath import LN2
 from wdmoe.radio.rate import time_and_inverse_slope
@@ -75,6 +75,21 @@ def test_the_least_share_bounds_the_radio_models_from_below_and_tightly(seed: in
         fits = loaded & (full <= tau) & (share > 0.0)
         assert (time(np.where(fits, share, 1.0))[fits] >= tau * (1.0 - 1e-12)).all()  # a lower bound
         assert (time(np.where(fits, share * (1.0 + 1e-6), 1.0))[fits] <= tau).all()  # and a tight one
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_tabled_least_shares_are_the_reference_bit_for_bit(seed: int) -> None:
+    rng = np.random.default_rng(70 + seed)
+    state = make_state(rng, int(rng.integers(3, 40)), 3, 4, kind=str(rng.choice(["random", "fade"])))
+    policy = JointSelectionBandwidth(rho=0.5)
+    _, tokens, pairs, compute, _, _ = device_tables(state, mandatory_pairs(policy, state.topk_weight))
+    tabled = LeastShares(state, tokens, pairs, compute, levels=8)
+    t_full = tabled.t_full[np.isfinite(tabled.t_full) & (pairs > 0)]
+    taus = [*np.quantile(t_full, [0.0, 0.2, 0.5, 0.9, 1.0]), float(t_full.min()) * 0.5, float(t_full.max()) * 2.0]
+
+    for tau in taus:  # the bisection's every outcome: late everywhere, nowhere, and in between
+        assert tabled(float(tau)).tobytes() == least_share(state, float(tau), tokens, pairs, compute).tobytes()
+    assert len(tabled.table) == 8 and tabled.table[7].shape == (128, tokens.size)
 
 
 @pytest.mark.parametrize("seed", range(10))

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wdmoe.radio.exactmath import LN2
+from wdmoe.radio.exactmath import LN2, log1p_array
 from wdmoe.radio.link import DownlinkPower, LinkState
 from wdmoe.radio.rate import (
     PoolMode,
@@ -16,12 +16,14 @@ from wdmoe.radio.rate import (
     dl_share_time_s,
     max_rate_bps,
     pool_shares,
+    psd_dl_nats,
     rate_dl_bps,
     rate_ul_bps,
     scalar_time,
     shannon_rate_bps,
     share_time_s,
     time_and_inverse_slope,
+    time_only,
     transfer_and_slope_into,
     transfer_time_s,
 )
@@ -156,3 +158,33 @@ def test_solver_forms_are_the_share_time_under_shared_psd(seed: int) -> None:
     step = b * 1e-6
     numeric = (reference(b - step) - reference(b + step)) / (2 * step)
     np.testing.assert_allclose(1.0 / inverse, numeric, rtol=1e-5)
+
+
+def test_the_memoised_downlink_nats_are_log1p_of_the_link_bit_for_bit() -> None:
+    rng = np.random.default_rng(7)
+    s_dl = 10.0 ** rng.uniform(5.0, 11.0, 8)
+    pool = 2e7
+    reference = log1p_array(s_dl / pool)
+
+    first, again = psd_dl_nats(s_dl, pool), psd_dl_nats(s_dl.copy(), pool)  # a copy: memoised by value
+    column = psd_dl_nats(s_dl[:, None], pool)  # (D, 1), as the gap's bound asks it
+    other_pool = psd_dl_nats(s_dl, pool * 2.0)
+
+    assert first.tobytes() == reference.tobytes() and again.tobytes() == reference.tobytes()
+    assert column.shape == (8, 1) and column.tobytes() == reference.tobytes()
+    assert other_pool.tobytes() == log1p_array(s_dl / (pool * 2.0)).tobytes()
+    assert not first.flags.writeable  # shared between callers: none may write into it
+
+
+@pytest.mark.parametrize("pool", [0.0, 3e7])
+def test_the_time_alone_is_the_time_of_the_time_and_slope_bit_for_bit(pool: float) -> None:
+    rng = np.random.default_rng(11)
+    shape = (6, 9)  # loads x options, as the interval bound's searches ask it
+    b = 10.0 ** rng.uniform(-6.0, 8.0, shape)
+    need_dl, need_ul = 10.0 ** rng.uniform(2.0, 6.0, shape), 10.0 ** rng.uniform(2.0, 6.0, shape)
+    base = rng.uniform(0.0, 1e-3, shape)
+    s_dl, s_ul = 10.0 ** rng.uniform(5.0, 11.0, (6, 1)), 10.0 ** rng.uniform(5.0, 11.0, (6, 1))
+
+    t, _ = time_and_inverse_slope(b, need_dl, need_ul, base, s_dl, s_ul, pool)
+
+    assert time_only(b, need_dl, need_ul, base, s_dl, s_ul, pool).tobytes() == t.tobytes()
