@@ -28,10 +28,10 @@ def plan(
     max_copies: Annotated[int, typer.Option(min=1, help="Copies per expert, primary included (1: no replicas).")] = 2,
     exact: Annotated[
         bool, typer.Option("--exact/--no-exact", metavar="",
-                           help="Solve the inter-server placement exactly (MILP, HiGHS); small clusters.")
+                           help="Solve the inter-server placement exactly (by layers or a MILP); small clusters.")
     ] = False,
     time_limit: Annotated[
-        float, typer.Option(min=0.1, help="With --exact: HiGHS's time limit in seconds (it reports its gap).")
+        float, typer.Option(min=0.1, help="With --exact: the exact solver's time limit, seconds (it reports its gap).")
     ] = 60.0,
 ) -> None:
     """Plan where the model's experts live on the cluster's devices, minimizing the expected per-token latency
@@ -93,7 +93,7 @@ def _summary(report: dict[str, Any], cluster: str, num_devices: int) -> list[str
     gap = report["optimality_gap"]
     if gap is not None:
         lines.append("  exact: proven optimal" if gap == 0.0 else
-                     f"  exact: HiGHS stopped at its time limit; optimality gap {gap:.2%} (the optimum is at most "
+                     f"  exact: stopped at its time limit; optimality gap {gap:.2%} (the optimum is at most "
                      f"this much below the plan)")
     lines.append(f"popularity from {report['popularity_source']}; wrote {report['out']}")
     return lines

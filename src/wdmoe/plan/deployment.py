@@ -50,7 +50,7 @@ class Plan:
         round_robin_latency_s: the same objective for expert e on device e mod D on the same cluster.
         tiers: intra plans only: the server's memory tiers. server: intra plans only: the device index.
         candidates: every placement the planner scored, under the same objective (the lowest was chosen).
-        optimality_gap: inter plans solved with --exact only: HiGHS's relative gap (0.0: proven optimal).
+        optimality_gap: inter plans solved with --exact only: the exact solver's relative gap (0.0: proven optimal).
     """
 
     kind: PlanKind

@@ -3,7 +3,10 @@
 Contract: `solve_exact(model, capacity_bytes, limits)` returns an `ExactSolution` (primaries (L, E), their expected
 per-token seconds by `model.token_s`, and what HiGHS proved: optimal, or its relative gap and lower bound when it
 stopped at the time limit), or raises `PlanError` when the program has more columns than `limits.max_columns`
-(the message gives the sizes), when no placement fits the memory, or when HiGHS found none in time.
+(the message gives the sizes), when no placement fits the memory, or when HiGHS found none in time. It solves by
+layers (`plan.exact_layers`: each layer's placements enumerated, a knapsack over their memory patterns) where
+every layer's D^E placements are at most `limits.max_assignments`, else the whole program below (`solve_milp`);
+both are exact, and tests hold each equal to brute force and to the other.
 
 The program (scipy.optimize.milp, HiGHS), exact for the objective, not a relaxation of it:
 
@@ -22,7 +25,6 @@ microseconds, so its absolute gap tolerance (1e-6) is far below a nanosecond.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -30,37 +32,10 @@ from scipy.sparse import coo_matrix
 
 from wdmoe.plan.cost import LatencyModel
 from wdmoe.plan.errors import PlanError
+from wdmoe.plan.exact_layers import solve_by_layers
+from wdmoe.plan.exact_types import SCALE, STATUS_INFEASIBLE, ExactLimits, ExactSolution, infeasible, no_solution
 
-_SCALE = 1e6  # seconds -> microseconds in the program's objective
-_STATUS_INFEASIBLE = 2
-
-
-@dataclass(frozen=True)
-class ExactLimits:
-    """time_limit_s: HiGHS's wall-clock limit. max_columns: refuse larger programs up front. rel_gap: HiGHS's
-    relative optimality tolerance (its proof of optimality is up to this)."""
-
-    time_limit_s: float = 60.0
-    max_columns: int = 200_000
-    rel_gap: float = 1e-9
-
-
-@dataclass(frozen=True)
-class ExactSolution:
-    """The exact solver's answer.
-
-    Attributes:
-        primary: (L, E) device of every expert's primary. latency_s: its expected per-token seconds (token_s).
-        optimal: HiGHS proved optimality (to rel_gap). gap: HiGHS's relative gap (0 when optimal).
-        lower_bound_s: HiGHS's lower bound on the optimum, seconds. columns: size of the program.
-    """
-
-    primary: np.ndarray
-    latency_s: float
-    optimal: bool
-    gap: float
-    lower_bound_s: float
-    columns: int
+__all__ = ["ExactLimits", "ExactSolution", "program_columns", "solve_exact", "solve_milp"]
 
 
 def program_columns(model: LatencyModel) -> int:
@@ -84,8 +59,16 @@ def _check_size(model: LatencyModel, limits: ExactLimits) -> int:
     return columns
 
 
-def solve_exact(model: LatencyModel, capacity_bytes: np.ndarray, limits: ExactLimits = ExactLimits()) -> ExactSolution:
-    """The optimal primaries (module docstring)."""
+def solve_exact(model: LatencyModel, capacity_bytes: np.ndarray, limits: ExactLimits = ExactLimits(),
+                start: np.ndarray | None = None) -> ExactSolution:
+    """The optimal primaries (module docstring): by layers where they can be enumerated, else the whole MILP.
+    `start`: a placement within memory (the heuristic's), an upper bound for the layer decomposition's pruning."""
+    by_layers = solve_by_layers(model, capacity_bytes, limits, start)
+    return by_layers if by_layers is not None else solve_milp(model, capacity_bytes, limits)
+
+
+def solve_milp(model: LatencyModel, capacity_bytes: np.ndarray, limits: ExactLimits = ExactLimits()) -> ExactSolution:
+    """The optimal primaries by the whole program over per-set device tuples (module docstring)."""
     columns = _check_size(model, limits)
     capacity = np.asarray(capacity_bytes, dtype=float)
     sizes = model.expert_bytes
@@ -119,7 +102,7 @@ def solve_exact(model: LatencyModel, capacity_bytes: np.ndarray, limits: ExactLi
         table = model.tuple_table(pos)
         for s, (members, p) in enumerate(zip(routes.sets.tolist(), routes.prob.tolist(), strict=True)):
             block = column + np.arange(len(tuples))
-            cost.append(p * _SCALE * (table[s] if table is not None else np.array([
+            cost.append(p * SCALE * (table[s] if table is not None else np.array([
                 model.step_s(tuple(sorted((int(a[i]), float(sizes[pos, e])) for i, e in enumerate(members))))
                 for a in tuples
             ])))
@@ -150,16 +133,10 @@ def solve_exact(model: LatencyModel, capacity_bytes: np.ndarray, limits: ExactLi
 def _solution(model: LatencyModel, result: object, columns: int, limits: ExactLimits) -> ExactSolution:
     status = getattr(result, "status", None)
     x = getattr(result, "x", None)
-    if status == _STATUS_INFEASIBLE:
-        raise PlanError(
-            f"no placement of the {model.expert_bytes.size} experts fits the devices' memory "
-            f"(the exact program is infeasible; the experts need {int(model.expert_bytes.sum()):,} bytes)"
-        )
+    if status == STATUS_INFEASIBLE:
+        raise infeasible(model)
     if x is None:
-        raise PlanError(
-            f"the exact solver found no placement within its time limit of {limits.time_limit_s:g} s "
-            f"(HiGHS: {getattr(result, 'message', '')}); raise --time-limit or drop --exact"
-        )
+        raise no_solution(limits, str(getattr(result, "message", "")))
     num_layers, num_experts = model.expert_bytes.shape
     d = model.num_devices
     primary = np.argmax(np.asarray(x)[: num_layers * num_experts * d].reshape(num_layers, num_experts, d), axis=2)
@@ -167,5 +144,5 @@ def _solution(model: LatencyModel, result: object, columns: int, limits: ExactLi
     optimal = status == 0
     gap = 0.0 if optimal else float(getattr(result, "mip_gap", np.nan))
     bound = getattr(result, "mip_dual_bound", None)
-    lower_bound_s = latency_s if optimal or bound is None else float(bound) / _SCALE
+    lower_bound_s = latency_s if optimal or bound is None else float(bound) / SCALE
     return ExactSolution(primary.astype(np.int64), latency_s, optimal, gap, lower_bound_s, columns)

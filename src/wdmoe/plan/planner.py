@@ -31,7 +31,8 @@ from wdmoe.plan.status import ResourceStatus
 @dataclass(frozen=True)
 class PlannerConfig:
     """search: the inter-server heuristic's settings. allow_intra: False leaves intra-server plans out.
-    exact: solve the inter-server placement exactly (MILP, HiGHS) within these limits instead of the heuristic."""
+    exact: solve the inter-server placement exactly (plan.exact: by layers, or the whole MILP) within these limits
+        instead of the heuristic, whose plan bounds the exact search from above."""
 
     search: SearchConfig = field(default_factory=SearchConfig)
     allow_intra: bool = True
@@ -86,11 +87,20 @@ def round_robin_latency_s(
     return copies_latency_s(copies, requirement, statuses, radio, bits)
 
 
+def _start(model: LatencyModel, capacity: np.ndarray, config: PlannerConfig) -> np.ndarray | None:
+    """The heuristic's plan, an upper bound for the exact search's pruning (it never decides), or None where the
+    heuristic packs nothing (the exact search still finds a packing if one exists)."""
+    try:
+        return search_primary(model, capacity, config.search)
+    except PlanError:
+        return None
+
+
 def _inter(
     model: LatencyModel, capacity: np.ndarray, config: PlannerConfig
 ) -> tuple[Copies, float, ExactSolution | None]:
     if config.exact is not None:
-        solution = solve_exact(model, capacity, config.exact)
+        solution = solve_exact(model, capacity, config.exact, _start(model, capacity, config))
         primary = solution.primary
     else:
         solution, primary = None, search_primary(model, capacity, config.search)
