@@ -16,7 +16,7 @@ joint_search.better. Exact, not a heuristic:
      the first incumbent;
   1. joint_search.tangent_floor with tangents at the equal share B / n (shared by vectors with n devices);
   2. (three devices or more) tangents at `_Token.model_shares`, shares that nearly equalise the times by a model
-     built from the evaluations on the whole band (no transcendental): nearly tight, and the split's start;
+     built from stage 1's evaluations (no transcendental): nearly tight, and the split's start;
   3. (three devices or more) up to _SHARP_STEPS Newton steps of the split, the tangent floor at each iterate;
   then the exact solve (one device: its time on B; two: policy.bandwidth.pair_split; more: the same Newton step
   as policy.bandwidth.minmax_split on Python floats, stopped when certified within 1e-11 of the optimum by a
@@ -153,25 +153,25 @@ class _Token:
         return max(floor, tangent_floor(c, w, self.budget))
 
     def model_shares(self, active: list[tuple[int, int]]) -> list[float]:
-        """Shares that about equalise the devices' times, from their evaluations on the whole band alone: each
-        time as alpha + gamma / b (exact in 1/b for the tangent at B, and transfer times are nearly linear in
-        1/b), the common time T of sum gamma / (T - alpha) = B by _MODEL_STEPS Newton steps from below (the
-        sum is convex and decreasing in T), b = gamma / (T - alpha) scaled onto the band. Any shares give valid
-        tangents; these make the floor nearly tight and start the split near its optimum. Equal shares where
-        the model does not apply (a dead link, a flat time)."""
+        """Shares that about equalise the devices' times, from their evaluations at the equal share B / n (the
+        stage-1 tangents, cached): each time as alpha + gamma / b (its tangent in 1/b there; transfer times are
+        nearly linear in 1/b), the common time T of sum gamma / (T - alpha) = B by _MODEL_STEPS Newton steps from
+        below (the sum is convex and decreasing in T), b = gamma / (T - alpha) scaled onto the band. Any shares
+        give valid tangents; these make the floor nearly tight and start the split near its optimum. Equal
+        shares where the model does not apply (a dead link, a flat time)."""
         key = tuple(active)
         shares = self._model.get(key)
         if shares is not None:
             return shares
         budget, n = self.budget, len(active)
         shares = self._model[key] = [budget / n] * n
-        alpha, gamma = [], []
+        alpha, gamma, b0 = [], [], budget / n
         for g, m in active:
-            t0, w0 = self.time(g, m, budget)
+            t0, w0 = self.time(g, m, b0)
             if not (budget > 0.0 and t0 < math.inf and 0.0 < w0 < math.inf):
                 return shares
-            alpha.append(t0 - budget / w0)
-            gamma.append(budget * budget / w0)
+            alpha.append(t0 - b0 / w0)
+            gamma.append(b0 * b0 / w0)
         top = max(a + y / budget for a, y in zip(alpha, gamma, strict=True))
         try:  # a zero gap (gamma / B lost against alpha's size): keep the equal shares
             for _ in range(_MODEL_STEPS):
