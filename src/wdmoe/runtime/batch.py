@@ -47,8 +47,9 @@ class KVArena:
     `pad_sequence` of all of them in every layer. The buffers are zero-filled and a slot is zeroed when it is taken
     again, so the padding a decode step reads past a cache's length is zeros, as `pad_sequence`'s was: the
     attention sees the same tensors. Slots and capacity grow by doubling (every slot as long as the longest
-    sequence: the price of padding once instead of every layer); a slot is free again when its cache is garbage
-    collected. One arena serves one model, from its engine thread."""
+    sequence: the price of padding once instead of every layer); a slot is free again when its sequence retires
+    (`SequenceCache.release`) or its cache is garbage collected. One arena serves one model, from its engine
+    thread."""
 
     def __init__(self) -> None:
         self.key: dict[int, torch.Tensor] = {}  # layer -> (slots, capacity, kv_heads, d)
