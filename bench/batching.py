@@ -2,7 +2,8 @@
 side by side in one run, each concurrency serving the same requests (the concurrency-1 run is the requests one at
 a time). Clients run closed loops against `wdmoe.serve.engine.Engine` (no HTTP: the figure is the engine's).
 
-    python bench/batching.py [--requests 256] [--tokens 32] [--concurrency 1 4 16 64] [--mixed] [--json]
+    python bench/batching.py [--requests 256] [--tokens 32] [--concurrency 1 4 16 64]
+                             [--schedules preempt prefill-first mixed] [--mixed] [--json]
 
 Request i asks for exactly --tokens/2 + (13 i mod --tokens) new tokens (end-of-sequence biased away with logit_bias;
 --tokens on average, so requests end at different steps, as real ones do), greedy, with prompts of held-out text of
@@ -16,9 +17,11 @@ of the TTFT samples (it decides the p50) and the ramp and drain a large part of 
 the ramp's, not the steady state of c clients that the issue's bound is about. With 256, the burst is 1/16 of the
 samples at 16 clients (still 1/4 at 64). `--requests 64` gives the old figure.
 
-The engine's schedule is prefill-first (new requests prefill in a step of their own, wdmoe.runtime.admission);
-`--mixed` adds, in the same run, each level above 1 again with every step mixed (a new request's prefill shares the step
-with every running request's decode token), the schedule before it.
+Schedules (`--schedules`, each level above 1 once per schedule, back to back; concurrency 1 runs once, with the
+first): "preempt", the engine's (new requests prefill first, and one arriving during a decode step prefills at its
+next MoE layer, the step paused: wdmoe.runtime.scheduler); "prefill-first" (new requests prefill in a step of their
+own at the next step boundary, wdmoe.runtime.admission); "mixed" (every step mixed: a new request's prefill shares
+the step with every running request's decode token). `--mixed` adds "mixed" to the schedules.
 """
 
 from __future__ import annotations
@@ -47,11 +50,16 @@ def prompts(engine: object, count: int) -> list[list[int]]:
     return out
 
 
+# (prefill first, preempt) of each schedule
+SCHEDULES = {"preempt": (True, True), "prefill-first": (True, False), "mixed": (False, False)}
+
+
 def run_level(engine: object, requests: list[list[int]], tokens: int, concurrency: int,
-              prefill_first: bool = True) -> dict[str, float]:
+              schedule: str = "preempt") -> dict[str, float]:
     from wdmoe.runtime.sampling import Sampling
 
-    engine.scheduler.slots.prefill_first = prefill_first  # type: ignore[attr-defined]  # the engine is idle here
+    scheduler = engine.scheduler  # type: ignore[attr-defined]  # the engine is idle here
+    scheduler.slots.prefill_first, scheduler.preempt = SCHEDULES[schedule]
 
     eos = sorted(engine.eos_token_ids)  # type: ignore[attr-defined]
     no_eos = tuple((e, -100.0) for e in eos)
@@ -83,7 +91,7 @@ def run_level(engine: object, requests: list[list[int]], tokens: int, concurrenc
     out_tokens = sum(len(g.tokens) for g in gens)
     ttft = sorted(g.ttft_s for g in gens)
     tpot = [(g.wall_s - g.ttft_s) / (len(g.tokens) - 1) for g in gens if len(g.tokens) > 1]
-    return {"concurrency": concurrency, "schedule": "prefill-first" if prefill_first else "mixed",
+    return {"concurrency": concurrency, "schedule": schedule,
             "requests": len(gens), "output_tokens": out_tokens, "wall_s": wall,
             "tokens_per_s": out_tokens / wall, "ttft_p50_s": statistics.median(ttft),
             "ttft_p90_s": ttft[int(0.9 * (len(ttft) - 1))], "tpot_p50_s": statistics.median(tpot),
@@ -98,7 +106,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the machine is shared)")
-    parser.add_argument("--mixed", action="store_true", help="also the levels above 1 with every step mixed")
+    parser.add_argument("--schedules", nargs="+", choices=sorted(SCHEDULES), default=["preempt"],
+                        help="the schedules of each level above 1 (module docstring); default: the engine's")
+    parser.add_argument("--mixed", action="store_true", help="add the schedule 'mixed'")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -116,10 +126,10 @@ def main() -> None:
         requests = prompts(engine, args.requests)
         engine.generate(requests[0][:4], Sampling(max_tokens=4))  # warm-up
         rows = []
-        for c in args.concurrency:  # each level's two schedules back to back: the shared machine's load drifts
-            rows.append(run_level(engine, requests, args.tokens, c))
-            if args.mixed and c > 1:
-                rows.append(run_level(engine, requests, args.tokens, c, prefill_first=False))
+        schedules = list(dict.fromkeys(args.schedules + (["mixed"] if args.mixed else [])))
+        for c in args.concurrency:  # each level's schedules back to back: the shared machine's load drifts
+            for schedule in schedules[:1] if c == 1 else schedules:
+                rows.append(run_level(engine, requests, args.tokens, c, schedule))
     finally:
         engine.close()
         model.close()

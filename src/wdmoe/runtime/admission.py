@@ -3,6 +3,7 @@
     add(item)    -> waits (first come, first served)
     admit()      -> drops cancelled running items; moves waiting ones into the batch while it has fewer than
                     `max_batch`; a cancelled waiting item and one asking for no tokens retire at once
+    admit_waiting() -> the waiting part of admit alone (the running batch untouched: a step may be running it)
     batch()      -> the running items the next forward step runs: all of them, or with `prefill_first` the ones not
                     started yet alone (their prefills in a step of their own) while there are any
     take_done()  -> the running items that finished in the last step, out of the batch (the order kept)
@@ -66,6 +67,12 @@ class Slots(Generic[Item]):
             else:
                 keep.append(item)
         self.running = keep
+        return retired + self.admit_waiting()
+
+    def admit_waiting(self) -> list[Item]:
+        """`admit` without touching the running items (a step runs them): waiting items into the batch as room
+        allows; returns the waiting ones retired without running."""
+        retired: list[Item] = []
         while self.waiting and len(self.running) < self.max_batch:
             item = self.waiting.popleft()
             if item.cancelled:

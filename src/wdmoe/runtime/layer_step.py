@@ -61,6 +61,9 @@ class Runtime:
         self.decode_grouping: Grouping | None = ONE_TOKEN  # group + combine of one-token steps (None: reference)
         # the whole layer step on the GPU (wdmoe.runtime.device_moe), set only while a graphed decode step runs
         self.device_step: Callable[..., torch.Tensor] | None = None
+        # called at every MoE layer before its experts run, set only while a batched decode step that may pause
+        # there runs (DistributedMoE.step_segments: the scheduler's prefill of requests that arrived meanwhile)
+        self.pause_point: Callable[[], None] | None = None
         self.mark_s = time.perf_counter()
         self.scratch: tempfile.TemporaryDirectory[str] | None = None
         self.listeners: list[Callable[[FailoverEvent], None]] = []  # every event that changed the liveness

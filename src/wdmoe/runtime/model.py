@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -209,17 +211,43 @@ class DistributedMoE:
             return decoder.generate(input_ids, max_new_tokens, eos_ids)
         return self.hf_model.generate(input_ids, **kwargs)
 
-    def step_segments(self, tokens: list[list[int]],
-                      caches: list[SequenceCache]) -> tuple[torch.Tensor, StepRecord | None]:
+    def step_segments(self, tokens: list[list[int]], caches: list[SequenceCache],
+                      pause: Callable[[], None] | None = None) -> tuple[torch.Tensor, StepRecord | None]:
         """One forward step over the new tokens of several sequences, each with its own KV cache
         (`wdmoe.runtime.batch.forward_segments`): (N, V) fp32 logits of each sequence's last new token, and the
-        step's telemetry record (rows in the order of `tokens`). Phase "prefill" when a sequence starts in it."""
-        self._segments_phase = "prefill" if any(c.length == 0 for c in caches) else "decode"
+        step's telemetry record (rows in the order of `tokens`). Phase "prefill" when a sequence starts in it.
+
+        `pause`, in a decode step: called at every MoE layer before its experts run (the serving scheduler runs the
+        prefill of requests that arrived meanwhile there, `step_segments` again: a step inside this one). This
+        step's state is kept aside meanwhile (`_paused`), and its wall time and BS times exclude the pause."""
+        phase: Phase = "prefill" if any(c.length == 0 for c in caches) else "decode"
+        self._segments_phase = phase
+        if pause is not None and phase == "decode":
+            self.runtime.pause_point = functools.partial(self._paused, pause)
         try:
             logits = forward_segments(self.hf_model, tokens, caches, self.kv_arena)
         finally:
-            self._segments_phase = None
+            self._segments_phase, self.runtime.pause_point = None, None
         return logits, self._last_step
+
+    def _paused(self, inner: Callable[[], None]) -> None:
+        """Run `inner` (another batched step) inside the running one, at a MoE layer: the running step's telemetry
+        record, clocks and channel are set aside and given back after, its clocks moved on by the pause, so its wall
+        time and the BS time of its next layer do not count the inner step (which has a record of its own)."""
+        wireless = self.wireless.channel_state() if self.wireless is not None else None
+        telemetry = self.telemetry
+        saved = (self._segments_phase, self._last_step, telemetry.current, self.runtime.pause_point,
+                 self._step_start_s, self.runtime.mark_s)
+        self.runtime.pause_point = None  # no pause inside the inner step
+        start = time.perf_counter()
+        try:
+            inner()
+        finally:
+            paused = time.perf_counter() - start
+            self._segments_phase, self._last_step, telemetry.current, self.runtime.pause_point = saved[:4]
+            self._step_start_s, self.runtime.mark_s = saved[4] + paused, saved[5] + paused
+            if self.wireless is not None and wireless is not None:
+                self.wireless.restore_channel(wireless)
 
     def _graphed_decoder(self, input_ids: torch.Tensor,
                          kwargs: dict[str, Any]) -> tuple[GraphedDecoder, int, list[int]] | None:

@@ -4,11 +4,23 @@
     step()      -> admits waiting sequences (up to max_batch running), drops cancelled ones, runs ONE forward step
                    over the step's batch (`Slots.batch`: every running sequence, prefills and decode tokens
                    together, `DistributedMoE.step_segments`; with `prefill_first` the new ones alone while there
-                   are any), lets each pick its token (`TokenPicker`), retires the finished ones
+                   are any), lets each pick its token (`TokenPicker`), retires the finished ones; with `preempt`,
+                   requests that arrive during a decode step prefill inside it, at its next MoE layer
     cancel(seq) -> retired at the next step
 
 Admission and retirement are `wdmoe.runtime.admission.Slots` (torch-free): the multi-user simulator
-(`wdmoe.sim.cell`) batches by the same rule.
+(`wdmoe.sim.cell`) batches by the same rule, at step boundaries (it does not preempt).
+
+Preemptive prefill (`preempt`, the serving engine's default with `prefill_first`): a request that arrives while a
+decode step runs does not wait for the end of that step. At the step's next MoE layer, before its experts run,
+the step pauses; the requests that arrived are admitted and their prefill runs as a step of its own
+(`DistributedMoE.step_segments`'s `pause`, which keeps the paused step's state aside); then the paused step goes
+on. Their first token then comes after (the rest of the layer in progress) + (their prefill), where it came after
+(the rest of the step in progress) + (their prefill). That matters most to a closed-loop client: its next request
+arrives just after the step that ended the last one, so without preemption it waits for nearly a whole step. The
+work is the same as a prefill step of its own before the next step (`prefill_first`); the decode tokens wait for
+it in the middle of their step instead of before it. Each pause admits only what arrived, so prefills are not
+batched together as much as at a step boundary.
 
 A sequence finishes on an end-of-sequence token ("stop", the token kept, as transformers' generate keeps it), a
 stop string in its decoded new text ("stop"), `max_tokens` ("length"), a cancel ("cancelled") or an error ("error",
@@ -97,9 +109,12 @@ class Scheduler:
     """Admits, steps and retires sequences of one model (module docstring)."""
 
     def __init__(self, model: DistributedMoE, max_batch: int = 64, eos_ids: set[int] | None = None,
-                 decode: Callable[[list[int]], str] | None = None, prefill_first: bool = False) -> None:
+                 decode: Callable[[list[int]], str] | None = None, prefill_first: bool = False,
+                 preempt: bool = False) -> None:
         # admission, retirement and each step's batch (`wdmoe.runtime.admission`, which says why prefill_first)
         self.slots: Slots[Sequence] = Slots(max_batch, prefill_first)
+        self.preempt = preempt  # requests arriving during a decode step prefill at its next MoE layer (docstring)
+        self._retired_in_step: list[Sequence] = []  # retired at a pause of the running step (cancelled, no tokens)
         self.model = model
         self.eos_ids = eos_ids or set()
         self.decode = decode
@@ -149,10 +164,17 @@ class Scheduler:
         """Admit, run one forward step, retire (module docstring); returns the sequences retired by this step."""
         retired = self._admit()
         batch = self.slots.batch()
-        if not batch:
-            return retired
+        if batch:
+            self._run(batch, self._prefill_arrivals if self.preempt else None)
+        retired += self._retired_in_step
+        self._retired_in_step = []
+        return retired + self._take_done()
+
+    def _run(self, batch: list[Sequence], pause: Callable[[], None] | None = None) -> None:
+        """One forward step over `batch` (`pause`: as `DistributedMoE.step_segments`'s); a failure ends only the
+        sequences that fail alone (module docstring)."""
         try:
-            self._forward(batch)
+            self._forward(batch, pause)
         except DevicesUnavailable as exc:
             _fail(batch, exc)
         except Exception as exc:
@@ -164,14 +186,26 @@ class Scheduler:
                         self._forward([seq])
                     except Exception as alone:
                         _fail([seq], alone)
-        return retired + self._take_done()
 
-    def _forward(self, batch: list[Sequence]) -> None:
+    def _prefill_arrivals(self) -> None:
+        """At a MoE layer of the running decode step, which pauses: admit the requests that arrived since it
+        began and run their prefill now, in a step of their own inside it (module docstring)."""
+        if not self.slots.waiting:  # read without the lock: a request added just after waits for the next pause
+            return
+        with self._lock:
+            before = len(self.slots.running)
+            retired = self.slots.admit_waiting()
+            fresh = self.slots.running[before:]
+        self._retired_in_step += self._retire_now(retired)
+        if fresh:
+            self._run(fresh)
+
+    def _forward(self, batch: list[Sequence], pause: Callable[[], None] | None = None) -> None:
         """One forward step over `batch`, and each sequence's token from it."""
         wireless = self.model.wireless
         if wireless is not None:  # the channel of this step: the oldest request's seed and step, no shared state
             wireless.seed_step(batch[0].channel_seed, len(batch[0].tokens))
-        logits, record = self.model.step_segments([s.next_input for s in batch], [s.cache for s in batch])
+        logits, record = self.model.step_segments([s.next_input for s in batch], [s.cache for s in batch], pause)
         logits = logits.cpu()  # (N, V)
         logp = torch.log_softmax(logits, dim=-1)  # row by row, as each request alone
         now = time.perf_counter()
@@ -200,6 +234,11 @@ class Scheduler:
         """Waiting sequences into the batch, as room allows; cancelled ones (and max_tokens = 0) retire at once."""
         with self._lock:
             retired = self.slots.admit()
+        return self._retire_now(retired)
+
+    @staticmethod
+    def _retire_now(retired: list[Sequence]) -> list[Sequence]:
+        """Sequences admission retired without running: their end time now, their KV slot free."""
         now = time.perf_counter()
         for seq in retired:
             seq.done_s = now

@@ -68,6 +68,17 @@ class WirelessDecider:
         if per_request:
             self.link = redraw_fading(self.rng, self.link, self.radio)
 
+    def channel_state(self) -> tuple[np.random.Generator, LinkState, LayerState | None]:
+        """What a forward step changes here: the generator, the channel block and the last state. A step run inside
+        another (the serving scheduler's prefill at a paused decode step, `DistributedMoE.step_segments`) takes it
+        before and hands it back with `restore_channel` after, so the paused step goes on in its own channel: the
+        inner step starts with `seed_step` (a generator of its own), and every draw replaces these objects, none
+        changes them in place, so the saved ones are as the paused step left them."""
+        return self.rng, self.link, self.last_state
+
+    def restore_channel(self, state: tuple[np.random.Generator, LinkState, LayerState | None]) -> None:
+        self.rng, self.link, self.last_state = state
+
     def start_step(self) -> None:
         if redraws_at(self.radio.coherence, "step"):
             self.link = redraw_fading(self.rng, self.link, self.radio)

@@ -3,8 +3,10 @@
 Contract: `Engine.start(ids, sampling, ...)` hands a generation to the scheduler (wdmoe.runtime.scheduler) and
 returns a `Handle` at once; the request joins the running batch at the next forward step, so concurrent requests
 share every step (and every MoE layer's dispatch to the devices) instead of queueing behind each other. Requests
-that arrived meanwhile prefill first, in a step of their own (`prefill_first`, why in wdmoe.runtime.admission): a
-new request's first token comes at most one step later than it would alone.
+that arrived meanwhile prefill first, in a step of their own (`prefill_first`, why in wdmoe.runtime.admission), and
+one that arrives while a decode step runs does not wait for its end: the step pauses at its next MoE layer for the
+prefill (`preempt`, wdmoe.runtime.scheduler). A new request's first token comes at most one step later than it
+would alone.
 `Handle.cancel()` retires it at the next step (a client gone); its future then holds the tokens so far, with
 finish_reason "cancelled". A request that fails (its own error, or every request of a step when devices are lost:
 wdmoe.runtime.scheduler says how a failure is kept to the request that caused it) gets the exception in its future,
@@ -89,7 +91,7 @@ class Engine:
     most; telemetry goes to `sinks`."""
 
     def __init__(self, model: Any, name: str = "wdmoe", max_queue: int = 64, max_batch: int = 64,
-                 prefill_first: bool = True) -> None:
+                 prefill_first: bool = True, preempt: bool = True) -> None:
         self.model = model
         self.name = name
         self.max_queue = max_queue  # requests that may wait besides the max_batch running ones; beyond it QueueFull
@@ -108,7 +110,7 @@ class Engine:
         self._pending_lock = threading.Lock()
         self._steps: list[StepRecord] = []
         model.telemetry.listeners.append(self._on_step)
-        self.scheduler = Scheduler(model, max_batch, self.eos_token_ids, self.decode, prefill_first)
+        self.scheduler = Scheduler(model, max_batch, self.eos_token_ids, self.decode, prefill_first, preempt)
         self._futures: dict[int, Future[Generation]] = {}  # by sequence id, while pending
         self._stepping = False  # a step job is queued or running on the worker thread
 

@@ -58,3 +58,17 @@ def test_prefill_first_admits_no_more_than_room_allows() -> None:
     for item in items:
         slots.add(item)
     assert step(slots) == items[:2] and list(slots.waiting) == items[2:]
+
+
+def test_admit_waiting_leaves_the_running_batch_as_it_is() -> None:
+    slots: Slots[Item] = Slots(max_batch=2)
+    a, b, c, gone = Item(), Item(), Item(), Item(cancelled=True)
+    slots.add(a)
+    slots.admit()
+    a.cancelled = True  # a step is running it: only the next step boundary drops it
+    for item in (gone, b, c):
+        slots.add(item)
+    retired = slots.admit_waiting()
+    assert slots.running == [a, b] and list(slots.waiting) == [c]  # room for one more: max_batch counts a
+    assert retired == [gone] and gone.finish_reason == "cancelled" and a.finish_reason is None
+    assert slots.admit() == [a] and slots.running == [b, c]
