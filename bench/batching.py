@@ -3,7 +3,7 @@ side by side in one run, each concurrency serving the same requests (the concurr
 a time). Clients run closed loops against `wdmoe.serve.engine.Engine` (no HTTP: the figure is the engine's).
 
     python bench/batching.py [--requests 256] [--tokens 32] [--concurrency 1 4 16 64]
-                             [--schedules preempt prefill-first mixed] [--mixed] [--json]
+                             [--schedules preempt pause-only prefill-first mixed] [--mixed] [--json]
 
 Request i asks for exactly --tokens/2 + (13 i mod --tokens) new tokens (end-of-sequence biased away with logit_bias;
 --tokens on average, so requests end at different steps, as real ones do), greedy, with prompts of held-out text of
@@ -18,10 +18,12 @@ the ramp's, not the steady state of c clients that the issue's bound is about. W
 samples at 16 clients (still 1/4 at 64). `--requests 64` gives the old figure.
 
 Schedules (`--schedules`, each level above 1 once per schedule, back to back; concurrency 1 runs once, with the
-first): "preempt", the engine's (new requests prefill first, and one arriving during a decode step prefills at its
-next MoE layer, the step paused: wdmoe.runtime.scheduler); "prefill-first" (new requests prefill in a step of their
-own at the next step boundary, wdmoe.runtime.admission); "mixed" (every step mixed: a new request's prefill shares
-the step with every running request's decode token). `--mixed` adds "mixed" to the schedules.
+first): "preempt", the engine's (new requests prefill first; one arriving during a decode step restarts the step
+with it before the step's first MoE layer, or prefills inside it at a later one, the step paused:
+wdmoe.runtime.scheduler); "pause-only" (the same without the restart: every arrival during a decode step prefills
+inside it); "prefill-first" (new requests prefill in a step of their own at the next step boundary,
+wdmoe.runtime.admission); "mixed" (every step mixed: a new request's prefill shares the step with every running
+request's decode token). `--mixed` adds "mixed" to the schedules.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def prompts(engine: object, count: int) -> list[list[int]]:
     return out
 
 
-# (prefill first, preempt) of each schedule
-SCHEDULES = {"preempt": (True, True), "prefill-first": (True, False), "mixed": (False, False)}
+# (prefill first, preempt, restart) of each schedule
+SCHEDULES = {"preempt": (True, True, True), "pause-only": (True, True, False), "prefill-first": (True, False, False),
+             "mixed": (False, False, False)}
 
 
 def run_level(engine: object, requests: list[list[int]], tokens: int, concurrency: int,
@@ -59,7 +62,7 @@ def run_level(engine: object, requests: list[list[int]], tokens: int, concurrenc
     from wdmoe.runtime.sampling import Sampling
 
     scheduler = engine.scheduler  # type: ignore[attr-defined]  # the engine is idle here
-    scheduler.slots.prefill_first, scheduler.preempt = SCHEDULES[schedule]
+    scheduler.slots.prefill_first, scheduler.preempt, scheduler.restart = SCHEDULES[schedule]
 
     eos = sorted(engine.eos_token_ids)  # type: ignore[attr-defined]
     no_eos = tuple((e, -100.0) for e in eos)

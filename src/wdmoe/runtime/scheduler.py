@@ -12,15 +12,19 @@ Admission and retirement are `wdmoe.runtime.admission.Slots` (torch-free): the m
 (`wdmoe.sim.cell`) batches by the same rule, at step boundaries (it does not preempt).
 
 Preemptive prefill (`preempt`, the serving engine's default with `prefill_first`): a request that arrives while a
-decode step runs does not wait for the end of that step. At the step's next MoE layer, before its experts run,
-the step pauses; the requests that arrived are admitted and their prefill runs as a step of its own
-(`DistributedMoE.step_segments`'s `pause`, which keeps the paused step's state aside); then the paused step goes
-on. Their first token then comes after (the rest of the layer in progress) + (their prefill), where it came after
-(the rest of the step in progress) + (their prefill). That matters most to a closed-loop client: its next request
-arrives just after the step that ended the last one, so without preemption it waits for nearly a whole step. The
-work is the same as a prefill step of its own before the next step (`prefill_first`); the decode tokens wait for
-it in the middle of their step instead of before it. Each pause admits only what arrived, so prefills are not
-batched together as much as at a step boundary.
+decode step runs does not wait for the end of that step. At each MoE layer of the step, before its experts run,
+the step may pause (`DistributedMoE.step_segments`'s `pause`) and admit the requests that arrived:
+- at the step's first MoE layer (with `restart`, the default), the step is abandoned (`LateArrivals`) and run
+  again from the start with them, as a mixed step: what is thrown away is the embedding and the first attention
+  of the running batch, and their prompts share a step with the decode tokens, as in a mixed schedule;
+- at a later MoE layer, their prefill runs as a step of its own inside the paused step (which keeps its state
+  aside meanwhile), then the paused step goes on.
+Their first token then comes after (a mixed step) or (the rest of the layer in progress) + (their prefill), where
+it came after (the rest of the step in progress) + (their prefill). That matters most to a closed-loop client: its
+next request arrives just after the step that ended the last one (before that step's first MoE layer, nearly
+always), so without preemption it waits for nearly a whole step. A restarted step is mixed, and has no pauses:
+what arrives during it waits for its end. bench/batching.py measures the schedules side by side
+(docs/benchmarks.md).
 
 A sequence finishes on an end-of-sequence token ("stop", the token kept, as transformers' generate keeps it), a
 stop string in its decoded new text ("stop"), `max_tokens` ("length"), a cancel ("cancelled") or an error ("error",
@@ -114,6 +118,8 @@ class Scheduler:
         # admission, retirement and each step's batch (`wdmoe.runtime.admission`, which says why prefill_first)
         self.slots: Slots[Sequence] = Slots(max_batch, prefill_first)
         self.preempt = preempt  # requests arriving during a decode step prefill at its next MoE layer (docstring)
+        self.restart = True  # with preempt: arrivals before the step's first MoE layer restart it (docstring)
+        self._first_pause = False
         self._retired_in_step: list[Sequence] = []  # retired at a pause of the running step (cancelled, no tokens)
         self.model = model
         self.eos_ids = eos_ids or set()
@@ -165,6 +171,7 @@ class Scheduler:
         retired = self._admit()
         batch = self.slots.batch()
         if batch:
+            self._first_pause = True
             self._run(batch, self._prefill_arrivals if self.preempt else None)
         retired += self._retired_in_step
         self._retired_in_step = []
@@ -175,6 +182,8 @@ class Scheduler:
         sequences that fail alone (module docstring)."""
         try:
             self._forward(batch, pause)
+        except LateArrivals as late:  # the step again, from the start, with them (module docstring)
+            self._run(batch + late.sequences, pause)
         except DevicesUnavailable as exc:
             _fail(batch, exc)
         except Exception as exc:
@@ -190,6 +199,7 @@ class Scheduler:
     def _prefill_arrivals(self) -> None:
         """At a MoE layer of the running decode step, which pauses: admit the requests that arrived since it
         began and run their prefill now, in a step of their own inside it (module docstring)."""
+        first, self._first_pause = self._first_pause, False
         if not self.slots.waiting:  # read without the lock: a request added just after waits for the next pause
             return
         with self._lock:
@@ -197,6 +207,8 @@ class Scheduler:
             retired = self.slots.admit_waiting()
             fresh = self.slots.running[before:]
         self._retired_in_step += self._retire_now(retired)
+        if fresh and first and self.restart:
+            raise LateArrivals(fresh)
         if fresh:
             self._run(fresh)
 
@@ -278,6 +290,14 @@ class Scheduler:
     def summary(self, seq: Sequence) -> dict[str, Any]:
         """The request's telemetry summary (`wdmoe.runtime.telemetry.request_summary`)."""
         return request_summary(seq.parts, self.model.num_devices)
+
+
+class LateArrivals(Exception):  # not an error: the step starts again with them
+    """Raised at the first MoE layer of a decode step when requests arrived: the step is run again with them."""
+
+    def __init__(self, sequences: list[Sequence]) -> None:
+        super().__init__(f"{len(sequences)} requests arrived before the step's first MoE layer")
+        self.sequences = sequences
 
 
 def _fail(seqs: list[Sequence], exc: Exception) -> None:

@@ -1,5 +1,6 @@
-"""Preemptive prefill (wdmoe.runtime.scheduler): a request that arrives while a decode step runs prefills inside
-it, at its next MoE layer, and every request still gets what it gets alone."""
+"""Preemptive prefill (wdmoe.runtime.scheduler): a request that arrives while a decode step runs does not wait for
+its end (it restarts the step with it before the step's first MoE layer, or prefills inside it at a later one),
+and every request still gets what it gets alone."""
 
 from __future__ import annotations
 
@@ -58,10 +59,11 @@ def arrive_at_layer(model: DistributedMoE, layer: int, scheduler: Scheduler, new
 
 
 def run_with_arrival(model: DistributedMoE, first: tuple[list[int], Sampling], second: tuple[list[int], Sampling],
-                     layer: int, records: list[StepRecord]) -> tuple[Sequence, Sequence, float]:
+                     layer: int, records: list[StepRecord], restart: bool = False) -> tuple[Sequence, Sequence, float]:
     """`first` runs; `second` arrives at `layer`'s MoE of first's first decode step. Returns both and that step's
     wall time as the caller saw it."""
     scheduler = Scheduler(model, prefill_first=True, preempt=True)
+    scheduler.restart = restart
     a, b = scheduler.new(*first), scheduler.new(*second)
     scheduler.add(a)
     scheduler.step()  # a's prefill
@@ -85,12 +87,16 @@ def assert_same(got: Sequence, ref: Sequence) -> None:
     np.testing.assert_allclose(got.logprobs, ref.logprobs, rtol=0, atol=LOGPROB_TOL)
 
 
-@pytest.mark.parametrize("layer", [0, 1])
-def test_a_request_arriving_during_a_decode_step_prefills_inside_it(model: DistributedMoE, layer: int) -> None:
-    first = (prompt(7, 0), Sampling(max_tokens=5))
-    second = (prompt(11, 1), Sampling(max_tokens=4, temperature=0.9, seed=8))
+FIRST = (prompt(7, 0), Sampling(max_tokens=5))
+SECOND = (prompt(11, 1), Sampling(max_tokens=4, temperature=0.9, seed=8))
+
+
+@pytest.mark.parametrize(("layer", "restart"), [(0, False), (1, False), (1, True)])
+def test_a_request_arriving_during_a_decode_step_prefills_inside_it(model: DistributedMoE, layer: int,
+                                                                   restart: bool) -> None:
+    first, second = FIRST, SECOND
     records: list[StepRecord] = []
-    a, b, elapsed = run_with_arrival(model, first, second, layer, records)
+    a, b, elapsed = run_with_arrival(model, first, second, layer, records, restart)
 
     assert [r.phase for r in records] == ["prefill", "decode"]  # b's prefill finished first, inside a's step
     prefill, decode = records
@@ -100,6 +106,17 @@ def test_a_request_arriving_during_a_decode_step_prefills_inside_it(model: Distr
     assert [p.step for p in b.parts][:1] == [prefill] and a.parts[1].step is decode
     assert_same(a, alone(model, *first))
     assert_same(b, alone(model, *second))
+
+
+def test_a_request_arriving_before_the_first_moe_layer_restarts_the_step_with_it(model: DistributedMoE) -> None:
+    records: list[StepRecord] = []
+    a, b, _ = run_with_arrival(model, FIRST, SECOND, 0, records, restart=True)
+
+    [step] = records  # one step, mixed: b's prompt and a's decode token; the abandoned start left no record
+    assert step.phase == "prefill" and step.num_tokens == 1 + len(SECOND[0]) and len(step.layers) == 2
+    assert a.parts[1].step is step and b.parts[0].step is step
+    assert_same(a, alone(model, *FIRST))
+    assert_same(b, alone(model, *SECOND))
 
 
 def test_the_paused_step_keeps_its_channel_under_a_latency_aware_policy(model: DistributedMoE) -> None:
