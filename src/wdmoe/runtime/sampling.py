@@ -76,11 +76,11 @@ class TokenPicker:
         return token, logp
 
     @property
-    def plain(self) -> bool:
-        """Greedy on the unprocessed logits (no bias, no penalty): its token is the logits' argmax, which a batch
-        computes for all such requests at once (`wdmoe.runtime.scheduler`)."""
+    def stateless_greedy(self) -> bool:
+        """Greedy without penalties: its token is the argmax of the logits plus its bias, nothing else read or
+        written, so a batch picks it for all such requests at once (`batch_greedy`)."""
         s = self.sampling
-        return s.greedy and self.bias is None and not (s.frequency_penalty or s.presence_penalty)
+        return s.greedy and not (s.frequency_penalty or s.presence_penalty)
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         s = self.sampling
@@ -88,6 +88,28 @@ class TokenPicker:
         if s.frequency_penalty or s.presence_penalty:
             scores = scores - self.counts * s.frequency_penalty - (self.counts > 0).float() * s.presence_penalty
         return scores
+
+
+def batch_greedy(pickers: list[TokenPicker], logits: torch.Tensor) -> list[int | None]:
+    """The token of each `stateless_greedy` picker of a batch, None for the others (they `pick`): `logits` (N, V),
+    row i the batch's i-th request's. One add of the biases of those that have one and one argmax over the rows:
+    the same sums and the same first maximum as each row's own `pick` (greedy: argmax of logits + bias)."""
+    rows = [row for row, picker in enumerate(pickers) if picker.stateless_greedy]
+    tokens: list[int | None] = [None] * len(pickers)
+    if not rows:
+        return tokens
+    scores = logits if len(rows) == len(pickers) else logits[rows]  # (len(rows), V)
+    biases = [pickers[row].bias for row in rows]
+    if all(bias is not None for bias in biases):
+        scores = scores + torch.stack(biases)  # type: ignore[arg-type]
+    elif any(bias is not None for bias in biases):
+        scores = scores.clone()
+        for i, bias in enumerate(biases):
+            if bias is not None:
+                scores[i] += bias
+    for row, token in zip(rows, torch.argmax(scores, dim=-1).tolist(), strict=True):
+        tokens[row] = token
+    return tokens
 
 
 def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:

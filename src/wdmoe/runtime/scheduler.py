@@ -63,7 +63,7 @@ import torch
 from wdmoe.errors import DevicesUnavailable
 from wdmoe.runtime.admission import Slots
 from wdmoe.runtime.batch import SequenceCache
-from wdmoe.runtime.sampling import Sampling, TokenPicker
+from wdmoe.runtime.sampling import Sampling, TokenPicker, batch_greedy
 from wdmoe.runtime.telemetry import StepShare, request_summary
 
 if TYPE_CHECKING:
@@ -221,8 +221,7 @@ class Scheduler:
         logits = logits.cpu()  # (N, V)
         logp = torch.log_softmax(logits, dim=-1)  # row by row, as each request alone
         now = time.perf_counter()
-        plain = [seq.picker.plain for seq in batch]  # their tokens: one argmax over the batch (first maximum, as
-        argmax = torch.argmax(logits, dim=-1).tolist() if any(plain) else []  # each row's own argmax)
+        greedy = batch_greedy([seq.picker for seq in batch], logits)  # greedy ones' tokens, for all at once
         start = 0
         for row, seq in enumerate(batch):
             first = not seq.tokens
@@ -231,7 +230,7 @@ class Scheduler:
                 seq.parts.append(StepShare(record, start, start + width, first))
             start += width
             try:
-                self._take_token(seq, logits[row], logp[row], now, argmax[row] if plain[row] else None)
+                self._take_token(seq, logits[row], logp[row], now, greedy[row])
             except Exception as exc:  # this sequence's own sampling or callback: it alone ends
                 _fail([seq], exc)
 
@@ -259,7 +258,7 @@ class Scheduler:
 
     def _take_token(self, seq: Sequence, logits: torch.Tensor, logp: torch.Tensor, now: float,
                     token: int | None = None) -> None:
-        """`token`: the request's pick when the batch made it (a plain greedy request's argmax), else its picker's."""
+        """`token`: the request's pick when the batch made it (`batch_greedy`), else its picker's."""
         if token is None:
             token, logp = seq.picker.pick(logits, logp)
         seq.tokens.append(token)

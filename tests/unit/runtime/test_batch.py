@@ -176,6 +176,24 @@ def test_logit_bias_and_penalties_act() -> None:
     assert [picker.pick(logits)[0] for _ in range(4)] == [0, 1, 2, 3]
 
 
+def test_batch_greedy_picks_what_each_picker_picks_alone() -> None:
+    from wdmoe.runtime.sampling import TokenPicker, batch_greedy
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 4, (12, 16), generator=gen).float()  # small integers: ties, first maximum wins
+    kinds = [Sampling(3), Sampling(3, logit_bias=((5, 1.0), (9, 2.0))), Sampling(3, logit_bias=((2, -3.0),)),
+             Sampling(3, temperature=0.7, seed=1), Sampling(3, frequency_penalty=0.5), Sampling(3, temperature=1e-9)]
+    pickers = [TokenPicker(kinds[i % len(kinds)], 16) for i in range(12)]
+    tokens = batch_greedy(pickers, logits)
+    for row, (picker, token) in enumerate(zip(pickers, tokens, strict=True)):
+        if picker.stateless_greedy:
+            assert token == picker.pick(logits[row])[0]
+        else:
+            assert token is None
+    assert sum(t is not None for t in tokens) == 8 and torch.equal(logits, torch.randint(0, 4, (12, 16),
+                                                                   generator=torch.Generator().manual_seed(0)).float())
+
+
 def test_shared_steps_are_attributed_in_full(model: DistributedMoE) -> None:
     records: list[StepRecord] = []
     model.telemetry.listeners.append(records.append)
