@@ -3,7 +3,7 @@ side by side in one run, each concurrency serving the same requests (the concurr
 a time). Clients run closed loops against `wdmoe.serve.engine.Engine` (no HTTP: the figure is the engine's).
 
     python bench/batching.py [--requests 256] [--tokens 32] [--concurrency 1 4 16 64]
-                             [--schedules preempt pause-only prefill-first mixed] [--mixed] [--json]
+                             [--schedules preempt pause-only prefill-first mixed] [--mixed] [--repeat 1] [--json]
 
 Request i asks for exactly --tokens/2 + (13 i mod --tokens) new tokens (end-of-sequence biased away with logit_bias;
 --tokens on average, so requests end at different steps, as real ones do), greedy, with prompts of held-out text of
@@ -24,6 +24,10 @@ wdmoe.runtime.scheduler); "pause-only" (the same without the restart: every arri
 inside it); "prefill-first" (new requests prefill in a step of their own at the next step boundary,
 wdmoe.runtime.admission); "mixed" (every step mixed: a new request's prefill shares the step with every running
 request's decode token). `--mixed` adds "mixed" to the schedules.
+
+`--repeat R` runs the whole sweep R times; each round's levels are compared with that round's concurrency 1 (the
+minutes between a level and its reference are what the load of a shared machine drifts over), and the median and
+worst of the rounds are printed last.
 """
 
 from __future__ import annotations
@@ -112,6 +116,8 @@ def main() -> None:
     parser.add_argument("--schedules", nargs="+", choices=sorted(SCHEDULES), default=["preempt"],
                         help="the schedules of each level above 1 (module docstring); default: the engine's")
     parser.add_argument("--mixed", action="store_true", help="add the schedule 'mixed'")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every level, each against its own concurrency 1 (load drift)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -130,29 +136,41 @@ def main() -> None:
         engine.generate(requests[0][:4], Sampling(max_tokens=4))  # warm-up
         rows = []
         schedules = list(dict.fromkeys(args.schedules + (["mixed"] if args.mixed else [])))
-        for c in args.concurrency:  # each level's schedules back to back: the shared machine's load drifts
-            for schedule in schedules[:1] if c == 1 else schedules:
-                rows.append(run_level(engine, requests, args.tokens, c, schedule))
+        for round_ in range(args.repeat):  # each round's levels against its own concurrency 1 (module docstring)
+            base = None
+            for c in args.concurrency:  # each level's schedules back to back: the shared machine's load drifts
+                for schedule in schedules[:1] if c == 1 else schedules:
+                    row = run_level(engine, requests, args.tokens, c, schedule) | {"round": round_}
+                    base = base or row
+                    row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
+                    row["ttft_p50_vs_c1_plus_step"] = row["ttft_p50_s"] / (base["ttft_p50_s"] + row["step_s"])
+                    row["ttft_p50_vs_c1_plus_decode_step"] = row["ttft_p50_s"] / (base["ttft_p50_s"]
+                                                                                  + row["decode_step_s"])
+                    rows.append(row)
     finally:
         engine.close()
         model.close()
-    base = rows[0]
-    for row in rows:
-        row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
-        row["ttft_p50_vs_c1_plus_step"] = row["ttft_p50_s"] / (base["ttft_p50_s"] + row["step_s"])
-        row["ttft_p50_vs_c1_plus_decode_step"] = row["ttft_p50_s"] / (base["ttft_p50_s"] + row["decode_step_s"])
     if args.json:
         print(json.dumps(rows, indent=1))
         return
     print(f"{args.requests} requests x {args.tokens} tokens, shipped model, 8 in-process devices, TopK, CPU")
-    print("schedule       conc  tok/s   x c1   TTFT p50   TTFT p90   TPOT p50   step       decode step"
+    print("round schedule       conc  tok/s   x c1   TTFT p50   TTFT p90   TPOT p50   step       decode step"
           "  TTFT p50 / (c1 TTFT p50 + step | + decode step)")
     for r in rows:
-        print(f"{r['schedule']:<13} {r['concurrency']:>4}  {r['tokens_per_s']:6.1f}  {r['speedup']:5.2f}"
+        print(f"{r['round']:>5} {r['schedule']:<13} {r['concurrency']:>4}  {r['tokens_per_s']:6.1f}"
+              f"  {r['speedup']:5.2f}"
               f"  {r['ttft_p50_s'] * 1e3:7.1f} ms"
               f"  {r['ttft_p90_s'] * 1e3:7.1f} ms  {r['tpot_p50_s'] * 1e3:7.1f} ms  {r['step_s'] * 1e3:6.1f} ms"
               f"  {r['decode_step_s'] * 1e3:6.1f} ms  {r['ttft_p50_vs_c1_plus_step']:.2f} | "
               f"{r['ttft_p50_vs_c1_plus_decode_step']:.2f}")
+    if args.repeat > 1:
+        print(f"median of {args.repeat} rounds (each level against its round's concurrency 1):")
+        for key in dict.fromkeys((r["schedule"], r["concurrency"]) for r in rows):
+            mine = [r for r in rows if (r["schedule"], r["concurrency"]) == key]
+            print(f"      {key[0]:<13} {key[1]:>4}  x c1 {statistics.median(r['speedup'] for r in mine):5.2f}"
+                  f" (min {min(r['speedup'] for r in mine):.2f})   TTFT bound ratio "
+                  f"{statistics.median(r['ttft_p50_vs_c1_plus_step'] for r in mine):.2f}"
+                  f" (max {max(r['ttft_p50_vs_c1_plus_step'] for r in mine):.2f})")
 
 
 if __name__ == "__main__":
