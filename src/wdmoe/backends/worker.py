@@ -37,7 +37,7 @@ from transformers.activations import ACT2FN
 from wdmoe.backends.base import DeviceBatch, DeviceResult
 from wdmoe.errors import ShardError
 from wdmoe.model.device_experts import LocalExperts, load_layer, meta_experts, runs_as_swiglu
-from wdmoe.model.expert import expert_ffn
+from wdmoe.model.expert import expert_ffn, is_silu
 from wdmoe.model.quantize import QUANTIZED_BITS, QuantizedTensor
 from wdmoe.model.shards import MANIFEST, Manifest, read_safetensors
 
@@ -74,7 +74,9 @@ class ExpertWorker:
         if manifest.hidden_act not in ACT2FN:
             raise ShardError(f"{root / MANIFEST}: manifest field 'hidden_act' = {manifest.hidden_act!r}: not an "
                              f"activation transformers knows (e.g. silu, gelu); the model's config.json has it")
-        self.act = ACT2FN[manifest.hidden_act]
+        act = ACT2FN[manifest.hidden_act]
+        # transformers' SiLU module is F.silu behind a module call (~1 us each, once per expert call): F.silu itself
+        self.act = torch.nn.functional.silu if is_silu(act) else act
         self.weights: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.quantized: dict[tuple[int, int], tuple[QuantizedTensor, QuantizedTensor]] = {}
         self.layers: dict[int, LocalExperts] = {}  # layers whose experts run in the model's own class
@@ -163,14 +165,18 @@ class ExpertWorker:
             replayed = self._replay(batch.layer, int(expert.item()), batch.hidden)
             if replayed is not None:
                 return DeviceResult(batch.device, replayed, time.perf_counter() - start)
-        by_expert: dict[int, list[int]] = {}  # expert -> its rows, on Python ints (m is small: no kernels)
-        for row, e in enumerate(expert.tolist()):
-            by_expert.setdefault(e, []).append(row)
-        if len(by_expert) == 1:
-            gate_up, down = self._expert(batch.layer, next(iter(by_expert)))
-            x = _gather(batch.hidden, token_index).to(gate_up.dtype)
-            output = expert_ffn(x, gate_up, down, self.act).to(batch.hidden.dtype)
+        experts = expert.tolist()  # on Python ints (m is small: no kernels)
+        if experts and experts.count(experts[0]) == len(experts):  # one expert (each batch of a split with one
+            # expert per device and layer, as the shipped model's)
+            gate_up, down = self._expert(batch.layer, experts[0])
+            x = _gather(batch.hidden, token_index)
+            output = expert_ffn(x if x.dtype == gate_up.dtype else x.to(gate_up.dtype), gate_up, down, self.act)
+            if output.dtype != batch.hidden.dtype:
+                output = output.to(batch.hidden.dtype)
         else:
+            by_expert: dict[int, list[int]] = {}  # expert -> its rows
+            for row, e in enumerate(experts):
+                by_expert.setdefault(e, []).append(row)
             output = batch.hidden.new_empty((expert.numel(), batch.hidden.shape[-1]))
             for e in sorted(by_expert):
                 rows = torch.tensor(by_expert[e])

@@ -79,18 +79,19 @@ def group(layer: int, hidden: torch.Tensor, index: np.ndarray, send: np.ndarray,
     k = index.shape[1]
     device_of = np.where(send, routing.primary[layer][index], -1).ravel()  # (T*k,)
     order = np.argsort(device_of, kind="stable")
-    counts = np.bincount(device_of[device_of >= 0], minlength=air.num_devices)
+    counts = np.bincount(device_of + 1, minlength=air.num_devices + 1)  # unsent (-1) counted first
+    cursor, counts = int(counts[0]), counts[1:]  # unsent assignments sort first
     batches, positions = [], []
     tokens_down = np.zeros(air.num_devices, dtype=np.int64)
     fused = 0
-    cursor = int((device_of < 0).sum())  # unsent assignments sort first
     # every device's distinct tokens at once: the stable sort keeps a device's assignments in (token, j) order, so
     # a token is new where it or the device changes (np.unique of each device's tokens, without its sort)
     sent_pos = order[cursor:]
     tokens = sent_pos // k
+    sent_device = device_of[sent_pos]
     new = np.ones(sent_pos.shape[0], dtype=bool)
     np.not_equal(tokens[1:], tokens[:-1], out=new[1:])
-    new[1:] |= device_of[sent_pos[1:]] != device_of[sent_pos[:-1]]
+    new[1:] |= sent_device[1:] != sent_device[:-1]
     distinct_at = np.cumsum(new) - 1  # (n,) the index of each assignment's token among all devices' distinct ones
     distinct_all, experts = tokens[new], index.ravel()[sent_pos]
     # every device's rows in one gather: a device's distinct tokens are a contiguous run of them (a view each)
