@@ -91,6 +91,8 @@ class StepRecord:
     layers: list[LayerRecord] = field(default_factory=list)
     wall_s: float = 0.0
     tail_s: float = 0.0  # BS time after the last MoE layer (final norm, LM head)
+    # what `request_summary` reads of this step, by row, computed once for all the requests that shared it
+    rows: StepRows | None = field(default=None, repr=False, compare=False)
 
 
 StepListener = Callable[[StepRecord], None]
@@ -282,39 +284,83 @@ def slice_layer(rec: LayerRecord, start: int, stop: int) -> LayerRecord:
     )
 
 
+@dataclass(frozen=True)
+class StepRows:
+    """One step's per-row counts over all its MoE layers, as prefix sums over the rows (row t: [t + 1] - [t]), so
+    a request's rows start..stop count `[stop] - [start]`: tokens sent down to each device (L rows per token, one
+    per layer, as `slice_layer`), their bits down, the expert outputs' bits up, and the kept assignments; with each
+    layer's device times and BS time, for the sums `request_summary` keeps in order."""
+
+    tokens: np.ndarray  # (T + 1, D) int64
+    bits_down: np.ndarray  # (T + 1, D) int64
+    bits_up: np.ndarray  # (T + 1, D) int64
+    kept: np.ndarray  # (T + 1,) int64
+    device_time_s: np.ndarray  # (L, D) each layer's measured device time
+    bs_time_s: tuple[float, ...]  # (L,)
+
+    @staticmethod
+    def of(step: StepRecord, num_devices: int) -> StepRows | None:
+        """None without MoE layers, or when a layer lacks `expert_device` (rows cannot be attributed: the
+        reference slices then)."""
+        if step.rows is not None:
+            return step.rows
+        layers = step.layers
+        if not layers or any(rec.expert_device is None for rec in layers):
+            return None
+        num_tokens = layers[0].num_tokens
+        index = np.stack([rec.topk_index if rec.routed_index is None else rec.routed_index for rec in layers])
+        keep = np.stack([rec.keep for rec in layers])  # (L, T, k)
+        device = np.stack([np.asarray(rec.expert_device)[i] for rec, i in zip(layers, index, strict=True)])
+        layer, row, j = np.nonzero(keep)
+        sent = np.zeros((len(layers), num_tokens, num_devices), dtype=np.int64)  # (L, T, D) row t goes down to d
+        sent[layer, row, device[layer, row, j]] = 1
+        answers = np.zeros_like(sent)  # (L, T, D) expert outputs of row t sent back by d
+        np.add.at(answers, (layer, row, device[layer, row, j]), 1)
+        bits = np.array([int(rec.bits_up.sum() // max(int(rec.assignments.sum()), 1)) for rec in layers],
+                        dtype=np.int64)[:, None, None]  # the air format's bits per token, as `slice_layer`'s
+        rows = StepRows(_prefix(sent.sum(axis=0)), _prefix((sent * bits).sum(axis=0)),
+                        _prefix((answers * bits).sum(axis=0)), _prefix(keep.sum(axis=(0, 2))),
+                        np.stack([rec.device_time_s for rec in layers]), tuple(rec.bs_time_s for rec in layers))
+        step.rows = rows  # one step is summarized by the summary thread: a race would only compute it twice
+        return rows
+
+
+def _prefix(per_row: np.ndarray) -> np.ndarray:
+    """(T, ...) -> (T + 1, ...): zero, then the running sums over the rows."""
+    out = np.zeros((per_row.shape[0] + 1, *per_row.shape[1:]), dtype=np.int64)
+    np.cumsum(per_row, axis=0, out=out[1:])
+    return out
+
+
 def request_summary(parts: list[StepShare], num_devices: int) -> dict[str, Any]:
     """`summarize` of one request that shared its forward steps with others: its own rows of each step (route,
     tokens and bits per device), the measured device time in proportion to its tokens, and the radio model's
     TTFT/TPOT of the steps it waited for, with their energy and bytes in proportion (`modeled_summary`).
 
-    Equal to `summarize` of its `slice_layer`s (`sliced_summary`, the reference), computed over all its rows at
-    once: a request's summary runs once per request on the engine's summary thread, beside the worker's steps
-    (one `slice_layer` per step and layer cost ~4 ms for a 32-token request on this CPU)."""
-    layers = [(p, rec) for p in parts for rec in p.step.layers]
-    if not layers or any(rec.expert_device is None for _, rec in layers):
+    Equal to `summarize` of its `slice_layer`s (`sliced_summary`, the reference): the counts are integer sums of
+    each step's `StepRows` (computed once per step for every request that shared it), and the float sums (device
+    time, BS time) add the same terms in the same order. It runs once per request, on the engine's summary thread,
+    before the request's result is delivered: its time is on every request's way back to its client."""
+    found = [StepRows.of(p.step, num_devices) for p in parts]
+    rows = [r for r in found if r is not None]
+    if not parts or len(rows) < len(parts):
         return sliced_summary(parts, num_devices)
-    index = np.concatenate([(rec.topk_index if rec.routed_index is None else rec.routed_index)[p.start : p.stop]
-                            for p, rec in layers])  # (R, k): every row of every layer of every step
-    keep = np.concatenate([rec.keep[p.start : p.stop] for p, rec in layers])
-    widths = np.array([p.stop - p.start for p, _ in layers])
-    record = np.repeat(np.arange(len(layers)), widths)  # (R,) the row's layer record
-    device = np.stack([np.asarray(rec.expert_device) for _, rec in layers])[record[:, None], index]  # (R, k)
-    row, j = np.nonzero(keep)
-    sent = np.zeros((index.shape[0], num_devices), dtype=np.int64)  # (R, D) the row goes down to the device
-    sent[row, device[row, j]] = 1
-    answers = np.zeros((index.shape[0], num_devices), dtype=np.int64)  # (R, D) expert outputs sent back
-    np.add.at(answers, (row, device[row, j]), 1)
-    totals = np.stack([rec.assignments for _, rec in layers]).sum(axis=1)
-    per_token = np.stack([rec.bits_up for _, rec in layers]).sum(axis=1) // np.maximum(totals, 1)  # slice_layer's bits
-    bits = per_token.astype(np.int64)[record][:, None]
-    compute_s = np.zeros(num_devices)
-    for p, rec in layers:  # in slice_layer's order and arithmetic: float sums round by order
-        compute_s += rec.device_time_s * ((p.stop - p.start) / max(rec.num_tokens, 1))
+    tokens = np.zeros(num_devices, dtype=np.int64)
+    bits_down, bits_up = tokens.copy(), tokens.copy()
+    kept = count = 0
+    compute: list[np.ndarray] = []  # each (step, layer)'s device time in proportion, in slice_layer's order
+    for p, r in zip(parts, rows, strict=True):
+        tokens += r.tokens[p.stop] - r.tokens[p.start]
+        bits_down += r.bits_down[p.stop] - r.bits_down[p.start]
+        bits_up += r.bits_up[p.stop] - r.bits_up[p.start]
+        kept += int(r.kept[p.stop] - r.kept[p.start])
+        count += (p.stop - p.start) * r.device_time_s.shape[0]
+        compute.append(r.device_time_s * ((p.stop - p.start) / max(p.step.layers[0].num_tokens, 1)))
+    # float sums in the reference's order: += per (step, layer) (accumulate adds in order), then Python's sum
+    compute_s = np.add.accumulate(np.concatenate(compute), axis=0)[-1]
     steps = [p.step for p in parts]
-    summary = _totals(sent.sum(axis=0), (sent * bits).sum(axis=0), (answers * bits).sum(axis=0), compute_s,
-                      float(keep.sum()) / keep.shape[0],
-                      float(sum(r.bs_time_s for s in steps for r in s.layers) + sum(s.tail_s for s in steps)),
-                      steps)
+    bs_time = float(sum(t for r in rows for t in r.bs_time_s) + sum(s.tail_s for s in steps))
+    summary = _totals(tokens, bits_down, bits_up, compute_s, float(kept) / count, bs_time, steps)
     modeled = modeled_summary(steps, [p.share for p in parts])
     if modeled is not None:
         summary.update(modeled)

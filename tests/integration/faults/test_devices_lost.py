@@ -102,3 +102,25 @@ def test_the_background_check_stops_once_every_device_is_back(killable: tuple[Di
     calls = pool.rejoin_calls
     time.sleep(0.3)  # six intervals of 0.05 s: a check still running would have asked again
     assert pool.rejoin_calls == calls
+
+
+def test_a_batched_requests_summary_with_rerouted_rows_equals_its_slices(
+    killable: tuple[DistributedMoE, KillablePool],
+) -> None:
+    from wdmoe.runtime.sampling import Sampling
+    from wdmoe.runtime.scheduler import Scheduler
+    from wdmoe.runtime.telemetry import request_summary, sliced_summary
+
+    model, pool = killable
+    scheduler = Scheduler(model)
+    seqs = [scheduler.new([40 + i, 41, 75 + i, 12], Sampling(max_tokens=6 + i)) for i in range(3)]
+    for seq in seqs:
+        scheduler.add(seq)
+    at_step(model, 2, lambda: pool.kill(1))
+    while scheduler.busy:
+        scheduler.step()
+    assert any(rec.routed_index is not None for seq in seqs for p in seq.parts for rec in p.step.layers)
+    for seq in seqs:
+        fast = request_summary(seq.parts, model.num_devices)
+        assert fast == sliced_summary(seq.parts, model.num_devices)
+        assert fast["failover"] and sum(fast["rerouted"].values()) > 0
