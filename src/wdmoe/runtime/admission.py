@@ -18,7 +18,9 @@ token is (the rest of the step in progress) + (a step of the whole batch and its
 batch. With its prefill first, it is (the rest of the step in progress) + (a prefill with only the requests that
 arrived with it), at most one step more than alone, as vLLM's default scheduler did before chunked prefill. The
 price: the decodes skip that step (TPOT and throughput pay one prefill step per arrival instead of its rows in a
-shared step); requests arriving at every step would hold the decodes back until the batch is full.
+shared step); requests arriving at every step would hold the decodes back until the batch is full. The serving
+scheduler also takes the rest of the step in progress away (`preempt`, wdmoe.runtime.scheduler): admission at a
+MoE layer of a running step is the same `admit_waiting`.
 """
 
 from __future__ import annotations

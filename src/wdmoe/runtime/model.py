@@ -219,7 +219,9 @@ class DistributedMoE:
 
         `pause`, in a decode step: called at every MoE layer before its experts run (the serving scheduler runs the
         prefill of requests that arrived meanwhile there, `step_segments` again: a step inside this one). This
-        step's state is kept aside meanwhile (`_paused`), and its wall time and BS times exclude the pause."""
+        step's state is kept aside meanwhile (`_paused`), and its wall time and BS times exclude the pause. An
+        exception from `pause` abandons the step (the scheduler's restart): no cache has grown (caches grow after
+        a whole step), and its telemetry record never finishes, so no listener sees it."""
         phase: Phase = "prefill" if any(c.length == 0 for c in caches) else "decode"
         self._segments_phase = phase
         if pause is not None and phase == "decode":

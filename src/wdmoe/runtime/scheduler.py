@@ -5,7 +5,7 @@
                    over the step's batch (`Slots.batch`: every running sequence, prefills and decode tokens
                    together, `DistributedMoE.step_segments`; with `prefill_first` the new ones alone while there
                    are any), lets each pick its token (`TokenPicker`), retires the finished ones; with `preempt`,
-                   requests that arrive during a decode step prefill inside it, at its next MoE layer
+                   requests that arrive during a decode step restart it with them or prefill inside it (below)
     cancel(seq) -> retired at the next step
 
 Admission and retirement are `wdmoe.runtime.admission.Slots` (torch-free): the multi-user simulator
