@@ -6,8 +6,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -34,13 +33,6 @@ REQUESTS: list[tuple[int, Sampling, int]] = [
     (2, Sampling(max_tokens=8, temperature=0.5, top_p=0.9, seed=1, frequency_penalty=0.7), 5),
     (6, Sampling(max_tokens=1, temperature=2.0, seed=3), 7),
 ]
-
-
-@pytest.fixture(scope="module")
-def model(mixtral_split: Path) -> Iterator[DistributedMoE]:
-    model = DistributedMoE.from_pretrained(mixtral_split)
-    yield model
-    model.close()
 
 
 def prompt(length: int, salt: int) -> list[int]:

@@ -5,8 +5,6 @@ and every request still gets what it gets alone."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,13 +17,6 @@ from wdmoe.runtime.scheduler import Scheduler, Sequence
 from wdmoe.runtime.telemetry import StepRecord
 
 LOGPROB_TOL = 1e-4  # as tests/unit/runtime/test_batch.py: more rows in a product may round differently
-
-
-@pytest.fixture(scope="module")
-def model(mixtral_split: Path) -> Iterator[DistributedMoE]:
-    model = DistributedMoE.from_pretrained(mixtral_split)
-    yield model
-    model.close()
 
 
 def prompt(length: int, salt: int) -> list[int]:
